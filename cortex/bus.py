@@ -1,0 +1,259 @@
+"""All of CORTEX's NATS access, in one small module.
+
+Connect, create the ledger stream, append atomic batches, read ranges, serve
+and send requests. nats-py's maintainers call it legacy and are building a
+successor; a switch should touch this file and nothing else. nats-py errors
+are translated into CORTEX errors here, where they enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+
+from cortex.errors import AppendConflict, InvalidCommand, LedgerError, Unavailable
+
+log = structlog.get_logger(__name__)
+
+STREAM: Final = "CORTEX_LEDGER"
+LEDGER_PREFIX: Final = "cortex.ledger"
+COMMAND_PREFIX: Final = "cortex.cmd"
+HDR_PREV: Final = "Cortex-Prev"
+HDR_HASH: Final = "Cortex-Hash"
+DEFAULT_URL: Final = "nats://127.0.0.1:4222"
+#: How long JetStream remembers a Nats-Msg-Id; the writer's own index covers all time.
+DUPLICATE_WINDOW_S: Final = 120.0
+# JetStream error codes the writer reacts to (nats-server errors.json).
+_WRONG_LAST_SEQUENCE: Final = 10071
+_BATCH_DUPLICATE_MSG_ID: Final = 10201
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One ledger message as JetStream holds it: position, bytes and chain links."""
+
+    seq: int
+    subject: str
+    body: bytes
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An event ready to append: its subject, canonical bytes and chain links."""
+
+    subject: str
+    body: bytes
+    event_id: str
+    prev_hash: bytes
+    hash: bytes
+
+
+def ledger_subject(tenant: str, kind: str) -> str:
+    return f"{LEDGER_PREFIX}.{tenant}.{kind}"
+
+
+def command_subject(tenant: str, kind: str) -> str:
+    return f"{COMMAND_PREFIX}.{tenant}.{kind}"
+
+
+def _hash_header(headers: dict[str, str] | None, name: str, seq: int) -> bytes:
+    value = (headers or {}).get(name, "")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return b""
+
+
+class Bus:
+    """A connection to NATS with the few JetStream operations CORTEX needs."""
+
+    def __init__(self, nc: NatsClient, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(cls, url: str = DEFAULT_URL, *, name: str = "cortex", timeout: float = 5.0) -> Bus:
+        """Connect, failing fast with a clear error when nothing listens at ``url``."""
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=timeout,
+                max_reconnect_attempts=3,
+                allow_reconnect=True,
+            )
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+            raise Unavailable(f"cannot reach NATS at {url}: {e or type(e).__name__}") from e
+        return cls(nc, timeout=timeout)
+
+    async def close(self) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await self.nc.drain()
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    # -- the stream -------------------------------------------------------
+
+    async def ensure_stream(self, *, replicas: int = 1) -> None:
+        """Create CORTEX_LEDGER if missing; refuse to run on one that could lose events."""
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[f"{LEDGER_PREFIX}.>"],
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            deny_delete=True,
+            deny_purge=True,
+            allow_rollup_hdrs=False,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            allow_atomic=True,
+        )
+        try:
+            await self.js.add_stream(config)
+            return
+        except nats.js.errors.BadRequestError as e:
+            if e.err_code != 10058:  # stream name already in use with another config
+                raise LedgerError(f"cannot create stream {STREAM}: {e.description}") from e
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            raise Unavailable("JetStream did not answer: is it enabled on this server?") from e
+        info = await self.js.stream_info(STREAM)
+        c = info.config
+        if not (c.deny_delete and c.deny_purge and c.allow_atomic) or c.allow_rollup_hdrs:
+            raise LedgerError(
+                f"stream {STREAM} exists but allows deletes, purges or rollups, or lacks "
+                "atomic batches; it cannot hold a tamper-evident ledger"
+            )
+
+    async def last_seq(self) -> int:
+        try:
+            info = await self.js.stream_info(STREAM)
+        except nats.js.errors.NotFoundError as e:
+            raise LedgerError(f"stream {STREAM} does not exist") from e
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            raise Unavailable("JetStream did not answer") from e
+        return int(info.state.last_seq)
+
+    async def get(self, seq: int) -> StoredEvent:
+        msg = await self.js.get_msg(STREAM, seq=seq)
+        headers = msg.headers or {}
+        return StoredEvent(
+            seq=seq,
+            subject=msg.subject or "",
+            body=msg.data or b"",
+            prev_hash=_hash_header(headers, HDR_PREV, seq),
+            hash=_hash_header(headers, HDR_HASH, seq),
+        )
+
+    async def append(self, events: Sequence[Outgoing], *, expected_last_seq: int) -> int:
+        """Append ``events`` as one atomic batch right after ``expected_last_seq``.
+
+        Every message but the last goes out without waiting (one round trip
+        per batch, one fsync per batch with ``sync_interval: always``). The
+        server stores all of them or none, and only if the stream still ends
+        at ``expected_last_seq``: a writer whose head is stale gets
+        AppendConflict and can never fork the chain. Returns the last seq.
+        """
+        if not events:
+            return expected_last_seq
+        batch_id = uuid.uuid4().hex
+        last = len(events)
+        for n, event in enumerate(events, 1):
+            headers = {
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(n),
+                "Nats-Msg-Id": event.event_id,
+                HDR_PREV: event.prev_hash.hex(),
+                HDR_HASH: event.hash.hex(),
+            }
+            if n == 1:
+                headers["Nats-Expected-Last-Sequence"] = str(expected_last_seq)
+            if n < last:
+                await self.nc.publish(event.subject, event.body, headers=headers)
+                continue
+            headers["Nats-Batch-Commit"] = "1"
+            try:
+                reply = await self.nc.request(event.subject, event.body, timeout=self.timeout, headers=headers)
+            except nats.errors.NoRespondersError as e:
+                raise LedgerError(f"no stream accepts {event.subject}: is {STREAM} created?") from e
+            except nats.errors.TimeoutError as e:
+                raise Unavailable("JetStream did not acknowledge the batch in time") from e
+        ack: dict[str, Any] = json.loads(reply.data)
+        error = ack.get("error")
+        if error:
+            err_code = error.get("err_code")
+            if err_code in (_WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE_MSG_ID):
+                raise AppendConflict(f"stream moved on: {error.get('description')}")
+            raise LedgerError(f"JetStream refused the batch: {error.get('description')} ({err_code})")
+        seq = int(ack["seq"])
+        if ack.get("count", last) != last or seq != expected_last_seq + last:
+            raise LedgerError(f"JetStream stored the batch unexpectedly: {ack}")
+        return seq
+
+    async def read(self, start_seq: int = 1, end_seq: int | None = None) -> AsyncIterator[StoredEvent]:
+        """Yield stored events from ``start_seq`` to ``end_seq`` (default: the current end).
+
+        An ordered push consumer: the fastest in-order read nats-py offers,
+        recreated by the client if a message goes missing on the wire.
+        """
+        end = await self.last_seq() if end_seq is None else end_seq
+        if start_seq > end:
+            return
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+        sub = await self.js.subscribe(
+            f"{LEDGER_PREFIX}.>", stream=STREAM, ordered_consumer=True, config=config
+        )
+        try:
+            seq = start_seq - 1
+            while seq < end:
+                try:
+                    msg = await sub.next_msg(timeout=self.timeout)
+                except nats.errors.TimeoutError as e:
+                    raise Unavailable(f"reading {STREAM} stalled after seq {seq}") from e
+                seq = msg.metadata.sequence.stream
+                headers = msg.headers
+                yield StoredEvent(
+                    seq=seq,
+                    subject=msg.subject,
+                    body=msg.data,
+                    prev_hash=_hash_header(headers, HDR_PREV, seq),
+                    hash=_hash_header(headers, HDR_HASH, seq),
+                )
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- requests ---------------------------------------------------------
+
+    async def serve(
+        self, subject: str, handler: Callable[[Msg], Awaitable[None]], *, queue: str = ""
+    ) -> Subscription:
+        return await self.nc.subscribe(subject, queue=queue, cb=handler)
+
+    async def request(self, subject: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        try:
+            reply = await self.nc.request(subject, payload, timeout=timeout or self.timeout)
+        except nats.errors.NoRespondersError as e:
+            raise Unavailable(f"no CORTEX writer is serving {subject}: is `cortex up` running?") from e
+        except nats.errors.TimeoutError as e:
+            raise Unavailable(f"no reply on {subject} within {timeout or self.timeout}s") from e
+        except nats.errors.MaxPayloadError as e:
+            raise InvalidCommand(
+                f"request of {len(payload)} bytes exceeds the server max payload", code="too_large"
+            ) from e
+        return bytes(reply.data)

@@ -1,0 +1,241 @@
+"""The agent-side client: store facts, vote, register agents.
+
+Every call returns a Receipt (the event's seq, hash and id) or raises a
+CommandRejected that says what was wrong. Under load the client batches:
+calls made while a request is in flight are sent together, up to 100
+commands or 10 ms of waiting, and each still gets its own receipt or its
+own error. A lone call is sent at once. Ids are chosen here (UUIDv7), so a
+request that timed out is retried with the same ids and cannot append twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Self
+
+import msgspec
+import uuid_utils.compat
+
+from cortex.bus import DEFAULT_URL, Bus, command_subject
+from cortex.commands_wire import BATCH_KIND
+from cortex.errors import CortexError, InvalidCommand, Unavailable, rejection
+from events.codec import encode
+from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
+
+DEFAULT_TENANT: Final = "default"
+#: Stay well under NATS's default 1 MiB max payload per request.
+_MAX_REQUEST_BYTES: Final = 768 * 1024
+_reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, Any])
+
+
+def new_id() -> uuid.UUID:
+    """A UUIDv7: unique, and sortable by creation time."""
+    return uuid_utils.compat.uuid7()
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Proof that an event is in the ledger: where, with which hash, under which id."""
+
+    seq: int
+    hash: str
+    id: uuid.UUID
+    #: For store_fact: the id of the stored fact, to vote on or deprecate it.
+    fact_id: uuid.UUID | None = None
+
+
+@dataclass(slots=True)
+class _Call:
+    command: Command
+    body: bytes
+    future: asyncio.Future[dict[str, Any]]
+
+
+class Client:
+    """An async CORTEX client bound to one tenant; see the module doc."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        max_batch: int = 100,
+        linger: float = 0.010,
+        timeout: float = 10.0,
+        retries: int = 2,
+        max_in_flight: int = 8,
+        owns_bus: bool = False,
+    ) -> None:
+        self.bus = bus
+        self.tenant = tenant
+        self.max_batch = max_batch
+        self.linger = linger
+        self.timeout = timeout
+        self.retries = retries
+        self._owns_bus = owns_bus
+        self._queue: asyncio.Queue[_Call] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight = 0
+        self._sender: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(cls, url: str = DEFAULT_URL, *, tenant: str = DEFAULT_TENANT, **options: Any) -> Self:
+        bus = await Bus.connect(url, name=f"cortex-client-{tenant}")
+        return cls(bus, tenant=tenant, owns_bus=True, **options)
+
+    async def close(self) -> None:
+        """Wait for calls already made, then close the connection if this client opened it."""
+        while not self._queue.empty() or self._sends:
+            if self._sends:
+                await asyncio.gather(*self._sends, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+            self._sender = None
+        if self._owns_bus:
+            await self.bus.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- commands ---------------------------------------------------------
+
+    async def register_agent(self, agent_id: str, *, public_key: str | None = None, id: uuid.UUID | None = None) -> Receipt:
+        return await self.submit(RegisterAgent(id=id or new_id(), agent_id=agent_id, public_key=public_key))
+
+    async def store_fact(
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        type: str = "knowledge",
+        tags: Iterable[str] = (),
+        confidence: float = 1.0,
+        source: str = "",
+        meta: Mapping[str, Any] | None = None,
+        valid_from: dt.datetime | None = None,
+        valid_until: dt.datetime | None = None,
+        fact_id: uuid.UUID | None = None,
+        id: uuid.UUID | None = None,
+    ) -> Receipt:
+        command = StoreFact(
+            id=id or new_id(),
+            fact_id=fact_id or new_id(),
+            agent_id=agent_id,
+            content=content,
+            type=type,
+            tags=tuple(tags),
+            confidence=confidence,
+            source=source,
+            meta=dict(meta or {}),
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
+        r = await self.submit(command)
+        return Receipt(r.seq, r.hash, r.id, fact_id=command.fact_id)
+
+    async def deprecate_fact(
+        self,
+        agent_id: str,
+        fact_id: uuid.UUID,
+        *,
+        reason: str = "",
+        successor_id: uuid.UUID | None = None,
+        id: uuid.UUID | None = None,
+    ) -> Receipt:
+        return await self.submit(
+            DeprecateFact(id=id or new_id(), fact_id=fact_id, agent_id=agent_id, reason=reason, successor_id=successor_id)
+        )
+
+    async def vote(
+        self, agent_id: str, fact_id: uuid.UUID, value: int, *, reason: str = "", id: uuid.UUID | None = None
+    ) -> Receipt:
+        return await self.submit(CastVote(id=id or new_id(), fact_id=fact_id, agent_id=agent_id, value=value, reason=reason))
+
+    async def submit(self, command: Command) -> Receipt:
+        """Send any command (batched with others under load) and wait for its receipt."""
+        body = encode(command)
+        if len(body) > _MAX_REQUEST_BYTES:
+            raise InvalidCommand(f"command is {len(body)} bytes encoded; requests are limited to {_MAX_REQUEST_BYTES}", code="too_large")
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Call(command, body, future))
+        if self._sender is None:
+            self._sender = asyncio.create_task(self._send_loop(), name="cortex-client-sender")
+        result = await future
+        err = result.get("error")
+        if err is not None:
+            raise rejection(str(err.get("code")), str(err.get("message")))
+        return Receipt(int(result["seq"]), str(result["hash"]), uuid.UUID(str(result["id"])))
+
+    # -- batching ---------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0].body)
+            deadline = loop.time() + self.linger
+            while len(batch) < self.max_batch:
+                if self._queue.empty():
+                    # Idle: send now. Busy: give later calls a moment to join.
+                    remaining = deadline - loop.time()
+                    if self._in_flight == 0 or remaining <= 0:
+                        break
+                    try:
+                        call = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+                else:
+                    call = self._queue.get_nowait()
+                if size + len(call.body) + 1 > _MAX_REQUEST_BYTES:
+                    self._queue.put_nowait(call)  # goes first into the next request
+                    break
+                batch.append(call)
+                size += len(call.body) + 1
+            await self._slots.acquire()
+            self._in_flight += 1
+            task = asyncio.create_task(self._send(batch))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _send(self, batch: list[_Call]) -> None:
+        try:
+            if len(batch) == 1:
+                subject = command_subject(self.tenant, str(type(batch[0].command).__struct_config__.tag))
+                payload = batch[0].body
+            else:
+                subject = command_subject(self.tenant, BATCH_KIND)
+                payload = b"[" + b",".join(c.body for c in batch) + b"]"
+            for attempt in range(self.retries + 1):
+                try:
+                    raw = await self.bus.request(subject, payload, timeout=self.timeout)
+                    break
+                except Unavailable:
+                    if attempt == self.retries:
+                        raise
+            reply = _reply_decoder.decode(raw)
+            results = reply if isinstance(reply, list) else [reply] * len(batch)
+            if len(results) != len(batch):
+                raise CortexError(f"writer answered {len(results)} results for {len(batch)} commands")
+            for call, result in zip(batch, results, strict=True):
+                if not call.future.done():
+                    call.future.set_result(result)
+        except Exception as e:
+            for call in batch:
+                if not call.future.done():
+                    call.future.set_exception(e)
+        finally:
+            self._in_flight -= 1
+            self._slots.release()

@@ -1,0 +1,102 @@
+"""Turning a request on ``cortex.cmd.<tenant>.<kind>`` into commands, and results into a reply.
+
+The wire format is JSON. A request to ``<kind>`` holds one command object
+(its ``kind`` may be left out); a request to ``batch`` holds an array of
+tagged commands, each judged on its own. A reply holds, per command, either
+a receipt ``{"seq", "hash", "id"}`` or ``{"error": {"code", "message"}}``;
+a batch reply is an array of them in request order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from events.commands import COMMAND_TYPES, MAX_BATCH, Command
+from cortex.ledger_state import Refusal, check_shape
+
+BATCH_KIND: Final = "batch"
+_TENANT: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_raw_list: Final = msgspec.json.Decoder(list[msgspec.Raw])
+_decoders: Final = {kind: msgspec.json.Decoder(cls) for kind, cls in COMMAND_TYPES.items()}
+_tagged: Final = msgspec.json.Decoder(msgspec.Raw)
+_encoder: Final = msgspec.json.Encoder()
+
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    tenant: str
+    batch: bool
+    #: One entry per command: the decoded command, or why it was refused at the door.
+    items: list[Command | Refusal]
+
+
+def error(code: str, message: str) -> Result:
+    return {"error": {"code": code, "message": message}}
+
+
+def receipt(seq: int, event_hash: bytes, event_id: str) -> Result:
+    return {"seq": seq, "hash": event_hash.hex(), "id": event_id}
+
+
+def _decode_one(kind: str, data: bytes | msgspec.Raw) -> Command | Refusal:
+    decoder = _decoders.get(kind)
+    if decoder is None:
+        return Refusal("unknown_kind", f"unknown command kind {kind!r}; known: {sorted(COMMAND_TYPES)}")
+    try:
+        command: Command = decoder.decode(data)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        if kind == "cast_vote" and text.endswith("`$.value`"):
+            return Refusal("invalid_vote", f"a vote is +1, -1 or 0: {text}")
+        return Refusal("invalid_field", text)
+    except msgspec.DecodeError as e:
+        return Refusal("malformed", f"not valid JSON: {e}")
+    return check_shape(command) or command
+
+
+def _kind_of_raw(raw: msgspec.Raw) -> str | Refusal:
+    try:
+        obj = msgspec.json.decode(raw, type=dict[str, Any])
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return Refusal("malformed", "each batch entry must be a JSON object")
+    kind = obj.get("kind")
+    if not isinstance(kind, str):
+        return Refusal("invalid_field", "each batch entry needs a string field `kind`")
+    return kind
+
+
+def parse(subject: str, data: bytes) -> Request | Result:
+    """Decode a command request, or return the error reply that refuses all of it."""
+    parts = subject.split(".")
+    if len(parts) != 4:
+        return error("malformed", f"commands go to cortex.cmd.<tenant>.<kind>, not {subject}")
+    tenant, kind = parts[2], parts[3]
+    if not _TENANT.match(tenant):
+        return error("invalid_field", f"tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    if kind != BATCH_KIND:
+        return Request(tenant, False, [_decode_one(kind, data)])
+    try:
+        raws = _raw_list.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        return error("malformed", f"a batch is a JSON array of commands: {e}")
+    if len(raws) > MAX_BATCH:
+        return error("too_large", f"a batch holds at most {MAX_BATCH} commands, not {len(raws)}")
+    items: list[Command | Refusal] = []
+    for raw in raws:
+        kind_or_refusal = _kind_of_raw(raw)
+        if isinstance(kind_or_refusal, Refusal):
+            items.append(kind_or_refusal)
+        else:
+            items.append(_decode_one(kind_or_refusal, raw))
+    return Request(tenant, True, items)
+
+
+def encode_reply(results: list[Result] | Result) -> bytes:
+    return _encoder.encode(results)
+

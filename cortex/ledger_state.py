@@ -1,0 +1,168 @@
+"""What the writer must know of the ledger to judge the next command.
+
+A fold over the events in order: the chain head, every event id ever
+appended (JetStream's duplicate window forgets; this does not), the agents
+of each tenant and the facts of each tenant. Changes made for a batch that
+is not yet acknowledged are recorded in an undo log, so a batch JetStream
+refuses leaves the state exactly as it was.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from events.chain import GENESIS
+from events.commands import (
+    MAX_CONTENT_BYTES,
+    MAX_META_BYTES,
+    VOTE_VALUES,
+    CastVote,
+    Command,
+    DeprecateFact,
+    RegisterAgent,
+    StoreFact,
+)
+from events.model import AgentRegistered, Event, FactDeprecated, FactStored
+
+import msgspec
+
+_meta_encoder: Final = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class FactInfo:
+    tenant: str
+    deprecated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a command cannot be appended: a stable code and a sentence for people."""
+
+    code: str
+    message: str
+    #: True when the refusal depends on the ledger's state, so a writer that
+    #: is behind the stream must catch up and judge again before answering.
+    stateful: bool = False
+
+
+def check_shape(command: Command) -> Refusal | None:
+    """Checks that need no ledger state: sizes and vote values."""
+    if isinstance(command, StoreFact):
+        size = len(command.content.encode())
+        if size > MAX_CONTENT_BYTES:
+            return Refusal(
+                "too_large", f"content is {size} bytes; the limit is {MAX_CONTENT_BYTES} bytes"
+            )
+        if not command.content.strip():
+            return Refusal("invalid_field", "content is empty")
+        meta_size = len(_meta_encoder.encode(command.meta))
+        if meta_size > MAX_META_BYTES:
+            return Refusal("too_large", f"meta is {meta_size} bytes; the limit is {MAX_META_BYTES}")
+        if command.valid_from and command.valid_until and command.valid_until < command.valid_from:
+            return Refusal("invalid_field", "valid_until is before valid_from")
+    elif isinstance(command, CastVote) and command.value not in VOTE_VALUES:
+        return Refusal(
+            "invalid_vote",
+            f"a vote is +1, -1 or 0 (to withdraw), not {command.value}",
+        )
+    return None
+
+
+Undo = list[Callable[[], None]]
+
+
+@dataclass(slots=True)
+class LedgerState:
+    """The ledger folded into what validation needs; see the module doc."""
+
+    seq: int = 0
+    head: bytes = GENESIS
+    ids: dict[bytes, int] = field(default_factory=dict)
+    agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    facts: dict[bytes, FactInfo] = field(default_factory=dict)
+
+    def seq_of(self, event_id: uuid.UUID) -> int | None:
+        return self.ids.get(event_id.bytes)
+
+    def check(self, command: Command, tenant: str) -> Refusal | None:
+        """Whether ``command`` may be appended for ``tenant`` given the ledger so far."""
+        if isinstance(command, RegisterAgent):
+            if (tenant, command.agent_id) in self.agents:
+                return Refusal(
+                    "agent_exists",
+                    f"agent {command.agent_id!r} is already registered in tenant {tenant!r}",
+                )
+            return None
+        agent_id: str = getattr(command, "agent_id", "")
+        if (tenant, agent_id) not in self.agents:
+            return Refusal(
+                "unknown_agent",
+                f"agent {agent_id!r} is not registered in tenant {tenant!r}",
+                stateful=True,
+            )
+        if isinstance(command, StoreFact):
+            if command.fact_id.bytes in self.facts:
+                return Refusal("fact_exists", f"fact {command.fact_id} already exists")
+            return None
+        if isinstance(command, DeprecateFact | CastVote):
+            refusal = self._check_fact(command.fact_id, tenant)
+            if refusal is not None:
+                return refusal
+        if isinstance(command, DeprecateFact):
+            if self.facts[command.fact_id.bytes].deprecated:
+                return Refusal("already_deprecated", f"fact {command.fact_id} is already deprecated")
+            if command.successor_id is not None:
+                if command.successor_id == command.fact_id:
+                    return Refusal("invalid_field", "a fact cannot succeed itself")
+                return self._check_fact(command.successor_id, tenant)
+        return None
+
+    def _check_fact(self, fact_id: uuid.UUID, tenant: str) -> Refusal | None:
+        info = self.facts.get(fact_id.bytes)
+        # Another tenant's fact is reported exactly like a missing one: its
+        # existence is not this tenant's business.
+        if info is None or info.tenant != tenant:
+            return Refusal(
+                "unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True
+            )
+        return None
+
+    def apply(self, event: Event, seq: int, event_hash: bytes, undo: Undo | None = None) -> None:
+        """Fold one appended (or about to be appended) event into the state."""
+        prev_seq, prev_head = self.seq, self.head
+        key = event.id.bytes
+        self.ids[key] = seq
+        self.seq, self.head = seq, event_hash
+        if undo is not None:
+            undo.append(lambda: self._restore(key, prev_seq, prev_head))
+        if isinstance(event, AgentRegistered):
+            agent = (event.tenant, event.agent_id)
+            self.agents[agent] = event.public_key
+            if undo is not None:
+                undo.append(lambda: self.agents.pop(agent, None))
+        elif isinstance(event, FactStored):
+            fact = event.fact_id.bytes
+            self.facts[fact] = FactInfo(event.tenant)
+            if undo is not None:
+                undo.append(lambda: self.facts.pop(fact, None))
+        elif isinstance(event, FactDeprecated):
+            info = self.facts.get(event.fact_id.bytes)
+            if info is not None and not info.deprecated:
+                info.deprecated = True
+                if undo is not None:
+                    undo.append(lambda: setattr(info, "deprecated", False))
+
+    def _restore(self, key: bytes, seq: int, head: bytes) -> None:
+        self.ids.pop(key, None)
+        self.seq, self.head = seq, head
+
+    @staticmethod
+    def rollback(undo: Undo) -> None:
+        """Undo a refused batch's changes, newest first."""
+        for step in reversed(undo):
+            step()
+        undo.clear()

@@ -1,0 +1,240 @@
+"""The ledger writer: the only appender to CORTEX_LEDGER.
+
+It serves ``cortex.cmd.<tenant>.<kind>`` in a queue group, judges each
+command against the ledger state, links it into the hash chain and appends.
+Commands that arrive while a batch is being written wait and go out together
+as the next atomic batch (group commit): the fsync that ``sync_interval:
+always`` costs is paid once per batch, not once per event, and no event
+waits for another event's acknowledgement before it is published.
+
+Every append states the sequence it expects to follow. A writer whose view
+is stale (another writer appended first) is refused by JetStream, reads
+what it missed, judges its commands again and retries: two writers can
+never fork the chain, and a retried command id is found even if the other
+writer appended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from cortex.bus import COMMAND_PREFIX, Bus, Outgoing, ledger_subject
+from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
+from cortex.errors import AppendConflict, ChainBroken, CortexError
+from cortex.ledger_state import LedgerState, Refusal, Undo
+from events.chain import link
+from events.codec import decode_event, encode
+from events.commands import Command, to_event
+from events.model import kind_of
+
+log = structlog.get_logger(__name__)
+
+QUEUE_GROUP: Final = "cortex-writer"
+#: JetStream accepts at most 1,000 messages in one atomic batch.
+DEFAULT_MAX_BATCH: Final = 500
+_MAX_ATTEMPTS: Final = 50
+
+
+@dataclass(slots=True)
+class _Pending:
+    command: Command
+    tenant: str
+    future: asyncio.Future[Result]
+
+
+class LedgerWriter:
+    """Validates commands and appends them as hash-chained events; see the module doc."""
+
+    def __init__(self, bus: Bus, *, max_batch: int = DEFAULT_MAX_BATCH, replicas: int = 1) -> None:
+        if not 1 <= max_batch <= 1000:
+            raise ValueError("max_batch must be between 1 and 1000 (JetStream's atomic batch limit)")
+        self.bus = bus
+        self.max_batch = max_batch
+        self.replicas = replicas
+        self.state = LedgerState()
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._sub: Subscription | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._replies: set[asyncio.Task[None]] = set()
+        self._broken: ChainBroken | None = None
+        self.appended = 0
+
+    async def start(self) -> None:
+        """Create the stream if needed, recover the head and state, then serve."""
+        await self.bus.ensure_stream(replicas=self.replicas)
+        started = time.perf_counter()
+        await self._catch_up()
+        log.info(
+            "writer_recovered",
+            seq=self.state.seq,
+            head=self.state.head.hex()[:16],
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        self._committer = asyncio.create_task(self._run(), name="cortex-writer")
+        self._sub = await self.bus.serve(f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP)
+
+    async def stop(self) -> None:
+        """Stop taking requests, finish what was taken, answer every caller."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        if self._committer is not None:
+            await self._queue.put(None)
+            await self._committer
+            self._committer = None
+        if self._replies:
+            await asyncio.gather(*self._replies, return_exceptions=True)
+
+    # -- requests ---------------------------------------------------------
+
+    async def _on_request(self, msg: Msg) -> None:
+        parsed = parse(msg.subject, msg.data)
+        if not isinstance(parsed, Request):
+            await self._respond(msg, parsed)
+            return
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Result]] = []
+        for item in parsed.items:
+            future: asyncio.Future[Result] = loop.create_future()
+            if isinstance(item, Refusal):
+                future.set_result(error(item.code, item.message))
+            else:
+                self._queue.put_nowait(_Pending(item, parsed.tenant, future))
+            futures.append(future)
+        task = asyncio.create_task(self._answer(msg, futures, batch=parsed.batch))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _answer(self, msg: Msg, futures: list[asyncio.Future[Result]], *, batch: bool) -> None:
+        results = list(await asyncio.gather(*futures))
+        await self._respond(msg, results if batch else results[0])
+
+    @staticmethod
+    async def _respond(msg: Msg, result: list[Result] | Result) -> None:
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(encode_reply(result))
+
+    # -- the commit loop --------------------------------------------------
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            items = [first]
+            while len(items) < self.max_batch and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                items.append(item)
+            try:
+                await self._commit(items)
+            except Exception as e:  # answer every caller, whatever went wrong
+                log.exception("commit_failed")
+                reply = error(getattr(e, "code", "internal"), str(e) or type(e).__name__)
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_result(reply)
+
+    async def _commit(self, items: list[_Pending]) -> None:
+        """Judge, link and append ``items`` as one batch, retrying after conflicts."""
+        synced = False
+        for _attempt in range(_MAX_ATTEMPTS):
+            if self._broken is not None:
+                raise self._broken
+            base = self.state.seq
+            undo: Undo = []
+            outgoing: list[Outgoing] = []
+            results: list[Result | int] = []  # a result, or the seq of an earlier duplicate
+            behind = False
+            now = time.time_ns()
+            for item in items:
+                command = item.command
+                seen = self.state.seq_of(command.id)
+                if seen is not None:
+                    results.append(seen)
+                    continue
+                refusal = self.state.check(command, item.tenant)
+                if refusal is not None:
+                    behind = behind or (refusal.stateful and not synced)
+                    results.append(error(refusal.code, refusal.message))
+                    continue
+                event = to_event(command, tenant=item.tenant, ts=now)
+                body = encode(event)
+                prev = self.state.head
+                event_hash = link(prev, body)
+                outgoing.append(
+                    Outgoing(ledger_subject(item.tenant, kind_of(event)), body, str(command.id), prev, event_hash)
+                )
+                self.state.apply(event, self.state.seq + 1, event_hash, undo)
+                results.append(receipt(self.state.seq, event_hash, str(command.id)))
+            if behind:
+                # A refusal may only reflect that this writer has not seen
+                # what another writer appended: catch up and judge again.
+                LedgerState.rollback(undo)
+                await self._catch_up()
+                synced = True
+                continue
+            try:
+                await self.bus.append(outgoing, expected_last_seq=base)
+            except AppendConflict:
+                LedgerState.rollback(undo)
+                await self._catch_up()
+                synced = True
+                continue
+            except CortexError:
+                # The batch may or may not have landed (a timeout): learn which
+                # from the stream, then judge again; ids make the retry safe.
+                LedgerState.rollback(undo)
+                await self._catch_up()
+                synced = True
+                continue
+            self.appended += len(outgoing)
+            await self._resolve(items, results, base, outgoing)
+            return
+        raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
+
+    async def _resolve(
+        self, items: list[_Pending], results: list[Result | int], base: int, outgoing: list[Outgoing]
+    ) -> None:
+        for item, result in zip(items, results, strict=True):
+            if isinstance(result, int):
+                result = await self._duplicate(item, result, base, outgoing)
+            item.future.set_result(result)
+
+    async def _duplicate(self, item: _Pending, seq: int, base: int, outgoing: list[Outgoing]) -> Result:
+        """The original receipt for a retried id, if it really is the same command."""
+        if seq > base:
+            stored = outgoing[seq - base - 1]
+            subject, event_hash = stored.subject, stored.hash
+        else:
+            event = await self.bus.get(seq)
+            subject, event_hash = event.subject, event.hash
+        expected = ledger_subject(item.tenant, kind_of(to_event(item.command, tenant=item.tenant, ts=0)))
+        if subject != expected:
+            return error("id_reused", f"id {item.command.id} was already used for another command (seq {seq})")
+        return receipt(seq, event_hash, str(item.command.id))
+
+    async def _catch_up(self) -> None:
+        """Fold into the state every event appended since ``state.seq``, checking the chain."""
+        async for stored in self.bus.read(self.state.seq + 1):
+            if stored.prev_hash != self.state.head or link(stored.prev_hash, stored.body) != stored.hash:
+                self._broken = ChainBroken(
+                    f"the ledger's chain is broken at seq {stored.seq}; the writer will not "
+                    "append to it. Run `cortex audit` to see what is wrong.",
+                    seq=stored.seq,
+                )
+                raise self._broken
+            self.state.apply(decode_event(stored.body), stored.seq, stored.hash)

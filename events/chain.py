@@ -1,0 +1,90 @@
+"""The hash chain that links every ledger event to the one before it.
+
+``hash(n) = BLAKE3(DOMAIN || hash(n-1) || body(n))`` where ``body`` is the
+exact stored bytes of event ``n`` and the first event links to ``GENESIS``.
+The domain tag keeps these hashes from ever being confused with any other
+BLAKE3 use (Merkle leaves, signatures). Changing, removing, inserting or
+reordering any event changes every hash after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import blake3
+
+#: The domain-separation prefix of every chain hash.
+DOMAIN: Final = b"cortex.ledger.event.v1\x00"
+#: The link of the first event: 32 zero bytes.
+GENESIS: Final = bytes(32)
+HASH_SIZE: Final = 32
+
+
+def link(prev_hash: bytes, body: bytes) -> bytes:
+    """The chain hash of ``body`` appended after an event whose hash is ``prev_hash``."""
+    hasher = blake3.blake3(DOMAIN)
+    hasher.update(prev_hash)
+    hasher.update(body)
+    return hasher.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One thing wrong with a ledger, at a position a person can go and look at."""
+
+    type: str
+    seq: int
+    detail: str
+
+
+class ChainVerifier:
+    """Checks a ledger read in sequence order, one stored event at a time.
+
+    It needs nothing but what is stored: the sequence, the body, and the
+    previous and own hash the writer recorded beside it. Each ``check``
+    returns the violations found at that position; the verifier then goes
+    on from the recorded hash, so one altered event is reported once, not
+    at every event after it.
+    """
+
+    def __init__(self, head: bytes = GENESIS, last_seq: int = 0) -> None:
+        self.head = head
+        self.last_seq = last_seq
+        self.count = 0
+
+    def check(self, seq: int, body: bytes, prev_hash: bytes, claimed_hash: bytes) -> list[Violation]:
+        found: list[Violation] = []
+        if seq != self.last_seq + 1:
+            found.append(
+                Violation(
+                    "sequence_gap",
+                    seq,
+                    f"expected seq {self.last_seq + 1}, found {seq}: events "
+                    f"{self.last_seq + 1}..{seq - 1} are missing",
+                )
+            )
+        own = link(prev_hash, body)
+        if own != claimed_hash:
+            found.append(
+                Violation(
+                    "hash_mismatch",
+                    seq,
+                    f"recorded hash {claimed_hash.hex()[:16]}… but its bytes hash to "
+                    f"{own.hex()[:16]}…: the event was altered after it was written",
+                )
+            )
+        if prev_hash != self.head:
+            found.append(
+                Violation(
+                    "chain_break",
+                    seq,
+                    f"links to {prev_hash.hex()[:16]}… but the event before it hashes to "
+                    f"{self.head.hex()[:16]}…",
+                )
+            )
+        # Go on from what the next event should link to, so one edit is one report.
+        self.head = claimed_hash
+        self.last_seq = seq
+        self.count += 1
+        return found

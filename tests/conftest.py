@@ -1,0 +1,45 @@
+"""Fixtures chained as the product runs: a real nats-server → connections → writer → client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cortex.bus import Bus
+from cortex.client import Client
+from cortex.embedded import EmbeddedServer
+from cortex.writer import LedgerWriter
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    """A real nats-server from the wheel, on a free loopback port, storing in tmp_path."""
+    async with EmbeddedServer(tmp_path / "data", port=-1) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def bus(server: EmbeddedServer) -> AsyncIterator[Bus]:
+    b = await Bus.connect(server.url)
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def writer(server: EmbeddedServer) -> AsyncIterator[LedgerWriter]:
+    """A running writer on its own connection, as `cortex up` runs it."""
+    b = await Bus.connect(server.url, name="writer")
+    w = LedgerWriter(b)
+    await w.start()
+    yield w
+    await w.stop()
+    await b.close()
+
+
+@pytest.fixture
+async def client(server: EmbeddedServer, writer: LedgerWriter) -> AsyncIterator[Client]:
+    c = await Client.connect(server.url, tenant="acme")
+    yield c
+    await c.close()
