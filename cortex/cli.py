@@ -1,0 +1,402 @@
+"""The ``cortex`` command line: run the ledger, write to it, read it, audit it.
+
+Readable output by default and ``--json`` for scripts. A refused command or
+an unreachable server prints one line saying what was wrong and exits
+non-zero; it never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cortex.audit import AuditReport, audit_ledger
+from cortex.bus import DEFAULT_URL, Bus
+from cortex.client import Client, Receipt
+from cortex.embedded import Durability, EmbeddedServer
+from cortex.errors import CortexError
+from cortex.writer import DEFAULT_MAX_BATCH, LedgerWriter
+from events.codec import decode_event
+from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast, kind_of
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+
+
+def _receipt_dict(r: Receipt) -> dict[str, Any]:
+    d: dict[str, Any] = {"seq": r.seq, "hash": r.hash, "id": str(r.id)}
+    if r.fact_id is not None:
+        d["fact_id"] = str(r.fact_id)
+    return d
+
+
+def _short(value: uuid.UUID) -> str:
+    """The random tail of a UUIDv7 (its head is a timestamp, alike for neighbours)."""
+    return "…" + str(value)[-8:]
+
+
+def _summary(event: Event) -> tuple[str, str]:
+    """(agent, what) for a table row."""
+    if isinstance(event, AgentRegistered):
+        return event.agent_id, "registered" + (" with a signing key" if event.public_key else "")
+    if isinstance(event, FactStored):
+        text = event.content if len(event.content) <= 48 else event.content[:47] + "…"
+        return event.agent_id, f"fact {_short(event.fact_id)}: {text}"
+    if isinstance(event, FactDeprecated):
+        return event.agent_id, f"deprecated {_short(event.fact_id)}" + (f": {event.reason}" if event.reason else "")
+    if isinstance(event, VoteCast):
+        sign = {1: "+1", -1: "-1", 0: "withdrew"}.get(event.value, str(event.value))
+        return event.agent_id, f"vote {sign} on {_short(event.fact_id)}"
+    return "", ""
+
+
+def _print_audit(report: AuditReport, as_json: bool) -> int:
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        table = Table(title="cortex audit", show_header=False)
+        table.add_row("events checked", str(report.events))
+        table.add_row("last seq", str(report.last_seq))
+        table.add_row("chain head", report.head[:32] + "…" if report.head else "-")
+        table.add_row("seconds", f"{report.seconds:.3f}")
+        table.add_row("result", "[green]intact[/]" if report.ok else f"[red]{len(report.violations)} violation(s)[/]")
+        out.print(table)
+        for v in report.violations[:50]:
+            out.print(f"[red]{v.type}[/] at seq {v.seq}: {v.detail}")
+        if len(report.violations) > 50:
+            out.print(f"… and {len(report.violations) - 50} more (use --json for all)")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _audit(bus: Bus, as_json: bool) -> int:
+    if as_json or not sys.stderr.isatty():
+        report = await audit_ledger(bus)
+    else:
+        with Progress(
+            TextColumn("auditing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(), console=err, transient=True,
+        ) as bar:
+            task = bar.add_task("audit", total=None)
+            report = await audit_ledger(bus, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    return _print_audit(report, as_json)
+
+
+# -- commands ---------------------------------------------------------------
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    server: EmbeddedServer | None = None
+    url = args.nats
+    if not url:
+        server = EmbeddedServer(Path(args.data), port=args.port, durability=Durability(args.durability))
+        url = await server.start()
+    try:
+        bus = await Bus.connect(url, name="cortex-writer")
+        writer = LedgerWriter(bus, max_batch=args.max_batch)
+        await writer.start()
+        where = f"data in {Path(args.data).resolve()}, durability {args.durability}" if server else "external server"
+        out.print(f"CORTEX is up: serving {url} ({where}). Ctrl-C to stop.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        out.print("stopping…")
+        await writer.stop()
+        await bus.close()
+    finally:
+        if server is not None:
+            await server.stop()
+    return EXIT_OK
+
+
+async def _with_client(args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]) -> int:
+    async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as client:
+        receipt = await work(client)
+    if args.json:
+        _print_json(_receipt_dict(receipt))
+    else:
+        extra = f"  fact {receipt.fact_id}" if receipt.fact_id else ""
+        out.print(f"appended at seq {receipt.seq}  hash {receipt.hash[:16]}…  id {receipt.id}{extra}")
+    return EXIT_OK
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as e:
+        raise CortexError(f"{value!r} is not an ISO 8601 date-time", code="invalid_field") from e
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _parse_uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as e:
+        raise CortexError(f"{what} {value!r} is not a UUID", code="invalid_field") from e
+
+
+async def cmd_agent_add(args: argparse.Namespace) -> int:
+    return await _with_client(args, lambda c: c.register_agent(args.agent_id, public_key=args.public_key))
+
+
+async def cmd_fact_add(args: argparse.Namespace) -> int:
+    try:
+        meta = json.loads(args.meta) if args.meta else {}
+    except json.JSONDecodeError as e:
+        raise CortexError(f"--meta is not JSON: {e}", code="invalid_field") from e
+    if not isinstance(meta, dict):
+        raise CortexError("--meta must be a JSON object", code="invalid_field")
+    return await _with_client(
+        args,
+        lambda c: c.store_fact(
+            args.agent,
+            args.content,
+            type=args.type,
+            tags=args.tag or (),
+            confidence=args.confidence,
+            source=args.source,
+            meta=meta,
+            valid_from=_parse_time(args.valid_from),
+            valid_until=_parse_time(args.valid_until),
+        ),
+    )
+
+
+async def cmd_fact_deprecate(args: argparse.Namespace) -> int:
+    fact = _parse_uuid(args.fact_id, "fact")
+    successor = _parse_uuid(args.successor, "successor") if args.successor else None
+    return await _with_client(
+        args, lambda c: c.deprecate_fact(args.agent, fact, reason=args.reason, successor_id=successor)
+    )
+
+
+_VOTES: Final = {"+1": 1, "1": 1, "up": 1, "-1": -1, "down": -1, "0": 0, "withdraw": 0}
+
+
+async def cmd_vote(args: argparse.Namespace) -> int:
+    fact = _parse_uuid(args.fact_id, "fact")
+    value = _VOTES.get(args.value)
+    if value is None:
+        raise CortexError(f"a vote is +1, -1 or 0 (or up, down, withdraw), not {args.value!r}", code="invalid_vote")
+    return await _with_client(args, lambda c: c.vote(args.agent, fact, value, reason=args.reason))
+
+
+async def cmd_log(args: argparse.Namespace) -> int:
+    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-log")
+    try:
+        last = await bus.last_seq()
+        end = last if args.limit is None else min(last, args.start + args.limit - 1)
+        rows: list[dict[str, Any]] = []
+        async for stored in bus.read(args.start, end):
+            row: dict[str, Any] = {"seq": stored.seq, "subject": stored.subject, "hash": stored.hash.hex()}
+            try:
+                event = decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                row.update(kind="?", tenant="?", agent="", what="(undecodable body)")
+            else:
+                agent, what = _summary(event)
+                row.update(kind=kind_of(event), tenant=event.tenant, id=str(event.id), agent=agent, what=what)
+                if args.json:
+                    row["event"] = msgspec.to_builtins(event)
+            rows.append(row)
+    finally:
+        await bus.close()
+    if args.json:
+        for row in rows:
+            _print_json(row)
+        return EXIT_OK
+    _print_events(rows, title=f"CORTEX_LEDGER seq {args.start}..{end} of {last}")
+    return EXIT_OK
+
+
+def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
+    table = Table(title=title)
+    for column in ("seq", "kind", "tenant", "agent", "what", "hash"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row["seq"]), row["kind"], row["tenant"], row.get("agent", ""), row.get("what", ""), row["hash"][:16] + "…"
+        )
+    out.print(table)
+
+
+async def cmd_audit(args: argparse.Namespace) -> int:
+    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-audit")
+    try:
+        return await _audit(bus, args.json)
+    finally:
+        await bus.close()
+
+
+async def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a throwaway server, run three agents through a short story, audit it."""
+    with tempfile.TemporaryDirectory(prefix="cortex-demo-") as tmp:
+        async with EmbeddedServer(Path(tmp), port=-1) as server:
+            bus = await Bus.connect(server.url, name="cortex-demo")
+            writer = LedgerWriter(bus)
+            await writer.start()
+            try:
+                if not args.json:
+                    out.print(f"CORTEX demo: nats-server {server.url}, ledger in {tmp}")
+                async with await Client.connect(server.url, tenant="demo") as client:
+                    await _demo_story(client)
+                await writer.stop()
+                rows = [
+                    {"seq": s.seq, "hash": s.hash.hex(), "subject": s.subject, **_demo_row(s.body)}
+                    async for s in bus.read(1)
+                ]
+                report = await audit_ledger(bus)
+            finally:
+                await writer.stop()
+                await bus.close()
+    if args.json:
+        _print_json({"events": rows, "audit": report.to_dict()})
+        return EXIT_OK if report.ok else EXIT_FAILED
+    _print_events(rows, title="what happened")
+    return _print_audit(report, as_json=False)
+
+
+def _demo_row(body: bytes) -> dict[str, Any]:
+    event = decode_event(body)
+    agent, what = _summary(event)
+    return {"kind": kind_of(event), "tenant": event.tenant, "agent": agent, "what": what}
+
+
+async def _demo_story(client: Client) -> None:
+    for agent in ("alice", "bob", "carol"):
+        await client.register_agent(agent)
+    boils = await client.store_fact("alice", "Water boils at 100 °C at sea level.", tags=["physics"], confidence=0.95)
+    moon = await client.store_fact("bob", "The Moon is made of cheese.", type="claim", confidence=0.2)
+    capital = await client.store_fact("carol", "Canberra is the capital of Australia.", source="atlas")
+    assert boils.fact_id and moon.fact_id and capital.fact_id
+    # Votes from different agents go out together: the client batches them.
+    await asyncio.gather(
+        client.vote("bob", boils.fact_id, 1),
+        client.vote("carol", boils.fact_id, 1),
+        client.vote("alice", moon.fact_id, -1, reason="spectroscopy says rock"),
+        client.vote("carol", moon.fact_id, -1),
+        client.vote("alice", capital.fact_id, 1),
+    )
+    better = await client.store_fact("bob", "The Moon is made of rock.", confidence=0.9)
+    await client.deprecate_fact("bob", moon.fact_id, reason="I was wrong", successor_id=better.fact_id)
+
+
+# -- the parser -------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--nats", default=os.environ.get("CORTEX_NATS_URL"), metavar="URL",
+                        help="NATS server or cluster URL (env CORTEX_NATS_URL; default %s)" % DEFAULT_URL)
+    common.add_argument("--tenant", default=os.environ.get("CORTEX_TENANT", "default"),
+                        help="tenant to act in (env CORTEX_TENANT; default 'default')")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+
+    parser = argparse.ArgumentParser(prog="cortex", description="CORTEX: shared, tamper-evident memory for AI agents.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", parents=[common], help="run a short story on a throwaway server and audit it")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("up", parents=[common], help="start the embedded server (or use --nats) and the writer")
+    p.add_argument("--data", default=".cortex", help="data folder of the embedded server (default ./.cortex)")
+    p.add_argument("--port", type=int, default=4222, help="port of the embedded server (default 4222)")
+    p.add_argument("--durability", choices=[d.value for d in Durability], default=Durability.SAFE.value,
+                   help="safe: fsync before every ack (default); fast: JetStream's lazy fsync")
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="events per atomic batch (1-1000)")
+    p.set_defaults(func=cmd_up)
+
+    agent = sub.add_parser("agent", help="manage agents").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = agent.add_parser("add", parents=[common], help="register an agent in the tenant")
+    p.add_argument("agent_id")
+    p.add_argument("--public-key", help="the agent's Ed25519 public key, 64 hex digits")
+    p.set_defaults(func=cmd_agent_add)
+
+    fact = sub.add_parser("fact", help="store and deprecate facts").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    p = fact.add_parser("add", parents=[common], help="store a fact")
+    p.add_argument("content")
+    p.add_argument("--agent", required=True, help="the registered agent asserting it")
+    p.add_argument("--type", default="knowledge")
+    p.add_argument("--tag", action="append", help="a tag (repeatable)")
+    p.add_argument("--confidence", type=float, default=1.0, help="0..1 (default 1)")
+    p.add_argument("--source", default="")
+    p.add_argument("--meta", help="a small JSON object")
+    p.add_argument("--valid-from", help="ISO 8601 world time the fact starts to hold")
+    p.add_argument("--valid-until", help="ISO 8601 world time the fact stops holding")
+    p.set_defaults(func=cmd_fact_add)
+    p = fact.add_parser("deprecate", parents=[common], help="deprecate a fact, optionally naming its successor")
+    p.add_argument("fact_id")
+    p.add_argument("--agent", required=True)
+    p.add_argument("--reason", default="")
+    p.add_argument("--successor", help="id of the fact that replaces it")
+    p.set_defaults(func=cmd_fact_deprecate)
+
+    p = sub.add_parser("vote", parents=[common], help="vote +1 / -1 on a fact, or 0 to withdraw")
+    p.add_argument("fact_id")
+    p.add_argument("value", help="+1, -1 or 0 (also: up, down, withdraw)")
+    p.add_argument("--agent", required=True)
+    p.add_argument("--reason", default="")
+    p.set_defaults(func=cmd_vote)
+
+    p = sub.add_parser("log", parents=[common], help="list the ledger's events")
+    p.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
+    p.add_argument("--limit", type=int, help="at most this many events")
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("audit", parents=[common], help="recompute the whole chain; exit 1 on any break")
+    p.set_defaults(func=cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose or args.func is cmd_up)
+    try:
+        code: int = asyncio.run(args.func(args))
+    except CortexError as e:
+        if getattr(args, "json", False):
+            _print_json({"error": {"code": e.code, "message": e.message}})
+        err.print(f"[red]error[/] [{e.code}]: {e.message}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
