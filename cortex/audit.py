@@ -46,7 +46,9 @@ class AuditReport:
             "last_seq": self.last_seq,
             "head": self.head,
             "seconds": round(self.seconds, 3),
-            "violations": [{"type": v.type, "seq": v.seq, "detail": v.detail} for v in self.violations],
+            "violations": [
+                {"type": v.type, "seq": v.seq, "detail": v.detail} for v in self.violations
+            ],
         }
 
 
@@ -77,7 +79,9 @@ async def audit_ledger(bus: Bus, *, progress: Progress | None = None) -> AuditRe
             if first != stored.seq:
                 found.append(
                     Violation(
-                        "duplicate_event", stored.seq, f"event id {event.id} was already appended at seq {first}"
+                        "duplicate_event",
+                        stored.seq,
+                        f"event id {event.id} was already appended at seq {first}",
                     )
                 )
         report.violations.extend(found)
@@ -88,7 +92,8 @@ async def audit_ledger(bus: Bus, *, progress: Progress | None = None) -> AuditRe
             Violation(
                 "sequence_gap",
                 total,
-                f"the stream ends at seq {total} but events after {verifier.last_seq} could not be read",
+                f"the stream ends at seq {total} but events after "
+                f"{verifier.last_seq} could not be read",
             )
         )
     report.events = verifier.count

@@ -8,7 +8,6 @@ are translated into CORTEX errors here, where they enter.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import uuid
@@ -80,6 +79,12 @@ def _hash_header(headers: dict[str, str] | None, name: str, seq: int) -> bytes:
         return b""
 
 
+async def _log_nats_error(e: Exception) -> None:
+    # nats-py prints tracebacks for connection trouble by default; a user
+    # gets one clear CORTEX error instead, and the detail goes to the log.
+    log.debug("nats_error", error=str(e) or type(e).__name__)
+
+
 class Bus:
     """A connection to NATS with the few JetStream operations CORTEX needs."""
 
@@ -89,18 +94,25 @@ class Bus:
         self.timeout = timeout
 
     @classmethod
-    async def connect(cls, url: str = DEFAULT_URL, *, name: str = "cortex", timeout: float = 5.0) -> Bus:
+    async def connect(
+        cls, url: str = DEFAULT_URL, *, name: str = "cortex", timeout: float = 5.0
+    ) -> Bus:
         """Connect, failing fast with a clear error when nothing listens at ``url``."""
         try:
             nc = await nats.connect(
                 url,
                 name=name,
                 connect_timeout=timeout,
-                max_reconnect_attempts=3,
+                # Fail fast when nothing listens at first…
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.5,
                 allow_reconnect=True,
+                error_cb=_log_nats_error,
             )
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, nats.errors.Error) as e:
             raise Unavailable(f"cannot reach NATS at {url}: {e or type(e).__name__}") from e
+        # …but once connected, ride out restarts and cluster fail-overs.
+        nc.options["max_reconnect_attempts"] = -1
         return cls(nc, timeout=timeout)
 
     async def close(self) -> None:
@@ -188,7 +200,9 @@ class Bus:
                 continue
             headers["Nats-Batch-Commit"] = "1"
             try:
-                reply = await self.nc.request(event.subject, event.body, timeout=self.timeout, headers=headers)
+                reply = await self.nc.request(
+                    event.subject, event.body, timeout=self.timeout, headers=headers
+                )
             except nats.errors.NoRespondersError as e:
                 raise LedgerError(f"no stream accepts {event.subject}: is {STREAM} created?") from e
             except nats.errors.TimeoutError as e:
@@ -199,13 +213,17 @@ class Bus:
             err_code = error.get("err_code")
             if err_code in (_WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE_MSG_ID):
                 raise AppendConflict(f"stream moved on: {error.get('description')}")
-            raise LedgerError(f"JetStream refused the batch: {error.get('description')} ({err_code})")
+            raise LedgerError(
+                f"JetStream refused the batch: {error.get('description')} ({err_code})"
+            )
         seq = int(ack["seq"])
         if ack.get("count", last) != last or seq != expected_last_seq + last:
             raise LedgerError(f"JetStream stored the batch unexpectedly: {ack}")
         return seq
 
-    async def read(self, start_seq: int = 1, end_seq: int | None = None) -> AsyncIterator[StoredEvent]:
+    async def read(
+        self, start_seq: int = 1, end_seq: int | None = None
+    ) -> AsyncIterator[StoredEvent]:
         """Yield stored events from ``start_seq`` to ``end_seq`` (default: the current end).
 
         An ordered push consumer: the fastest in-order read nats-py offers,
@@ -214,7 +232,9 @@ class Bus:
         end = await self.last_seq() if end_seq is None else end_seq
         if start_seq > end:
             return
-        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
+        )
         sub = await self.js.subscribe(
             f"{LEDGER_PREFIX}.>", stream=STREAM, ordered_consumer=True, config=config
         )
@@ -249,7 +269,9 @@ class Bus:
         try:
             reply = await self.nc.request(subject, payload, timeout=timeout or self.timeout)
         except nats.errors.NoRespondersError as e:
-            raise Unavailable(f"no CORTEX writer is serving {subject}: is `cortex up` running?") from e
+            raise Unavailable(
+                f"no CORTEX writer is serving {subject}: is `cortex up` running?"
+            ) from e
         except nats.errors.TimeoutError as e:
             raise Unavailable(f"no reply on {subject} within {timeout or self.timeout}s") from e
         except nats.errors.MaxPayloadError as e:

@@ -24,6 +24,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -74,7 +75,9 @@ def _summary(event: Event) -> tuple[str, str]:
         text = event.content if len(event.content) <= 48 else event.content[:47] + "…"
         return event.agent_id, f"fact {_short(event.fact_id)}: {text}"
     if isinstance(event, FactDeprecated):
-        return event.agent_id, f"deprecated {_short(event.fact_id)}" + (f": {event.reason}" if event.reason else "")
+        return event.agent_id, f"deprecated {_short(event.fact_id)}" + (
+            f": {event.reason}" if event.reason else ""
+        )
     if isinstance(event, VoteCast):
         sign = {1: "+1", -1: "-1", 0: "withdrew"}.get(event.value, str(event.value))
         return event.agent_id, f"vote {sign} on {_short(event.fact_id)}"
@@ -90,10 +93,13 @@ def _print_audit(report: AuditReport, as_json: bool) -> int:
         table.add_row("last seq", str(report.last_seq))
         table.add_row("chain head", report.head[:32] + "…" if report.head else "-")
         table.add_row("seconds", f"{report.seconds:.3f}")
-        table.add_row("result", "[green]intact[/]" if report.ok else f"[red]{len(report.violations)} violation(s)[/]")
+        table.add_row(
+            "result",
+            "[green]intact[/]" if report.ok else f"[red]{len(report.violations)} violation(s)[/]",
+        )
         out.print(table)
         for v in report.violations[:50]:
-            out.print(f"[red]{v.type}[/] at seq {v.seq}: {v.detail}")
+            out.print(f"[red]{v.type}[/] at seq {v.seq}: {escape(v.detail)}")
         if len(report.violations) > 50:
             out.print(f"… and {len(report.violations) - 50} more (use --json for all)")
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -104,11 +110,17 @@ async def _audit(bus: Bus, as_json: bool) -> int:
         report = await audit_ledger(bus)
     else:
         with Progress(
-            TextColumn("auditing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(), console=err, transient=True,
+            TextColumn("auditing"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
         ) as bar:
             task = bar.add_task("audit", total=None)
-            report = await audit_ledger(bus, progress=lambda done, total: bar.update(task, completed=done, total=total))
+            report = await audit_ledger(
+                bus, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            )
     return _print_audit(report, as_json)
 
 
@@ -119,13 +131,19 @@ async def cmd_up(args: argparse.Namespace) -> int:
     server: EmbeddedServer | None = None
     url = args.nats
     if not url:
-        server = EmbeddedServer(Path(args.data), port=args.port, durability=Durability(args.durability))
+        server = EmbeddedServer(
+            Path(args.data), port=args.port, durability=Durability(args.durability)
+        )
         url = await server.start()
     try:
         bus = await Bus.connect(url, name="cortex-writer")
         writer = LedgerWriter(bus, max_batch=args.max_batch)
         await writer.start()
-        where = f"data in {Path(args.data).resolve()}, durability {args.durability}" if server else "external server"
+        where = (
+            f"data in {server.data_dir}, durability {args.durability}"
+            if server
+            else "external server"
+        )
         out.print(f"CORTEX is up: serving {url} ({where}). Ctrl-C to stop.")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -141,14 +159,18 @@ async def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _with_client(args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]) -> int:
+async def _with_client(
+    args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]
+) -> int:
     async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as client:
         receipt = await work(client)
     if args.json:
         _print_json(_receipt_dict(receipt))
     else:
         extra = f"  fact {receipt.fact_id}" if receipt.fact_id else ""
-        out.print(f"appended at seq {receipt.seq}  hash {receipt.hash[:16]}…  id {receipt.id}{extra}")
+        out.print(
+            f"appended at seq {receipt.seq}  hash {receipt.hash[:16]}…  id {receipt.id}{extra}"
+        )
     return EXIT_OK
 
 
@@ -170,7 +192,9 @@ def _parse_uuid(value: str, what: str) -> uuid.UUID:
 
 
 async def cmd_agent_add(args: argparse.Namespace) -> int:
-    return await _with_client(args, lambda c: c.register_agent(args.agent_id, public_key=args.public_key))
+    return await _with_client(
+        args, lambda c: c.register_agent(args.agent_id, public_key=args.public_key)
+    )
 
 
 async def cmd_fact_add(args: argparse.Namespace) -> int:
@@ -200,7 +224,8 @@ async def cmd_fact_deprecate(args: argparse.Namespace) -> int:
     fact = _parse_uuid(args.fact_id, "fact")
     successor = _parse_uuid(args.successor, "successor") if args.successor else None
     return await _with_client(
-        args, lambda c: c.deprecate_fact(args.agent, fact, reason=args.reason, successor_id=successor)
+        args,
+        lambda c: c.deprecate_fact(args.agent, fact, reason=args.reason, successor_id=successor),
     )
 
 
@@ -211,7 +236,10 @@ async def cmd_vote(args: argparse.Namespace) -> int:
     fact = _parse_uuid(args.fact_id, "fact")
     value = _VOTES.get(args.value)
     if value is None:
-        raise CortexError(f"a vote is +1, -1 or 0 (or up, down, withdraw), not {args.value!r}", code="invalid_vote")
+        raise CortexError(
+            f"a vote is +1, -1 or 0 (or up, down, withdraw), not {args.value!r}",
+            code="invalid_vote",
+        )
     return await _with_client(args, lambda c: c.vote(args.agent, fact, value, reason=args.reason))
 
 
@@ -222,14 +250,24 @@ async def cmd_log(args: argparse.Namespace) -> int:
         end = last if args.limit is None else min(last, args.start + args.limit - 1)
         rows: list[dict[str, Any]] = []
         async for stored in bus.read(args.start, end):
-            row: dict[str, Any] = {"seq": stored.seq, "subject": stored.subject, "hash": stored.hash.hex()}
+            row: dict[str, Any] = {
+                "seq": stored.seq,
+                "subject": stored.subject,
+                "hash": stored.hash.hex(),
+            }
             try:
                 event = decode_event(stored.body)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 row.update(kind="?", tenant="?", agent="", what="(undecodable body)")
             else:
                 agent, what = _summary(event)
-                row.update(kind=kind_of(event), tenant=event.tenant, id=str(event.id), agent=agent, what=what)
+                row.update(
+                    kind=kind_of(event),
+                    tenant=event.tenant,
+                    id=str(event.id),
+                    agent=agent,
+                    what=what,
+                )
                 if args.json:
                     row["event"] = msgspec.to_builtins(event)
             rows.append(row)
@@ -249,7 +287,12 @@ def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
-            str(row["seq"]), row["kind"], row["tenant"], row.get("agent", ""), row.get("what", ""), row["hash"][:16] + "…"
+            str(row["seq"]),
+            row["kind"],
+            row["tenant"],
+            row.get("agent", ""),
+            row.get("what", ""),
+            row["hash"][:16] + "…",
         )
     out.print(table)
 
@@ -299,10 +342,18 @@ def _demo_row(body: bytes) -> dict[str, Any]:
 async def _demo_story(client: Client) -> None:
     for agent in ("alice", "bob", "carol"):
         await client.register_agent(agent)
-    boils = await client.store_fact("alice", "Water boils at 100 °C at sea level.", tags=["physics"], confidence=0.95)
-    moon = await client.store_fact("bob", "The Moon is made of cheese.", type="claim", confidence=0.2)
-    capital = await client.store_fact("carol", "Canberra is the capital of Australia.", source="atlas")
-    assert boils.fact_id and moon.fact_id and capital.fact_id
+    boils = await client.store_fact(
+        "alice", "Water boils at 100 °C at sea level.", tags=["physics"], confidence=0.95
+    )
+    moon = await client.store_fact(
+        "bob", "The Moon is made of cheese.", type="claim", confidence=0.2
+    )
+    capital = await client.store_fact(
+        "carol", "Canberra is the capital of Australia.", source="atlas"
+    )
+    assert boils.fact_id
+    assert moon.fact_id
+    assert capital.fact_id
     # Votes from different agents go out together: the client batches them.
     await asyncio.gather(
         client.vote("bob", boils.fact_id, 1),
@@ -312,7 +363,9 @@ async def _demo_story(client: Client) -> None:
         client.vote("alice", capital.fact_id, 1),
     )
     better = await client.store_fact("bob", "The Moon is made of rock.", confidence=0.9)
-    await client.deprecate_fact("bob", moon.fact_id, reason="I was wrong", successor_id=better.fact_id)
+    await client.deprecate_fact(
+        "bob", moon.fact_id, reason="I was wrong", successor_id=better.fact_id
+    )
 
 
 # -- the parser -------------------------------------------------------------
@@ -320,34 +373,61 @@ async def _demo_story(client: Client) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--nats", default=os.environ.get("CORTEX_NATS_URL"), metavar="URL",
-                        help="NATS server or cluster URL (env CORTEX_NATS_URL; default %s)" % DEFAULT_URL)
-    common.add_argument("--tenant", default=os.environ.get("CORTEX_TENANT", "default"),
-                        help="tenant to act in (env CORTEX_TENANT; default 'default')")
+    common.add_argument(
+        "--nats",
+        default=os.environ.get("CORTEX_NATS_URL"),
+        metavar="URL",
+        help=f"NATS server or cluster URL (env CORTEX_NATS_URL; default {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--tenant",
+        default=os.environ.get("CORTEX_TENANT", "default"),
+        help="tenant to act in (env CORTEX_TENANT; default 'default')",
+    )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
 
-    parser = argparse.ArgumentParser(prog="cortex", description="CORTEX: shared, tamper-evident memory for AI agents.")
+    parser = argparse.ArgumentParser(
+        prog="cortex", description="CORTEX: shared, tamper-evident memory for AI agents."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", parents=[common], help="run a short story on a throwaway server and audit it")
+    p = sub.add_parser(
+        "demo", parents=[common], help="run a short story on a throwaway server and audit it"
+    )
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("up", parents=[common], help="start the embedded server (or use --nats) and the writer")
-    p.add_argument("--data", default=".cortex", help="data folder of the embedded server (default ./.cortex)")
-    p.add_argument("--port", type=int, default=4222, help="port of the embedded server (default 4222)")
-    p.add_argument("--durability", choices=[d.value for d in Durability], default=Durability.SAFE.value,
-                   help="safe: fsync before every ack (default); fast: JetStream's lazy fsync")
-    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="events per atomic batch (1-1000)")
+    p = sub.add_parser(
+        "up", parents=[common], help="start the embedded server (or use --nats) and the writer"
+    )
+    p.add_argument(
+        "--data", default=".cortex", help="data folder of the embedded server (default ./.cortex)"
+    )
+    p.add_argument(
+        "--port", type=int, default=4222, help="port of the embedded server (default 4222)"
+    )
+    p.add_argument(
+        "--durability",
+        choices=[d.value for d in Durability],
+        default=Durability.SAFE.value,
+        help="safe: fsync before every ack (default); fast: JetStream's lazy fsync",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="events per atomic batch (1-1000)"
+    )
     p.set_defaults(func=cmd_up)
 
-    agent = sub.add_parser("agent", help="manage agents").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    agent = sub.add_parser("agent", help="manage agents").add_subparsers(
+        dest="sub", required=True, metavar="ACTION"
+    )
     p = agent.add_parser("add", parents=[common], help="register an agent in the tenant")
     p.add_argument("agent_id")
     p.add_argument("--public-key", help="the agent's Ed25519 public key, 64 hex digits")
     p.set_defaults(func=cmd_agent_add)
 
-    fact = sub.add_parser("fact", help="store and deprecate facts").add_subparsers(dest="sub", required=True, metavar="ACTION")
+    fact = sub.add_parser("fact", help="store and deprecate facts").add_subparsers(
+        dest="sub", required=True, metavar="ACTION"
+    )
     p = fact.add_parser("add", parents=[common], help="store a fact")
     p.add_argument("content")
     p.add_argument("--agent", required=True, help="the registered agent asserting it")
@@ -359,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-from", help="ISO 8601 world time the fact starts to hold")
     p.add_argument("--valid-until", help="ISO 8601 world time the fact stops holding")
     p.set_defaults(func=cmd_fact_add)
-    p = fact.add_parser("deprecate", parents=[common], help="deprecate a fact, optionally naming its successor")
+    p = fact.add_parser(
+        "deprecate", parents=[common], help="deprecate a fact, optionally naming its successor"
+    )
     p.add_argument("fact_id")
     p.add_argument("--agent", required=True)
     p.add_argument("--reason", default="")
@@ -378,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most this many events")
     p.set_defaults(func=cmd_log)
 
-    p = sub.add_parser("audit", parents=[common], help="recompute the whole chain; exit 1 on any break")
+    p = sub.add_parser(
+        "audit", parents=[common], help="recompute the whole chain; exit 1 on any break"
+    )
     p.set_defaults(func=cmd_audit)
     return parser
 
@@ -391,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CortexError as e:
         if getattr(args, "json", False):
             _print_json({"error": {"code": e.code, "message": e.message}})
-        err.print(f"[red]error[/] [{e.code}]: {e.message}")
+        err.print(f"[red]error[/] {escape(f'[{e.code}]')}: {escape(e.message)}")
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -38,6 +38,15 @@ def new_id() -> uuid.UUID:
     return uuid_utils.compat.uuid7()
 
 
+def _results(raw: bytes, count: int) -> list[dict[str, Any]]:
+    """One result per command sent; a single error reply refuses them all."""
+    reply = _reply_decoder.decode(raw)
+    results = reply if isinstance(reply, list) else [reply] * count
+    if len(results) != count:
+        raise CortexError(f"writer answered {len(results)} results for {count} commands")
+    return results
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """Proof that an event is in the ledger: where, with which hash, under which id."""
@@ -85,7 +94,9 @@ class Client:
         self._sends: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str = DEFAULT_URL, *, tenant: str = DEFAULT_TENANT, **options: Any) -> Self:
+    async def connect(
+        cls, url: str = DEFAULT_URL, *, tenant: str = DEFAULT_TENANT, **options: Any
+    ) -> Self:
         bus = await Bus.connect(url, name=f"cortex-client-{tenant}")
         return cls(bus, tenant=tenant, owns_bus=True, **options)
 
@@ -112,8 +123,12 @@ class Client:
 
     # -- commands ---------------------------------------------------------
 
-    async def register_agent(self, agent_id: str, *, public_key: str | None = None, id: uuid.UUID | None = None) -> Receipt:
-        return await self.submit(RegisterAgent(id=id or new_id(), agent_id=agent_id, public_key=public_key))
+    async def register_agent(
+        self, agent_id: str, *, public_key: str | None = None, id: uuid.UUID | None = None
+    ) -> Receipt:
+        return await self.submit(
+            RegisterAgent(id=id or new_id(), agent_id=agent_id, public_key=public_key)
+        )
 
     async def store_fact(
         self,
@@ -156,19 +171,39 @@ class Client:
         id: uuid.UUID | None = None,
     ) -> Receipt:
         return await self.submit(
-            DeprecateFact(id=id or new_id(), fact_id=fact_id, agent_id=agent_id, reason=reason, successor_id=successor_id)
+            DeprecateFact(
+                id=id or new_id(),
+                fact_id=fact_id,
+                agent_id=agent_id,
+                reason=reason,
+                successor_id=successor_id,
+            )
         )
 
     async def vote(
-        self, agent_id: str, fact_id: uuid.UUID, value: int, *, reason: str = "", id: uuid.UUID | None = None
+        self,
+        agent_id: str,
+        fact_id: uuid.UUID,
+        value: int,
+        *,
+        reason: str = "",
+        id: uuid.UUID | None = None,
     ) -> Receipt:
-        return await self.submit(CastVote(id=id or new_id(), fact_id=fact_id, agent_id=agent_id, value=value, reason=reason))
+        return await self.submit(
+            CastVote(
+                id=id or new_id(), fact_id=fact_id, agent_id=agent_id, value=value, reason=reason
+            )
+        )
 
     async def submit(self, command: Command) -> Receipt:
         """Send any command (batched with others under load) and wait for its receipt."""
         body = encode(command)
         if len(body) > _MAX_REQUEST_BYTES:
-            raise InvalidCommand(f"command is {len(body)} bytes encoded; requests are limited to {_MAX_REQUEST_BYTES}", code="too_large")
+            raise InvalidCommand(
+                f"command is {len(body)} bytes encoded; "
+                f"requests are limited to {_MAX_REQUEST_BYTES}",
+                code="too_large",
+            )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Call(command, body, future))
         if self._sender is None:
@@ -213,7 +248,9 @@ class Client:
     async def _send(self, batch: list[_Call]) -> None:
         try:
             if len(batch) == 1:
-                subject = command_subject(self.tenant, str(type(batch[0].command).__struct_config__.tag))
+                subject = command_subject(
+                    self.tenant, str(type(batch[0].command).__struct_config__.tag)
+                )
                 payload = batch[0].body
             else:
                 subject = command_subject(self.tenant, BATCH_KIND)
@@ -225,11 +262,7 @@ class Client:
                 except Unavailable:
                     if attempt == self.retries:
                         raise
-            reply = _reply_decoder.decode(raw)
-            results = reply if isinstance(reply, list) else [reply] * len(batch)
-            if len(results) != len(batch):
-                raise CortexError(f"writer answered {len(results)} results for {len(batch)} commands")
-            for call, result in zip(batch, results, strict=True):
+            for call, result in zip(batch, _results(raw, len(batch)), strict=True):
                 if not call.future.done():
                     call.future.set_result(result)
         except Exception as e:

@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import msgspec
 
-from events.commands import COMMAND_TYPES, MAX_BATCH, Command
 from cortex.ledger_state import Refusal, check_shape
+from events.commands import COMMAND_TYPES, MAX_BATCH, Command
 
 BATCH_KIND: Final = "batch"
 _TENANT: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -47,11 +47,15 @@ def receipt(seq: int, event_hash: bytes, event_id: str) -> Result:
 def _decode_one(kind: str, data: bytes | msgspec.Raw) -> Command | Refusal:
     decoder = _decoders.get(kind)
     if decoder is None:
-        return Refusal("unknown_kind", f"unknown command kind {kind!r}; known: {sorted(COMMAND_TYPES)}")
+        return Refusal(
+            "unknown_kind", f"unknown command kind {kind!r}; known: {sorted(COMMAND_TYPES)}"
+        )
     try:
         command: Command = decoder.decode(data)
     except msgspec.ValidationError as e:
         text = str(e)
+        if " - at `" not in text and text.startswith("Expected `object`"):
+            return Refusal("malformed", f"a command is a JSON object: {text}")
         if kind == "cast_vote" and text.endswith("`$.value`"):
             return Refusal("invalid_vote", f"a vote is +1, -1 or 0: {text}")
         return Refusal("invalid_field", text)
@@ -99,4 +103,3 @@ def parse(subject: str, data: bytes) -> Request | Result:
 
 def encode_reply(results: list[Result] | Result) -> bytes:
     return _encoder.encode(results)
-

@@ -119,12 +119,17 @@ class EmbeddedServer:
             raise ServerError(f"nats-server did not become ready within {timeout}s") from e
         assert self._proc.stderr is not None
         self._drain = asyncio.create_task(self._forward_log(self._proc.stderr))
-        log.info("nats_server_ready", url=self.url, store=str(self.data_dir / "store"),
-                 durability=self.durability.value)
+        log.info(
+            "nats_server_ready",
+            url=self.url,
+            store=str(self.data_dir / "store"),
+            durability=self.durability.value,
+        )
         return self.url
 
     async def _wait_ready(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
+        assert self._proc is not None
+        assert self._proc.stderr is not None
         last = ""
         while True:
             raw = await self._proc.stderr.readline()

@@ -96,5 +96,9 @@ def rejection(code: str, message: str) -> CortexError:
     """The exception for an error reply from the writer, by its stable code."""
     cls = REJECTION_CODES.get(code)
     if cls is None:
-        return Unavailable(message, code=code) if code == "unavailable" else CortexError(message, code=code)
+        return (
+            Unavailable(message, code=code)
+            if code == "unavailable"
+            else CortexError(message, code=code)
+        )
     return cls(message, code=code)

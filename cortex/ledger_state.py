@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from events.chain import GENESIS
 from events.commands import (
     MAX_CONTENT_BYTES,
@@ -26,8 +28,6 @@ from events.commands import (
     StoreFact,
 )
 from events.model import AgentRegistered, Event, FactDeprecated, FactStored
-
-import msgspec
 
 _meta_encoder: Final = msgspec.json.Encoder()
 
@@ -72,7 +72,7 @@ def check_shape(command: Command) -> Refusal | None:
     return None
 
 
-Undo = list[Callable[[], None]]
+Undo = list[Callable[[], object]]
 
 
 @dataclass(slots=True)
@@ -114,7 +114,9 @@ class LedgerState:
                 return refusal
         if isinstance(command, DeprecateFact):
             if self.facts[command.fact_id.bytes].deprecated:
-                return Refusal("already_deprecated", f"fact {command.fact_id} is already deprecated")
+                return Refusal(
+                    "already_deprecated", f"fact {command.fact_id} is already deprecated"
+                )
             if command.successor_id is not None:
                 if command.successor_id == command.fact_id:
                     return Refusal("invalid_field", "a fact cannot succeed itself")
@@ -126,9 +128,7 @@ class LedgerState:
         # Another tenant's fact is reported exactly like a missing one: its
         # existence is not this tenant's business.
         if info is None or info.tenant != tenant:
-            return Refusal(
-                "unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True
-            )
+            return Refusal("unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True)
         return None
 
     def apply(self, event: Event, seq: int, event_hash: bytes, undo: Undo | None = None) -> None:

@@ -55,7 +55,9 @@ class LedgerWriter:
 
     def __init__(self, bus: Bus, *, max_batch: int = DEFAULT_MAX_BATCH, replicas: int = 1) -> None:
         if not 1 <= max_batch <= 1000:
-            raise ValueError("max_batch must be between 1 and 1000 (JetStream's atomic batch limit)")
+            raise ValueError(
+                "max_batch must be between 1 and 1000 (JetStream's atomic batch limit)"
+            )
         self.bus = bus
         self.max_batch = max_batch
         self.replicas = replicas
@@ -66,6 +68,7 @@ class LedgerWriter:
         self._replies: set[asyncio.Task[None]] = set()
         self._broken: ChainBroken | None = None
         self.appended = 0
+        self.conflicts = 0
 
     async def start(self) -> None:
         """Create the stream if needed, recover the head and state, then serve."""
@@ -79,7 +82,9 @@ class LedgerWriter:
             seconds=round(time.perf_counter() - started, 3),
         )
         self._committer = asyncio.create_task(self._run(), name="cortex-writer")
-        self._sub = await self.bus.serve(f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP)
+        self._sub = await self.bus.serve(
+            f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP
+        )
 
     async def stop(self) -> None:
         """Stop taking requests, finish what was taken, answer every caller."""
@@ -114,7 +119,9 @@ class LedgerWriter:
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
-    async def _answer(self, msg: Msg, futures: list[asyncio.Future[Result]], *, batch: bool) -> None:
+    async def _answer(
+        self, msg: Msg, futures: list[asyncio.Future[Result]], *, batch: bool
+    ) -> None:
         results = list(await asyncio.gather(*futures))
         await self._respond(msg, results if batch else results[0])
 
@@ -176,7 +183,13 @@ class LedgerWriter:
                 prev = self.state.head
                 event_hash = link(prev, body)
                 outgoing.append(
-                    Outgoing(ledger_subject(item.tenant, kind_of(event)), body, str(command.id), prev, event_hash)
+                    Outgoing(
+                        ledger_subject(item.tenant, kind_of(event)),
+                        body,
+                        str(command.id),
+                        prev,
+                        event_hash,
+                    )
                 )
                 self.state.apply(event, self.state.seq + 1, event_hash, undo)
                 results.append(receipt(self.state.seq, event_hash, str(command.id)))
@@ -190,6 +203,7 @@ class LedgerWriter:
             try:
                 await self.bus.append(outgoing, expected_last_seq=base)
             except AppendConflict:
+                self.conflicts += 1
                 LedgerState.rollback(undo)
                 await self._catch_up()
                 synced = True
@@ -207,14 +221,21 @@ class LedgerWriter:
         raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
 
     async def _resolve(
-        self, items: list[_Pending], results: list[Result | int], base: int, outgoing: list[Outgoing]
+        self,
+        items: list[_Pending],
+        results: list[Result | int],
+        base: int,
+        outgoing: list[Outgoing],
     ) -> None:
         for item, result in zip(items, results, strict=True):
             if isinstance(result, int):
-                result = await self._duplicate(item, result, base, outgoing)
-            item.future.set_result(result)
+                item.future.set_result(await self._duplicate(item, result, base, outgoing))
+            else:
+                item.future.set_result(result)
 
-    async def _duplicate(self, item: _Pending, seq: int, base: int, outgoing: list[Outgoing]) -> Result:
+    async def _duplicate(
+        self, item: _Pending, seq: int, base: int, outgoing: list[Outgoing]
+    ) -> Result:
         """The original receipt for a retried id, if it really is the same command."""
         if seq > base:
             stored = outgoing[seq - base - 1]
@@ -222,15 +243,23 @@ class LedgerWriter:
         else:
             event = await self.bus.get(seq)
             subject, event_hash = event.subject, event.hash
-        expected = ledger_subject(item.tenant, kind_of(to_event(item.command, tenant=item.tenant, ts=0)))
+        expected = ledger_subject(
+            item.tenant, kind_of(to_event(item.command, tenant=item.tenant, ts=0))
+        )
         if subject != expected:
-            return error("id_reused", f"id {item.command.id} was already used for another command (seq {seq})")
+            return error(
+                "id_reused",
+                f"id {item.command.id} was already used for another command (seq {seq})",
+            )
         return receipt(seq, event_hash, str(item.command.id))
 
     async def _catch_up(self) -> None:
         """Fold into the state every event appended since ``state.seq``, checking the chain."""
         async for stored in self.bus.read(self.state.seq + 1):
-            if stored.prev_hash != self.state.head or link(stored.prev_hash, stored.body) != stored.hash:
+            if (
+                stored.prev_hash != self.state.head
+                or link(stored.prev_hash, stored.body) != stored.hash
+            ):
                 self._broken = ChainBroken(
                     f"the ledger's chain is broken at seq {stored.seq}; the writer will not "
                     "append to it. Run `cortex audit` to see what is wrong.",

@@ -53,7 +53,9 @@ class ChainVerifier:
         self.last_seq = last_seq
         self.count = 0
 
-    def check(self, seq: int, body: bytes, prev_hash: bytes, claimed_hash: bytes) -> list[Violation]:
+    def check(
+        self, seq: int, body: bytes, prev_hash: bytes, claimed_hash: bytes
+    ) -> list[Violation]:
         found: list[Violation] = []
         if seq != self.last_seq + 1:
             found.append(

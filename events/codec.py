@@ -18,7 +18,6 @@ from events.model import AnyEvent, Event
 _encoder: Final = msgspec.json.Encoder(order="sorted")
 _event_decoder: Final = msgspec.json.Decoder(AnyEvent)
 _command_decoder: Final = msgspec.json.Decoder(AnyCommand)
-_batch_decoder: Final = msgspec.json.Decoder(list[AnyCommand])
 
 
 def encode(value: Event | Command) -> bytes:
@@ -36,9 +35,3 @@ def decode_command(data: bytes) -> Command:
     """Decode one tagged command; raises msgspec.DecodeError/ValidationError."""
     command: Command = _command_decoder.decode(data)
     return command
-
-
-def decode_batch(data: bytes) -> list[Command]:
-    """Decode a JSON array of tagged commands."""
-    commands: list[Command] = _batch_decoder.decode(data)
-    return commands

@@ -41,7 +41,9 @@ MAX_BATCH: Final = 1000
 VOTE_VALUES: Final = frozenset({-1, 0, 1})
 
 
-class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", forbid_unknown_fields=True):
+class Command(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", forbid_unknown_fields=True
+):
     """Fields every command carries: the client-chosen id of the event to append."""
 
     id: uuid.UUID
@@ -82,7 +84,8 @@ class CastVote(Command, frozen=True, tag="cast_vote"):
 AnyCommand = RegisterAgent | StoreFact | DeprecateFact | CastVote
 
 COMMAND_TYPES: Final[dict[str, type[Command]]] = {
-    str(cls.__struct_config__.tag): cls for cls in (RegisterAgent, StoreFact, DeprecateFact, CastVote)
+    str(cls.__struct_config__.tag): cls
+    for cls in (RegisterAgent, StoreFact, DeprecateFact, CastVote)
 }
 
 _EVENT_FOR: Final[dict[type[Command], type[Event]]] = {

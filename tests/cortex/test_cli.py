@@ -1,0 +1,169 @@
+"""The `cortex` command as a user runs it: a real process, real exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from cortex.bus import Bus, ledger_subject
+from cortex.embedded import EmbeddedServer
+from cortex.writer import LedgerWriter
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+async def cortex(*args: str, timeout: float = 60) -> Run:
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("CORTEX_NATS_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cortex.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return Run(proc.returncode, out.decode(), err.decode())
+
+
+async def test_demo_runs_the_story_and_the_audit_passes() -> None:
+    run = await cortex("demo")
+    assert run.code == 0, run.err
+    assert "intact" in run.out
+    assert "vote_cast" in run.out
+    assert "fact_deprecated" in run.out
+    assert "Traceback" not in run.err
+
+
+async def test_demo_json_is_one_object_with_events_and_audit() -> None:
+    run = await cortex("demo", "--json")
+    assert run.code == 0, run.err
+    result = run.json()
+    assert result["audit"]["ok"] is True
+    assert [e["seq"] for e in result["events"]] == list(range(1, result["audit"]["events"] + 1))
+
+
+async def test_a_session_of_writes_reads_and_an_audit(
+    server: EmbeddedServer, writer: LedgerWriter
+) -> None:
+    """agent add → fact add → vote → log → audit, each as its own process."""
+    url = ("--nats", server.url, "--tenant", "lab")
+    assert (await cortex("agent", "add", "ada", *url)).code == 0
+    stored = await cortex(
+        "fact",
+        "add",
+        "Light is a wave",
+        "--agent",
+        "ada",
+        "--tag",
+        "physics",
+        "--meta",
+        '{"lab": 1}',
+        "--valid-from",
+        "2025-01-01T00:00:00+00:00",
+        "--json",
+        *url,
+    )
+    assert stored.code == 0, stored.err
+    fact = stored.json()
+    assert fact["seq"] == 2
+    voted = await cortex("vote", fact["fact_id"], "-1", "--agent", "ada", "--json", *url)
+    assert voted.code == 0, voted.err
+    assert voted.json()["seq"] == 3
+
+    log = await cortex("log", "--json", *url)
+    rows = [json.loads(line) for line in log.out.splitlines()]
+    assert [(r["seq"], r["kind"]) for r in rows] == [
+        (1, "agent_registered"),
+        (2, "fact_stored"),
+        (3, "vote_cast"),
+    ]
+    assert rows[1]["hash"] == fact["hash"]
+    assert rows[1]["event"]["meta"] == {"lab": 1}
+    human = await cortex("log", *url)
+    assert "fact_stored" in human.out
+    assert "ada" in human.out
+
+    audit = await cortex("audit", *url)
+    assert audit.code == 0
+    assert "intact" in audit.out
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("vote", "00000000-0000-0000-0000-000000000000", "+1", "--agent", "ada"), "unknown_agent"),
+        (("vote", "00000000-0000-0000-0000-000000000000", "5", "--agent", "ada"), "invalid_vote"),
+        (("vote", "not-a-uuid", "+1", "--agent", "ada"), "is not a UUID"),
+        (("fact", "add", "x", "--agent", "ada", "--meta", "[1]"), "JSON object"),
+        (("fact", "add", "x", "--agent", "ada", "--confidence", "7"), "<= 1.0"),
+    ],
+)
+async def test_refused_commands_print_why_and_exit_non_zero(
+    server: EmbeddedServer, writer: LedgerWriter, bus: Bus, args: tuple[str, ...], says: str
+) -> None:
+    run = await cortex(*args, "--nats", server.url)
+    assert run.code == 1
+    assert says in run.err
+    assert "Traceback" not in run.err
+    assert await bus.last_seq() == 0
+
+
+async def test_no_server_is_a_clear_error() -> None:
+    run = await cortex("log", "--nats", "nats://127.0.0.1:9")
+    assert run.code == 1
+    assert "cannot reach NATS" in run.err
+    assert "Traceback" not in run.err
+
+
+async def test_no_writer_is_a_clear_error(server: EmbeddedServer) -> None:
+    run = await cortex("agent", "add", "x", "--nats", server.url)
+    assert run.code == 1
+    assert "no CORTEX writer" in run.err
+
+
+async def test_audit_names_forged_and_altered_events(
+    server: EmbeddedServer, writer: LedgerWriter, bus: Bus
+) -> None:
+    """Events appended around the writer are caught: a forged link and an altered body."""
+    setup = await cortex("agent", "add", "ada", "--nats", server.url)
+    assert setup.code == 0
+    first = await bus.get(1)
+    # Republish event 1 at the end, as if replayed: it links to genesis, not to the head.
+    await bus.js.publish(
+        first.subject,
+        first.body,
+        headers={"Cortex-Prev": first.prev_hash.hex(), "Cortex-Hash": first.hash.hex()},
+    )
+    # An event whose recorded hash does not match its bytes.
+    await bus.js.publish(
+        ledger_subject("default", "agent_registered"),
+        first.body.replace(b"ada", b"eve"),
+        headers={"Cortex-Prev": first.hash.hex(), "Cortex-Hash": first.hash.hex()},
+    )
+    run = await cortex("audit", "--json", "--nats", server.url)
+    assert run.code == 1
+    found = {(v["type"], v["seq"]) for v in run.json()["violations"]}
+    assert ("chain_break", 2) in found
+    assert ("duplicate_event", 2) in found
+    assert ("hash_mismatch", 3) in found
+    human = await cortex("audit", "--nats", server.url)
+    assert human.code == 1
+    assert "chain_break at seq 2" in human.out

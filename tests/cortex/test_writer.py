@@ -1,0 +1,159 @@
+"""The writer keeps exactly one chain: under load, across retries, restarts and rival writers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from cortex.audit import audit_ledger
+from cortex.bus import Bus
+from cortex.client import Client, Receipt, new_id
+from cortex.embedded import EmbeddedServer
+from cortex.writer import LedgerWriter
+
+
+async def _start_writer(url: str, **options: int) -> LedgerWriter:
+    w = LedgerWriter(await Bus.connect(url, name="writer"), **options)
+    await w.start()
+    return w
+
+
+async def _stop_writer(w: LedgerWriter) -> None:
+    await w.stop()
+    await w.bus.close()
+
+
+@pytest.fixture
+async def two_writers(server: EmbeddedServer) -> AsyncIterator[tuple[LedgerWriter, LedgerWriter]]:
+    a, b = await _start_writer(server.url), await _start_writer(server.url)
+    yield a, b
+    await _stop_writer(a)
+    await _stop_writer(b)
+
+
+async def test_thousands_of_concurrent_writes_form_one_intact_chain(
+    client: Client, bus: Bus
+) -> None:
+    """3,000 commands at once: every one gets a receipt, seqs are 1..N, the audit finds nothing."""
+    await client.register_agent("a")
+    receipts = await asyncio.gather(*(client.store_fact("a", f"fact {i}") for i in range(3000)))
+    seqs = sorted(r.seq for r in receipts)
+    assert seqs == list(range(2, 3002))
+    report = await audit_ledger(bus)
+    assert report.ok, report.violations[:3]
+    assert report.events == 3001
+    stored = {e.seq: e.hash.hex() async for e in bus.read(2, 3001)}
+    assert all(stored[r.seq] == r.hash for r in receipts)
+
+
+async def test_a_retried_command_returns_the_first_receipt_and_appends_nothing(
+    client: Client, bus: Bus
+) -> None:
+    await client.register_agent("a")
+    command_id, fact_id = new_id(), new_id()
+    first = await client.store_fact("a", "once", id=command_id, fact_id=fact_id)
+    await client.store_fact("a", "something else")
+    before = await bus.last_seq()
+    again = await client.store_fact("a", "once", id=command_id, fact_id=fact_id)
+    assert (again.seq, again.hash, again.id) == (first.seq, first.hash, first.id)
+    assert await bus.last_seq() == before
+
+
+async def test_the_same_id_twice_in_one_batch_is_appended_once(client: Client, bus: Bus) -> None:
+    await client.register_agent("a")
+    command_id, fact_id = new_id(), new_id()
+    results = await asyncio.gather(
+        *(client.store_fact("a", "dup", id=command_id, fact_id=fact_id) for _ in range(5))
+    )
+    assert len({(r.seq, r.hash) for r in results}) == 1
+    assert await bus.last_seq() == 2
+
+
+async def test_an_id_reused_for_another_command_is_refused(client: Client, bus: Bus) -> None:
+    await client.register_agent("a")
+    receipt = await client.store_fact("a", "x")
+    assert receipt.fact_id is not None
+    with pytest.raises(Exception, match="already used") as info:
+        await client.vote("a", receipt.fact_id, 1, id=receipt.id)
+    assert getattr(info.value, "code", "") == "id_reused"
+
+
+async def test_a_restarted_writer_recovers_the_head_and_continues_the_chain(
+    server: EmbeddedServer, bus: Bus
+) -> None:
+    w = await _start_writer(server.url)
+    async with await Client.connect(server.url, tenant="t") as c:
+        await c.register_agent("a")
+        last = await c.store_fact("a", "before restart")
+    await _stop_writer(w)
+
+    w2 = await _start_writer(server.url)
+    assert w2.state.seq == last.seq
+    assert w2.state.head.hex() == last.hash
+    async with await Client.connect(server.url, tenant="t") as c:
+        after = await c.store_fact("a", "after restart")  # agent known: state was recovered
+        with pytest.raises(Exception, match="already registered"):
+            await c.register_agent("a")
+    await _stop_writer(w2)
+    assert after.seq == last.seq + 1
+    assert (await bus.get(after.seq)).prev_hash.hex() == last.hash
+    assert (await audit_ledger(bus)).ok
+
+
+async def test_two_writers_never_fork_the_chain(
+    server: EmbeddedServer, two_writers: tuple[LedgerWriter, LedgerWriter], bus: Bus
+) -> None:
+    """Two writers serve the same queue group under load: one chain, every receipt true."""
+    clients = [await Client.connect(server.url, tenant="t", max_batch=20) for _ in range(4)]
+    try:
+        await clients[0].register_agent("a")
+        jobs = [c.store_fact("a", f"{n}-{i}") for n, c in enumerate(clients) for i in range(400)]
+        receipts: list[Receipt] = await asyncio.gather(*jobs)
+    finally:
+        for c in clients:
+            await c.close()
+    a, b = two_writers
+    assert a.appended > 0 and b.appended > 0, "both writers should have appended"
+    assert a.conflicts + b.conflicts > 0, "the writers should have raced for the same seq"
+    assert sorted(r.seq for r in receipts) == list(range(2, 1602))
+    report = await audit_ledger(bus)
+    assert report.ok, report.violations[:3]
+    stored = {e.seq: e.hash.hex() async for e in bus.read(1)}
+    assert all(stored[r.seq] == r.hash for r in receipts)
+
+
+async def test_a_retry_through_the_other_writer_is_still_deduplicated(
+    server: EmbeddedServer, bus: Bus
+) -> None:
+    """Writer B never saw A's append, yet recognises the retried id after catching up."""
+    a = await _start_writer(server.url)
+    async with await Client.connect(server.url, tenant="t") as c:
+        await c.register_agent("a")
+        command_id, fact_id = new_id(), new_id()
+        first = await c.store_fact("a", "x", id=command_id, fact_id=fact_id)
+        b = await _start_writer(server.url)
+        b_seq_at_start = b.state.seq
+        await _stop_writer(a)  # from now on only B serves
+        await c.store_fact("a", "y")  # B appends after A's events
+        again = await c.store_fact("a", "x", id=command_id, fact_id=fact_id)
+        vote = await c.vote("a", fact_id, 1)  # B knows the fact A stored
+    await _stop_writer(b)
+    assert b_seq_at_start == first.seq
+    assert (again.seq, again.hash) == (first.seq, first.hash)
+    assert vote.seq == first.seq + 2
+    assert (await audit_ledger(bus)).ok
+
+
+async def test_a_writer_that_is_behind_catches_up_before_refusing(
+    server: EmbeddedServer, two_writers: tuple[LedgerWriter, LedgerWriter], bus: Bus
+) -> None:
+    """A fact stored through one writer can be voted on through the other at once."""
+    async with await Client.connect(server.url, tenant="t") as c:
+        await c.register_agent("a")
+        for _ in range(20):  # the queue group spreads these over both writers
+            r = await c.store_fact("a", "fresh")
+            assert r.fact_id is not None
+            await c.vote("a", r.fact_id, 1)
+    assert (await audit_ledger(bus)).ok
