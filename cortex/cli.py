@@ -283,8 +283,10 @@ async def cmd_log(args: argparse.Namespace) -> int:
 
 def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
     table = Table(title=title)
-    for column in ("seq", "kind", "tenant", "agent", "what", "hash"):
-        table.add_column(column, overflow="fold")
+    for column in ("seq", "kind", "tenant", "agent"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("what", overflow="fold")
+    table.add_column("hash", no_wrap=True)
     for row in rows:
         table.add_row(
             str(row["seq"]),
@@ -292,7 +294,7 @@ def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
             row["tenant"],
             row.get("agent", ""),
             row.get("what", ""),
-            row["hash"][:16] + "…",
+            row["hash"][:12] + "…",
         )
     out.print(table)
 

@@ -66,7 +66,7 @@ from events.commands import StoreFact, to_event
 
 T = TypeVar("T")
 
-DEFAULT_EVENTS: Final = 20_000
+DEFAULT_EVENTS: Final = 30_000
 #: Plain JetStream: most acks outstanding at once (nats-py's default, stated).
 BASELINE_PENDING: Final = 4_000
 #: Writer run: most store_fact calls outstanding at once.
@@ -570,7 +570,7 @@ def print_table(report: Report, console: Console) -> None:
         "p99 ms",
         "achieved req/s",
     ):
-        table.add_column(name, justify="left" if name == "mode" else "right")
+        table.add_column(name, justify="left" if name == "mode" else "right", no_wrap=True)
     for m in report.modes:
         table.add_row(
             m.mode,
@@ -628,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(to_json(report)) + "\n")
     else:
-        print_table(report, Console(highlight=False))
+        # Piped, rich would assume 80 columns and squeeze the headers.
+        print_table(report, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
     return 0
 
 
