@@ -263,7 +263,10 @@ class Bus:
     async def serve(
         self, subject: str, handler: Callable[[Msg], Awaitable[None]], *, queue: str = ""
     ) -> Subscription:
-        return await self.nc.subscribe(subject, queue=queue, cb=handler)
+        sub = await self.nc.subscribe(subject, queue=queue, cb=handler)
+        # Round-trip to the server so the subscription is live before we say we serve.
+        await self.nc.flush(timeout=self.timeout)
+        return sub
 
     async def request(self, subject: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         try:

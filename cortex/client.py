@@ -90,6 +90,8 @@ class Client:
         self._queue: asyncio.Queue[_Call] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max_in_flight)
         self._in_flight = 0
+        #: Requests sent so far (a batch counts once): how well calls are batched.
+        self.requests_sent = 0
         self._sender: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
 
@@ -255,6 +257,7 @@ class Client:
             else:
                 subject = command_subject(self.tenant, BATCH_KIND)
                 payload = b"[" + b",".join(c.body for c in batch) + b"]"
+            self.requests_sent += 1
             for attempt in range(self.retries + 1):
                 try:
                     raw = await self.bus.request(subject, payload, timeout=self.timeout)

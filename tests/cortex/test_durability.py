@@ -1,0 +1,87 @@
+"""What is acknowledged stays: the embedded default fsyncs, and a killed server loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+from cortex.audit import audit_ledger
+from cortex.bus import Bus
+from cortex.client import Client
+from cortex.embedded import Durability, EmbeddedServer
+from cortex.writer import LedgerWriter
+
+
+async def test_the_embedded_default_fsyncs_before_acknowledging(tmp_path: Path) -> None:
+    """`sync_interval: always` unless the user asks for the fast mode."""
+    async with EmbeddedServer(tmp_path / "safe", port=-1) as safe:
+        assert "sync_interval: always" in (safe.data_dir / "nats-server.conf").read_text()
+    async with EmbeddedServer(tmp_path / "fast", port=-1, durability=Durability.FAST) as fast:
+        assert "sync_interval: 2m" in (fast.data_dir / "nats-server.conf").read_text()
+    assert "sync_interval: always" in (Path(__file__).parents[2] / "nats.conf").read_text()
+
+
+async def test_acknowledged_events_survive_a_killed_server(tmp_path: Path) -> None:
+    """SIGKILL the server after the receipts: on restart every event is there and the chain holds."""
+    server = EmbeddedServer(tmp_path / "data", port=-1)
+    await server.start()
+    bus = await Bus.connect(server.url)
+    writer = LedgerWriter(bus)
+    await writer.start()
+    async with await Client.connect(server.url, tenant="t") as c:
+        await c.register_agent("a")
+        receipts = await asyncio.gather(*(c.store_fact("a", f"{i}") for i in range(300)))
+    await writer.stop()
+    await bus.close()
+    assert server._proc is not None
+    server._proc.kill()
+    await server._proc.wait()
+    await server.stop()
+
+    restarted = EmbeddedServer(tmp_path / "data", port=-1)
+    await restarted.start()
+    try:
+        bus = await Bus.connect(restarted.url)
+        assert await bus.last_seq() == 301
+        stored = {e.seq: e.hash.hex() async for e in bus.read(1)}
+        assert all(stored[r.seq] == r.hash for r in receipts)
+        assert (await audit_ledger(bus)).ok
+        await bus.close()
+    finally:
+        await restarted.stop()
+
+
+async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`cortex up` as a user runs it: says its URL, takes commands, exits 0 on SIGTERM."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cortex.cli",
+        "up",
+        "--data",
+        str(tmp_path / "d"),
+        "--port",
+        "-1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "CORTEX_NATS_URL": ""},
+    )
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        match = re.search(r"serving (nats://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        async with await Client.connect(match.group(1), tenant="t") as c:
+            receipt = await c.register_agent("a")
+        assert receipt.seq == 1
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert (tmp_path / "d" / "store" / "jetstream").is_dir()
