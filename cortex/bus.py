@@ -265,7 +265,7 @@ class Bus:
     ) -> Subscription:
         sub = await self.nc.subscribe(subject, queue=queue, cb=handler)
         # Round-trip to the server so the subscription is live before we say we serve.
-        await self.nc.flush(timeout=self.timeout)
+        await self.nc.flush(timeout=max(1, int(self.timeout)))
         return sub
 
     async def request(self, subject: str, payload: bytes, *, timeout: float | None = None) -> bytes:

@@ -26,7 +26,7 @@ async def test_the_embedded_default_fsyncs_before_acknowledging(tmp_path: Path) 
 
 
 async def test_acknowledged_events_survive_a_killed_server(tmp_path: Path) -> None:
-    """SIGKILL the server after the receipts: on restart every event is there and the chain holds."""
+    """SIGKILL the server after the receipts: on restart every event is there, chain intact."""
     server = EmbeddedServer(tmp_path / "data", port=-1)
     await server.start()
     bus = await Bus.connect(server.url)
