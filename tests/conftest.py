@@ -11,6 +11,9 @@ from cortex.bus import Bus
 from cortex.client import Client
 from cortex.embedded import EmbeddedServer
 from cortex.writer import LedgerWriter
+from projections.pool import ConnectionPool
+from projections.projector import Projector
+from projections.testing import LedgerBuilder, open_projector
 
 
 @pytest.fixture
@@ -43,3 +46,17 @@ async def client(server: EmbeddedServer, writer: LedgerWriter) -> AsyncIterator[
     c = await Client.connect(server.url, tenant="acme")
     yield c
     await c.close()
+
+
+@pytest.fixture
+def ledger() -> LedgerBuilder:
+    """A ledger built in memory, as the writer would append it."""
+    return LedgerBuilder()
+
+
+@pytest.fixture
+async def projected(tmp_path: Path) -> AsyncIterator[tuple[ConnectionPool, Projector]]:
+    """A projector over a real SQLite file."""
+    pool, projector = await open_projector(tmp_path / "node.db")
+    yield pool, projector
+    await pool.close()

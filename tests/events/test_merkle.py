@@ -260,11 +260,14 @@ def test_inclusion_proofs_verify_and_reject_tampering(n: int) -> None:
                 assert not verify_inclusion(leaf, j, n, proof, head)
                 assert not verify_inclusion(LEAVES[j], j, n, proof, head)
         # A path binds the size only through the root it meets: against the genuine head
-        # of another size it passes exactly when that size's path is the same list.
+        # of another size it passes exactly when that size's path is the same list, and
+        # against this head it fails whenever that size needs a path of another length.
         for s in range(i + 1, MAX_SIZE + 1):
             if s != n:
                 same = _inclusion(i, s) == tuple(proof)
                 assert verify_inclusion(leaf, i, s, proof, _root(s)) == same
+                if len(_inclusion(i, s)) != len(proof):
+                    assert not verify_inclusion(leaf, i, s, proof, head)
 
 
 @pytest.mark.parametrize("new", range(1, MAX_SIZE + 1))
@@ -289,17 +292,22 @@ def test_consistency_proofs_verify_and_reject_tampering(new: int) -> None:
             assert not verify_consistency(old, new, old_root, new_root, [*proof, new_root])
             assert not verify_consistency(old, new, old_root, new_root, [proof[0], *proof])
         # Against the genuine roots of other sizes the proof passes only where the
-        # proof for those sizes is literally the same list.
+        # proof for those sizes is literally the same list; against these roots it
+        # fails whenever the other sizes need a proof of another length.
         for other in range(new + 1):
             if other != old:
                 same = _consistency(other, new) == tuple(proof)
                 got = verify_consistency(other, new, _root(other), new_root, proof)
                 assert got == same
+                if len(_consistency(other, new)) != len(proof):
+                    assert not verify_consistency(other, new, old_root, new_root, proof)
         for other in range(old, MAX_SIZE + 1):
             if other != new:
                 same = _consistency(old, other) == tuple(proof)
                 got = verify_consistency(old, other, old_root, _root(other), proof)
                 assert got == same
+                if len(_consistency(old, other)) != len(proof):
+                    assert not verify_consistency(old, other, old_root, new_root, proof)
 
 
 def test_bad_arguments_raise_value_error() -> None:

@@ -1,0 +1,354 @@
+"""The projector: turns the ledger, in order, into the node's SQLite read model.
+
+It reads ``(seq, body)`` pairs and knows nothing of NATS. Each batch is
+applied in one transaction that also stores the position (last seq and the
+chain hash the projector computed itself), so a crash or a kill never
+applies an event twice or skips one: on restart the projector resumes from
+the stored position, and the transaction it was in is simply gone.
+
+Consensus needs each fact's current votes and each agent's agreement counts;
+the projector keeps them in memory (loaded from the database on open) so a
+batch costs a handful of ``executemany`` calls, not one query per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterable, Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from events.chain import GENESIS, link
+from events.codec import decode_event
+from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast
+from projections.consensus import Consensus, consensus, reputation
+from projections.errors import LedgerMismatch
+from projections.pool import ConnectionPool
+from projections.schema import DDL, SCHEMA_VERSION
+
+log = structlog.get_logger(__name__)
+
+Record = tuple[int, bytes]
+OnCommit = Callable[[int, set[str]], None]
+DEFAULT_BATCH: Final = 2000
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_json: Final = msgspec.json.Encoder(order="sorted")
+
+
+def world_us(value: dt.datetime | None) -> int | None:
+    """World time as exact integer microseconds since the epoch (no float rounding)."""
+    return None if value is None else (value - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Rows one batch will write, gathered in memory, written in one transaction."""
+
+    agents: list[tuple[Any, ...]] = field(default_factory=list)
+    facts: list[tuple[Any, ...]] = field(default_factory=list)
+    fts: list[tuple[Any, ...]] = field(default_factory=list)
+    deprecations: list[tuple[Any, ...]] = field(default_factory=list)
+    history: list[tuple[Any, ...]] = field(default_factory=list)
+    votes: dict[tuple[str, str], tuple[Any, ...] | None] = field(default_factory=dict)
+    consensus: dict[str, tuple[Consensus, int]] = field(default_factory=dict)
+    counts: set[tuple[str, str]] = field(default_factory=set)
+    touched: set[str] = field(default_factory=set)
+
+
+class Projector:
+    """Applies ledger events to one database; see the module doc."""
+
+    def __init__(self, pool: ConnectionPool, *, on_commit: OnCommit | None = None) -> None:
+        self.pool = pool
+        self.on_commit = on_commit
+        self.seq = 0
+        self.head = GENESIS
+        self.applied = 0
+        self._advanced = asyncio.Condition()
+        # The consensus book: current non-zero votes, agreement counts, settled directions.
+        self._votes: dict[str, dict[str, int]] = {}
+        self._fact_tenant: dict[str, str] = {}
+        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._direction: dict[str, int] = {}
+
+    async def open(self) -> None:
+        """Create the schema if needed and load the position and consensus book."""
+        async with self.pool.writer() as conn:
+            await conn.executescript(DDL)
+            await conn.commit()
+        await self._load()
+
+    async def _load(self) -> None:
+        async with self.pool.writer() as conn:
+            async with conn.execute("SELECT seq, hash, schema_version FROM position") as cur:
+                row = await cur.fetchone()
+            if row is not None and row[2] != SCHEMA_VERSION:
+                raise LedgerMismatch(
+                    f"database schema {row[2]} is not {SCHEMA_VERSION}: rebuild it with `cortex replay`"
+                )
+            self.seq, self.head = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+            self._votes, self._counts, self._direction, self._fact_tenant = {}, {}, {}, {}
+            async with conn.execute("SELECT fact_id, agent_id, value FROM votes") as cur:
+                async for fact_id, agent_id, value in cur:
+                    self._votes.setdefault(fact_id, {})[agent_id] = value
+            async with conn.execute(
+                "SELECT tenant, agent_id, agrees, disagrees FROM agents"
+            ) as cur:
+                async for tenant, agent_id, agrees, disagrees in cur:
+                    self._counts[(tenant, agent_id)] = [agrees, disagrees]
+            async with conn.execute("SELECT fact_id, tenant, status FROM facts") as cur:
+                async for fact_id, tenant, status in cur:
+                    self._fact_tenant[fact_id] = tenant
+                    if status in ("verified", "rejected"):
+                        self._direction[fact_id] = 1 if status == "verified" else -1
+
+    # -- applying ------------------------------------------------------------
+
+    async def apply(self, records: Sequence[Record]) -> None:
+        """Apply consecutive events in one transaction, position included."""
+        if not records:
+            return
+        batch = _Batch()
+        try:
+            seq, head = self._fold_all(records, batch)
+            await self._write(batch, seq, head)
+        except BaseException:
+            await self._load()  # the book may hold changes the database never got
+            raise
+        self.seq, self.head = seq, head
+        self.applied += len(records)
+        async with self._advanced:
+            self._advanced.notify_all()
+        if self.on_commit is not None:
+            self.on_commit(seq, batch.touched)
+
+    def _fold_all(self, records: Sequence[Record], batch: _Batch) -> tuple[int, bytes]:
+        """Fold events into the book and the batch; the new position (seq, chain hash)."""
+        seq, head = self.seq, self.head
+        for rec_seq, body in records:
+            if rec_seq != seq + 1:
+                raise LedgerMismatch(
+                    f"expected seq {seq + 1} next but got {rec_seq}: the projector must see "
+                    "every event once, in order"
+                )
+            head = link(head, body)
+            seq = rec_seq
+            self._fold(decode_event(body), seq, batch)
+        return seq, head
+
+    def _fold(self, event: Event, seq: int, batch: _Batch) -> None:
+        if isinstance(event, AgentRegistered):
+            self._counts.setdefault((event.tenant, event.agent_id), [0, 0])
+            batch.agents.append((event.tenant, event.agent_id, event.public_key, seq, event.ts))
+        elif isinstance(event, FactStored):
+            fact_id = str(event.fact_id)
+            self._fact_tenant[fact_id] = event.tenant
+            tags = _json.encode(list(event.tags)).decode()
+            batch.facts.append(
+                (
+                    seq,
+                    fact_id,
+                    event.tenant,
+                    event.agent_id,
+                    event.content,
+                    event.type,
+                    tags,
+                    event.confidence,
+                    event.source,
+                    _json.encode(event.meta).decode(),
+                    world_us(event.valid_from),
+                    world_us(event.valid_until),
+                    seq,
+                    event.ts,
+                )
+            )
+            batch.fts.append((seq, event.content, " ".join(event.tags)))
+            batch.touched.add(fact_id)
+        elif isinstance(event, FactDeprecated):
+            fact_id = str(event.fact_id)
+            successor = None if event.successor_id is None else str(event.successor_id)
+            batch.deprecations.append(
+                (seq, event.ts, event.agent_id, event.reason, successor, fact_id)
+            )
+            batch.touched.add(fact_id)
+        elif isinstance(event, VoteCast):
+            self._vote(event, seq, batch)
+
+    def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
+        fact_id, tenant = str(event.fact_id), event.tenant
+        batch.history.append(
+            (seq, tenant, fact_id, event.agent_id, event.value, event.ts, event.reason)
+        )
+        current = self._votes.setdefault(fact_id, {})
+        settled = self._direction.get(fact_id, 0)
+        # Take every voter's agreement with this fact out, then put it back
+        # under the new vote and the new settled direction.
+        self._tally(tenant, current, settled, -1, batch)
+        if event.value == 0:
+            current.pop(event.agent_id, None)
+            batch.votes[(fact_id, event.agent_id)] = None
+        else:
+            current[event.agent_id] = event.value
+            batch.votes[(fact_id, event.agent_id)] = (
+                fact_id,
+                event.agent_id,
+                tenant,
+                event.value,
+                seq,
+                event.ts,
+                event.reason,
+            )
+        result = consensus(
+            (value, self._reputation(tenant, agent)) for agent, value in sorted(current.items())
+        )
+        self._direction[fact_id] = result.direction
+        self._tally(tenant, current, result.direction, +1, batch)
+        batch.consensus[fact_id] = (result, seq)
+        batch.touched.add(fact_id)
+
+    def _reputation(self, tenant: str, agent: str) -> Fraction:
+        agrees, disagrees = self._counts.get((tenant, agent), (0, 0))
+        return reputation(agrees, disagrees)
+
+    def _tally(
+        self, tenant: str, votes: dict[str, int], direction: int, sign: int, batch: _Batch
+    ) -> None:
+        if direction == 0:
+            return
+        for agent, value in votes.items():
+            counts = self._counts.setdefault((tenant, agent), [0, 0])
+            counts[0 if value == direction else 1] += sign
+            batch.counts.add((tenant, agent))
+
+    async def _write(self, batch: _Batch, seq: int, head: bytes) -> None:
+        async with self.pool.writer() as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._write_rows(conn, batch)
+                await conn.execute(
+                    "INSERT INTO position (id, seq, hash, schema_version) VALUES (1, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (seq, head, SCHEMA_VERSION),
+                )
+                await conn.commit()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+
+    async def _write_rows(self, conn: Any, batch: _Batch) -> None:
+        if batch.agents:
+            await conn.executemany(
+                "INSERT INTO agents (tenant, agent_id, public_key, registered_seq, registered_ts) "
+                "VALUES (?, ?, ?, ?, ?)",
+                batch.agents,
+            )
+        if batch.facts:
+            await conn.executemany(
+                "INSERT INTO facts (rowid, fact_id, tenant, agent_id, content, type, tags, confidence,"
+                " source, meta, valid_from, valid_until, stored_seq, stored_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                batch.facts,
+            )
+            await conn.executemany(
+                "INSERT INTO facts_fts (rowid, content, tags) VALUES (?, ?, ?)", batch.fts
+            )
+        if batch.deprecations:
+            await conn.executemany(
+                "UPDATE facts SET deprecated_seq = ?, deprecated_ts = ?, deprecated_by = ?,"
+                " deprecation_reason = ?, successor_id = ? WHERE fact_id = ?",
+                batch.deprecations,
+            )
+        if batch.history:
+            await conn.executemany(
+                "INSERT INTO vote_history VALUES (?, ?, ?, ?, ?, ?, ?)", batch.history
+            )
+        upserts = [row for row in batch.votes.values() if row is not None]
+        deletes = [key for key, row in batch.votes.items() if row is None]
+        if upserts:
+            await conn.executemany(
+                "INSERT INTO votes (fact_id, agent_id, tenant, value, seq, ts, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fact_id, agent_id) DO UPDATE SET"
+                " value = excluded.value, seq = excluded.seq, ts = excluded.ts, reason = excluded.reason",
+                upserts,
+            )
+        if deletes:
+            await conn.executemany("DELETE FROM votes WHERE fact_id = ? AND agent_id = ?", deletes)
+        if batch.consensus:
+            await conn.executemany(
+                "UPDATE facts SET score = ?, weight = ?, votes_for = ?, votes_against = ?, status = ?,"
+                " consensus_seq = ? WHERE fact_id = ?",
+                [
+                    (c.score, c.weight, c.votes_for, c.votes_against, c.status, seq, fact_id)
+                    for fact_id, (c, seq) in batch.consensus.items()
+                ],
+            )
+        if batch.counts:
+            await conn.executemany(
+                "UPDATE agents SET agrees = ?, disagrees = ? WHERE tenant = ? AND agent_id = ?",
+                [(*self._counts[key], *key) for key in sorted(batch.counts)],
+            )
+
+    # -- streams and waiting -------------------------------------------------
+
+    async def consume(
+        self,
+        stream: AsyncIterable[Record],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Apply a stream of events in batches until it ends.
+
+        Reading and writing overlap: a pump task fills a bounded queue while
+        the previous batch commits, and each batch takes whatever is waiting
+        (up to ``batch_size``), so a live follower applies single events at
+        once and a replay writes big transactions.
+        """
+        queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=batch_size * 4)
+
+        async def pump() -> None:
+            try:
+                async for record in stream:
+                    await queue.put(record)
+            finally:
+                await queue.put(None)
+
+        task = asyncio.create_task(pump(), name="projector-pump")
+        try:
+            ended = False
+            while not ended:
+                first = await queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < batch_size and not queue.empty():
+                    record = queue.get_nowait()
+                    if record is None:
+                        ended = True
+                        break
+                    batch.append(record)
+                await self.apply(batch)
+                if progress is not None:
+                    progress(self.seq)
+            await task  # re-raises what went wrong in the reader, if anything
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def wait_for(self, seq: int, *, timeout: float) -> bool:
+        """Wait until ``seq`` is applied; False if it is not within ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout), self._advanced:
+                await self._advanced.wait_for(lambda: self.seq >= seq)
+        except TimeoutError:
+            return False
+        return True

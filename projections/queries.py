@@ -1,0 +1,298 @@
+"""Queries over the read model: plain async functions, every one scoped to a tenant.
+
+A fact id from another tenant is answered exactly like an unknown one, so
+no query reveals anything across tenants. Results are plain dicts and lists,
+ready to encode as JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Any, Final
+
+import msgspec
+
+from projections.consensus import reputation
+from projections.errors import QueryError
+from projections.pool import ConnectionPool
+from projections.projector import world_us
+
+_FACT_COLUMNS: Final = (
+    "fact_id, tenant, agent_id, content, type, tags, confidence, source, meta, valid_from,"
+    " valid_until, stored_seq, stored_ts, deprecated_seq, deprecated_ts, deprecated_by,"
+    " deprecation_reason, successor_id, score, weight, votes_for, votes_against, status,"
+    " consensus_seq"
+)
+_json: Final = msgspec.json.Decoder()
+_TOKEN: Final = re.compile(r"\w+", re.UNICODE)
+MAX_LIMIT: Final = 1000
+
+
+def _iso_us(value: int | None) -> str | None:
+    if value is None:
+        return None
+    instant = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=value)
+    return instant.isoformat().replace("+00:00", "Z")
+
+
+def _iso_ns(value: int | None) -> str | None:
+    return None if value is None else _iso_us(value // 1000)
+
+
+def _fact(row: tuple[Any, ...]) -> dict[str, Any]:
+    (
+        fact_id,
+        tenant,
+        agent_id,
+        content,
+        type_,
+        tags,
+        confidence,
+        source,
+        meta,
+        valid_from,
+        valid_until,
+        stored_seq,
+        stored_ts,
+        deprecated_seq,
+        deprecated_ts,
+        deprecated_by,
+        reason,
+        successor_id,
+        score,
+        weight,
+        votes_for,
+        votes_against,
+        status,
+        consensus_seq,
+    ) = row
+    return {
+        "fact_id": fact_id,
+        "tenant": tenant,
+        "agent_id": agent_id,
+        "content": content,
+        "type": type_,
+        "tags": _json.decode(tags),
+        "confidence": confidence,
+        "source": source,
+        "meta": _json.decode(meta),
+        "valid_from": _iso_us(valid_from),
+        "valid_until": _iso_us(valid_until),
+        "stored_seq": stored_seq,
+        "stored_at": _iso_ns(stored_ts),
+        "deprecated": None
+        if deprecated_seq is None
+        else {
+            "seq": deprecated_seq,
+            "at": _iso_ns(deprecated_ts),
+            "by": deprecated_by,
+            "reason": reason,
+            "successor_id": successor_id,
+        },
+        "consensus": {
+            "score": score,
+            "weight": weight,
+            "votes_for": votes_for,
+            "votes_against": votes_against,
+            "status": status,
+            "as_of_seq": consensus_seq,
+        },
+    }
+
+
+def _fact_id(value: str | uuid.UUID) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError as e:
+        raise QueryError(f"{value!r} is not a fact id (a UUID)", code="invalid_query") from e
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_query")
+    return limit
+
+
+async def get_fact(
+    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
+) -> dict[str, Any] | None:
+    """A fact's current state with its consensus, or None if this tenant has no such fact."""
+    async with (
+        pool.reader() as conn,
+        conn.execute(
+            f"SELECT {_FACT_COLUMNS} FROM facts WHERE fact_id = ? AND tenant = ?",
+            (_fact_id(fact_id), tenant),
+        ) as cur,
+    ):
+        row = await cur.fetchone()
+    return None if row is None else _fact(tuple(row))
+
+
+async def list_facts(
+    pool: ConnectionPool,
+    tenant: str,
+    *,
+    include_deprecated: bool = False,
+    valid_at: dt.datetime | None = None,
+    as_of_seq: int | None = None,
+    agent_id: str | None = None,
+    type: str | None = None,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """Facts, newest first: current ones, or as the ledger stood at ``as_of_seq``, or
+    those holding at world time ``valid_at`` — the two times combine."""
+    where: list[str] = ["tenant = ?"]
+    args: list[object] = [tenant]
+    if as_of_seq is not None:
+        where.append("stored_seq <= ?")
+        args.append(as_of_seq)
+        if not include_deprecated:
+            where.append("(deprecated_seq IS NULL OR deprecated_seq > ?)")
+            args.append(as_of_seq)
+    elif not include_deprecated:
+        where.append("deprecated_seq IS NULL")
+    if valid_at is not None:
+        if valid_at.tzinfo is None:
+            raise QueryError("valid_at needs a time zone", code="invalid_query")
+        moment = world_us(valid_at)
+        where.append(
+            "(valid_from IS NULL OR valid_from <= ?) AND (valid_until IS NULL OR valid_until > ?)"
+        )
+        args += [moment, moment]
+    if agent_id is not None:
+        where.append("agent_id = ?")
+        args.append(agent_id)
+    if type is not None:
+        where.append("type = ?")
+        args.append(type)
+    sql = f"SELECT {_FACT_COLUMNS} FROM facts WHERE {' AND '.join(where)} ORDER BY stored_seq DESC LIMIT ?"
+    async with pool.reader() as conn, conn.execute(sql, (*args, _limit(limit))) as cur:
+        return [_fact(tuple(row)) for row in await cur.fetchall()]
+
+
+def fts_query(text: str) -> str:
+    """User text as a safe FTS5 query: every word must match, as a prefix-free phrase."""
+    tokens = _TOKEN.findall(text)
+    if not tokens:
+        raise QueryError("search text has no words to look for", code="invalid_query")
+    return " ".join(f'"{token}"' for token in tokens[:32])
+
+
+async def search(
+    pool: ConnectionPool,
+    tenant: str,
+    text: str,
+    *,
+    limit: int = 20,
+    include_deprecated: bool = False,
+) -> list[dict[str, Any]]:
+    """Full-text search, best match first (BM25), each hit with its rank and a snippet."""
+    deprecated = "" if include_deprecated else " AND f.deprecated_seq IS NULL"
+    columns = ", ".join(f"f.{c.strip()}" for c in _FACT_COLUMNS.split(","))
+    sql = (
+        f"SELECT {columns}, bm25(facts_fts) AS rank,"
+        " snippet(facts_fts, 0, '[', ']', '…', 12)"
+        " FROM facts_fts JOIN facts f ON f.rowid = facts_fts.rowid"
+        f" WHERE facts_fts MATCH ? AND f.tenant = ?{deprecated}"
+        " ORDER BY rank, f.stored_seq LIMIT ?"
+    )
+    async with (
+        pool.reader() as conn,
+        conn.execute(sql, (fts_query(text), tenant, _limit(limit))) as cur,
+    ):
+        rows = await cur.fetchall()
+    hits = []
+    for row in rows:
+        hit = _fact(tuple(row[:-2]))
+        hit["rank"] = row[-2]
+        hit["snippet"] = row[-1]
+        hits.append(hit)
+    return hits
+
+
+async def consensus_of(
+    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
+) -> dict[str, Any] | None:
+    fact = await get_fact(pool, tenant, fact_id)
+    return None if fact is None else {"fact_id": fact["fact_id"], **fact["consensus"]}
+
+
+async def history(
+    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
+) -> dict[str, Any] | None:
+    """Everything the ledger says about a fact, in ledger order: its storing, every vote
+    (current and replaced), its deprecation, and the facts it replaced or that replaced it."""
+    fact = await get_fact(pool, tenant, fact_id)
+    if fact is None:
+        return None
+    key = fact["fact_id"]
+    async with pool.reader() as conn:
+        async with conn.execute(
+            "SELECT seq, agent_id, value, ts, reason FROM vote_history"
+            " WHERE fact_id = ? AND tenant = ? ORDER BY seq",
+            (key, tenant),
+        ) as cur:
+            past = [tuple(r) for r in await cur.fetchall()]
+        async with conn.execute(
+            "SELECT agent_id, value, seq FROM votes WHERE fact_id = ? AND tenant = ? ORDER BY agent_id",
+            (key, tenant),
+        ) as cur:
+            current = [{"agent_id": a, "value": v, "seq": s} for a, v, s in await cur.fetchall()]
+        async with conn.execute(
+            "SELECT fact_id FROM facts WHERE successor_id = ? AND tenant = ? ORDER BY stored_seq",
+            (key, tenant),
+        ) as cur:
+            replaces = [r[0] for r in await cur.fetchall()]
+    events: list[dict[str, Any]] = [
+        {
+            "seq": fact["stored_seq"],
+            "kind": "fact_stored",
+            "at": fact["stored_at"],
+            "agent_id": fact["agent_id"],
+        }
+    ]
+    events += [
+        {"seq": s, "kind": "vote_cast", "at": _iso_ns(ts), "agent_id": a, "value": v, "reason": r}
+        for s, a, v, ts, r in past
+    ]
+    if fact["deprecated"]:
+        d = fact["deprecated"]
+        events.append(
+            {
+                "seq": d["seq"],
+                "kind": "fact_deprecated",
+                "at": d["at"],
+                "agent_id": d["by"],
+                "reason": d["reason"],
+                "successor_id": d["successor_id"],
+            }
+        )
+    events.sort(key=lambda e: int(e["seq"]))
+    return {"fact": fact, "events": events, "current_votes": current, "replaces": replaces}
+
+
+async def agents(pool: ConnectionPool, tenant: str) -> list[dict[str, Any]]:
+    """The tenant's agents with their reputation (see projections.consensus)."""
+    async with (
+        pool.reader() as conn,
+        conn.execute(
+            "SELECT agent_id, public_key, registered_seq, registered_ts, agrees, disagrees"
+            " FROM agents WHERE tenant = ? ORDER BY agent_id",
+            (tenant,),
+        ) as cur,
+    ):
+        rows = await cur.fetchall()
+    return [
+        {
+            "agent_id": agent_id,
+            "public_key": public_key,
+            "registered_seq": seq,
+            "registered_at": _iso_ns(ts),
+            "agrees": agrees,
+            "disagrees": disagrees,
+            "reputation": float(reputation(agrees, disagrees)),
+        }
+        for agent_id, public_key, seq, ts, agrees, disagrees in rows
+    ]

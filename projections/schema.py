@@ -1,0 +1,116 @@
+"""The read model's tables: everything here can be rebuilt from the ledger.
+
+Every row carries the tenant it belongs to and every query filters on it.
+Times: ``*_seq`` is ledger time (the JetStream sequence), ``*_ts`` the
+writer's clock in nanoseconds, and ``valid_from``/``valid_until`` world time
+in microseconds since the epoch (NULL = unbounded) — bi-temporal: "what did
+the ledger say as of seq N about what held at moment T".
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA_VERSION: Final = 1
+
+DDL: Final = """
+CREATE TABLE IF NOT EXISTS position (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    schema_version INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS agents (
+    tenant TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    public_key TEXT,
+    registered_seq INTEGER NOT NULL,
+    registered_ts INTEGER NOT NULL,
+    agrees INTEGER NOT NULL DEFAULT 0,
+    disagrees INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, agent_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS facts (
+    rowid INTEGER PRIMARY KEY,
+    fact_id TEXT NOT NULL UNIQUE,
+    tenant TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    content TEXT NOT NULL,
+    type TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    source TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    valid_from INTEGER,
+    valid_until INTEGER,
+    stored_seq INTEGER NOT NULL,
+    stored_ts INTEGER NOT NULL,
+    deprecated_seq INTEGER,
+    deprecated_ts INTEGER,
+    deprecated_by TEXT,
+    deprecation_reason TEXT,
+    successor_id TEXT,
+    score REAL NOT NULL DEFAULT 0,
+    weight REAL NOT NULL DEFAULT 0,
+    votes_for INTEGER NOT NULL DEFAULT 0,
+    votes_against INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'unvoted',
+    consensus_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS facts_by_tenant ON facts (tenant, stored_seq);
+CREATE INDEX IF NOT EXISTS facts_by_successor ON facts (successor_id) WHERE successor_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS votes (
+    fact_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (fact_id, agent_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS vote_history (
+    seq INTEGER PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    fact_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vote_history_by_fact ON vote_history (fact_id, seq);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS facts_fts USING fts5 (
+    content, tags, content='facts', content_rowid='rowid', tokenize='unicode61 remove_diacritics 2'
+);
+"""
+
+#: Tables in digest order, each with the ORDER BY that makes its rows canonical.
+DIGEST_TABLES: Final = (
+    ("position", "SELECT seq, hash, schema_version FROM position"),
+    (
+        "agents",
+        "SELECT tenant, agent_id, public_key, registered_seq, registered_ts, agrees, disagrees "
+        "FROM agents ORDER BY tenant, agent_id",
+    ),
+    (
+        "facts",
+        "SELECT fact_id, tenant, agent_id, content, type, tags, confidence, source, meta, "
+        "valid_from, valid_until, stored_seq, stored_ts, deprecated_seq, deprecated_ts, "
+        "deprecated_by, deprecation_reason, successor_id, score, weight, votes_for, "
+        "votes_against, status, consensus_seq FROM facts ORDER BY stored_seq",
+    ),
+    (
+        "votes",
+        "SELECT fact_id, agent_id, tenant, value, seq, ts, reason FROM votes "
+        "ORDER BY fact_id, agent_id",
+    ),
+    (
+        "vote_history",
+        "SELECT seq, tenant, fact_id, agent_id, value, ts, reason FROM vote_history ORDER BY seq",
+    ),
+)
