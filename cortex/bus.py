@@ -8,6 +8,7 @@ are translated into CORTEX errors here, where they enter.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -224,27 +225,54 @@ class Bus:
     async def read(
         self, start_seq: int = 1, end_seq: int | None = None
     ) -> AsyncIterator[StoredEvent]:
-        """Yield stored events from ``start_seq`` to ``end_seq`` (default: the current end).
-
-        An ordered push consumer: the fastest in-order read nats-py offers,
-        recreated by the client if a message goes missing on the wire.
-        """
+        """Yield stored events from ``start_seq`` to ``end_seq`` (default: the current end)."""
         end = await self.last_seq() if end_seq is None else end_seq
         if start_seq > end:
             return
+        async for event in self._consume(start_seq, end):
+            yield event
+
+    async def follow(self, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Yield stored events from ``start_seq`` on, then each new one as it is appended."""
+        async for event in self._consume(start_seq, None):
+            yield event
+
+    async def _consume(self, start_seq: int, end: int | None) -> AsyncIterator[StoredEvent]:
+        """An ordered push consumer: the fastest in-order read nats-py offers.
+
+        The client recreates it if a message goes missing on the wire.
+        Messages are handed over through a local queue and taken without
+        waiting while any are buffered: per-message tasks (``next_msg``)
+        would cost more than the rest of the read.
+        """
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def deliver(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
         )
         sub = await self.js.subscribe(
-            f"{LEDGER_PREFIX}.>", stream=STREAM, ordered_consumer=True, config=config
+            f"{LEDGER_PREFIX}.>",
+            stream=STREAM,
+            ordered_consumer=True,
+            config=config,
+            cb=deliver,
+            idle_heartbeat=2.0,
         )
         try:
             seq = start_seq - 1
-            while seq < end:
-                try:
-                    msg = await sub.next_msg(timeout=self.timeout)
-                except nats.errors.TimeoutError as e:
-                    raise Unavailable(f"reading {STREAM} stalled after seq {seq}") from e
+            while end is None or seq < end:
+                if queue.empty():
+                    try:
+                        msg = await asyncio.wait_for(queue.get(), self.timeout)
+                    except TimeoutError as e:
+                        if end is None:
+                            continue  # following: nothing new yet
+                        raise Unavailable(f"reading {STREAM} stalled after seq {seq}") from e
+                else:
+                    msg = queue.get_nowait()
                 seq = msg.metadata.sequence.stream
                 headers = msg.headers
                 yield StoredEvent(
