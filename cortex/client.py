@@ -77,7 +77,7 @@ class Client:
         linger: float = 0.010,
         timeout: float = 10.0,
         retries: int = 2,
-        max_in_flight: int = 8,
+        max_in_flight: int = 32,
         owns_bus: bool = False,
     ) -> None:
         self.bus = bus

@@ -32,12 +32,6 @@ from events.model import AgentRegistered, Event, FactDeprecated, FactStored
 _meta_encoder: Final = msgspec.json.Encoder()
 
 
-@dataclass(slots=True)
-class FactInfo:
-    tenant: str
-    deprecated: bool = False
-
-
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a command cannot be appended: a stable code and a sentence for people."""
@@ -83,7 +77,9 @@ class LedgerState:
     head: bytes = GENESIS
     ids: dict[bytes, int] = field(default_factory=dict)
     agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
-    facts: dict[bytes, FactInfo] = field(default_factory=dict)
+    #: fact id → tenant; plain strings, so the garbage collector has nothing to track.
+    facts: dict[bytes, str] = field(default_factory=dict)
+    deprecated: set[bytes] = field(default_factory=set)
 
     def seq_of(self, event_id: uuid.UUID) -> int | None:
         return self.ids.get(event_id.bytes)
@@ -113,7 +109,7 @@ class LedgerState:
             if refusal is not None:
                 return refusal
         if isinstance(command, DeprecateFact):
-            if self.facts[command.fact_id.bytes].deprecated:
+            if command.fact_id.bytes in self.deprecated:
                 return Refusal(
                     "already_deprecated", f"fact {command.fact_id} is already deprecated"
                 )
@@ -124,10 +120,9 @@ class LedgerState:
         return None
 
     def _check_fact(self, fact_id: uuid.UUID, tenant: str) -> Refusal | None:
-        info = self.facts.get(fact_id.bytes)
         # Another tenant's fact is reported exactly like a missing one: its
         # existence is not this tenant's business.
-        if info is None or info.tenant != tenant:
+        if self.facts.get(fact_id.bytes) != tenant:
             return Refusal("unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True)
         return None
 
@@ -146,15 +141,15 @@ class LedgerState:
                 undo.append(lambda: self.agents.pop(agent, None))
         elif isinstance(event, FactStored):
             fact = event.fact_id.bytes
-            self.facts[fact] = FactInfo(event.tenant)
+            self.facts[fact] = event.tenant
             if undo is not None:
                 undo.append(lambda: self.facts.pop(fact, None))
         elif isinstance(event, FactDeprecated):
-            info = self.facts.get(event.fact_id.bytes)
-            if info is not None and not info.deprecated:
-                info.deprecated = True
+            fact = event.fact_id.bytes
+            if fact not in self.deprecated:
+                self.deprecated.add(fact)
                 if undo is not None:
-                    undo.append(lambda: setattr(info, "deprecated", False))
+                    undo.append(lambda: self.deprecated.discard(fact))
 
     def _restore(self, key: bytes, seq: int, head: bytes) -> None:
         self.ids.pop(key, None)

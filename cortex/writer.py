@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -39,7 +40,7 @@ log = structlog.get_logger(__name__)
 
 QUEUE_GROUP: Final = "cortex-writer"
 #: JetStream accepts at most 1,000 messages in one atomic batch.
-DEFAULT_MAX_BATCH: Final = 500
+DEFAULT_MAX_BATCH: Final = 1000
 _MAX_ATTEMPTS: Final = 50
 
 
@@ -75,6 +76,7 @@ class LedgerWriter:
         await self.bus.ensure_stream(replicas=self.replicas)
         started = time.perf_counter()
         await self._catch_up()
+        gc.freeze()  # the recovered state lives as long as the writer: stop re-scanning it
         log.info(
             "writer_recovered",
             seq=self.state.seq,
@@ -182,17 +184,11 @@ class LedgerWriter:
                 body = encode(event)
                 prev = self.state.head
                 event_hash = link(prev, body)
-                outgoing.append(
-                    Outgoing(
-                        ledger_subject(item.tenant, kind_of(event)),
-                        body,
-                        str(command.id),
-                        prev,
-                        event_hash,
-                    )
-                )
+                event_id = str(command.id)
+                subject = ledger_subject(item.tenant, kind_of(event))
+                outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
                 self.state.apply(event, self.state.seq + 1, event_hash, undo)
-                results.append(receipt(self.state.seq, event_hash, str(command.id)))
+                results.append(receipt(self.state.seq, event_hash, event_id))
             if behind:
                 # A refusal may only reflect that this writer has not seen
                 # what another writer appended: catch up and judge again.
