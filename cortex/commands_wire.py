@@ -88,7 +88,7 @@ def parse(subject: str, data: bytes) -> Request | Result:
         return Request(tenant, False, [_decode_one(kind, data)])
     try:
         # The common case, every entry valid, in one pass; otherwise entry by entry.
-        commands: list[Command] = _whole_batch.decode(data)
+        commands: list[AnyCommand] = _whole_batch.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
         pass
     else:

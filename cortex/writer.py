@@ -165,56 +165,60 @@ class LedgerWriter:
                 raise self._broken
             base = self.state.seq
             undo: Undo = []
-            outgoing: list[Outgoing] = []
-            results: list[Result | int] = []  # a result, or the seq of an earlier duplicate
-            behind = False
-            now = time.time_ns()
-            for item in items:
-                command = item.command
-                seen = self.state.seq_of(command.id)
-                if seen is not None:
-                    results.append(seen)
-                    continue
-                refusal = self.state.check(command, item.tenant)
-                if refusal is not None:
-                    behind = behind or (refusal.stateful and not synced)
-                    results.append(error(refusal.code, refusal.message))
-                    continue
-                event = to_event(command, tenant=item.tenant, ts=now)
-                body = encode(event)
-                prev = self.state.head
-                event_hash = link(prev, body)
-                event_id = str(command.id)
-                subject = ledger_subject(item.tenant, kind_of(event))
-                outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
-                self.state.apply(event, self.state.seq + 1, event_hash, undo)
-                results.append(receipt(self.state.seq, event_hash, event_id))
-            if behind:
-                # A refusal may only reflect that this writer has not seen
-                # what another writer appended: catch up and judge again.
-                LedgerState.rollback(undo)
-                await self._catch_up()
-                synced = True
-                continue
-            try:
-                await self.bus.append(outgoing, expected_last_seq=base)
-            except AppendConflict:
-                self.conflicts += 1
-                LedgerState.rollback(undo)
-                await self._catch_up()
-                synced = True
-                continue
-            except CortexError:
-                # The batch may or may not have landed (a timeout): learn which
-                # from the stream, then judge again; ids make the retry safe.
-                LedgerState.rollback(undo)
-                await self._catch_up()
-                synced = True
-                continue
-            self.appended += len(outgoing)
-            await self._resolve(items, results, base, outgoing)
-            return
+            outgoing, results, behind = self._stage(items, undo, synced=synced)
+            if not behind:
+                try:
+                    await self.bus.append(outgoing, expected_last_seq=base)
+                except CortexError as e:
+                    # AppendConflict: another writer got there first. Anything
+                    # else (a timeout) may or may not have landed. Either way,
+                    # learn from the stream and judge again: ids make it safe.
+                    self.conflicts += isinstance(e, AppendConflict)
+                else:
+                    self.appended += len(outgoing)
+                    await self._resolve(items, results, base, outgoing)
+                    return
+            # A stateful refusal may only mean this writer has not yet seen
+            # what another writer appended: catch up, then judge again.
+            LedgerState.rollback(undo)
+            await self._catch_up()
+            synced = True
         raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
+
+    def _stage(
+        self, items: list[_Pending], undo: Undo, *, synced: bool
+    ) -> tuple[list[Outgoing], list[Result | int], bool]:
+        """Judge each command and link the accepted ones into the chain, in memory.
+
+        Returns the events to append, one result per command (or the seq of
+        the earlier event a duplicate id refers to), and whether a refusal
+        might only reflect a stale view of the ledger.
+        """
+        outgoing: list[Outgoing] = []
+        results: list[Result | int] = []
+        behind = False
+        now = time.time_ns()
+        for item in items:
+            command = item.command
+            seen = self.state.seq_of(command.id)
+            if seen is not None:
+                results.append(seen)
+                continue
+            refusal = self.state.check(command, item.tenant)
+            if refusal is not None:
+                behind = behind or (refusal.stateful and not synced)
+                results.append(error(refusal.code, refusal.message))
+                continue
+            event = to_event(command, tenant=item.tenant, ts=now)
+            body = encode(event)
+            prev = self.state.head
+            event_hash = link(prev, body)
+            event_id = str(command.id)
+            subject = ledger_subject(item.tenant, kind_of(event))
+            outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
+            self.state.apply(event, self.state.seq + 1, event_hash, undo)
+            results.append(receipt(self.state.seq, event_hash, event_id))
+        return outgoing, results, behind
 
     async def _resolve(
         self,
