@@ -28,18 +28,22 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cortex import cli_read
 from cortex.audit import AuditReport, audit_ledger
 from cortex.bus import DEFAULT_URL, Bus
 from cortex.client import Client, Receipt
 from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import CortexError
+from cortex.node import ProjectionNode
 from cortex.writer import DEFAULT_MAX_BATCH, LedgerWriter
 from events.codec import decode_event
 from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast, kind_of
+from projections.errors import ProjectionError
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
-out = Console(highlight=False, soft_wrap=True)
+# Piped output keeps whole table rows: scripts and logs read wider than 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False)
 
 
@@ -139,6 +143,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
         bus = await Bus.connect(url, name="cortex-writer")
         writer = LedgerWriter(bus, max_batch=args.max_batch)
         await writer.start()
+        node_bus = await Bus.connect(url, name="cortex-node")
+        node = ProjectionNode(node_bus, Path(args.data) / "projection.db")
+        await node.start()
         where = (
             f"data in {server.data_dir}, durability {args.durability}"
             if server
@@ -152,6 +159,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         await stop.wait()
         out.print("stopping…")
         await writer.stop()
+        await node.stop()
+        await node_bus.close()
         await bus.close()
     finally:
         if server is not None:
@@ -373,7 +382,7 @@ async def _demo_story(client: Client) -> None:
 # -- the parser -------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--nats",
@@ -466,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         "audit", parents=[common], help="recompute the whole chain; exit 1 on any break"
     )
     p.set_defaults(func=cmd_audit)
+    cli_read.register(sub, common)
     return parser
 
 
@@ -474,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose or args.func is cmd_up)
     try:
         code: int = asyncio.run(args.func(args))
-    except CortexError as e:
+    except (CortexError, ProjectionError) as e:
         if getattr(args, "json", False):
             _print_json({"error": {"code": e.code, "message": e.message}})
         err.print(f"[red]error[/] {escape(f'[{e.code}]')}: {escape(e.message)}")

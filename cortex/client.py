@@ -23,7 +23,7 @@ import uuid_utils.compat
 
 from cortex.bus import DEFAULT_URL, Bus, command_subject
 from cortex.commands_wire import BATCH_KIND
-from cortex.errors import CortexError, InvalidCommand, Unavailable, rejection
+from cortex.errors import CortexError, InvalidCommand, QueryFailed, Unavailable, rejection
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
 
@@ -215,6 +215,70 @@ class Client:
         if err is not None:
             raise rejection(str(err.get("code")), str(err.get("message")))
         return Receipt(int(result["seq"]), str(result["hash"]), uuid.UUID(str(result["id"])))
+
+    # -- queries ----------------------------------------------------------
+
+    async def query(
+        self, op: str, *, min_seq: int | None = None, wait: float = 5.0, **params: Any
+    ) -> Any:
+        """Ask any node's read model. With ``min_seq`` (a receipt's seq) the node
+        first waits, at most ``wait`` seconds, until it has applied that event."""
+        if min_seq is not None:
+            params["min_seq"] = min_seq
+            params["timeout"] = wait
+        payload = msgspec.json.encode(params)
+        raw = await self.bus.request(
+            f"cortex.query.{self.tenant}.{op}", payload, timeout=self.timeout + wait
+        )
+        reply = _reply_decoder.decode(raw)
+        if not isinstance(reply, dict):
+            raise QueryFailed(f"unexpected reply to {op}", code="internal")
+        err = reply.get("error")
+        if err is not None:
+            raise QueryFailed(str(err.get("message")), code=str(err.get("code")))
+        return reply.get("result")
+
+    async def get_fact(
+        self, fact_id: uuid.UUID | str, *, min_seq: int | None = None
+    ) -> dict[str, Any] | None:
+        """The fact's current state and consensus, or None if this tenant has no such fact."""
+        result: dict[str, Any] | None = await self.query(
+            "get_fact", fact_id=str(fact_id), min_seq=min_seq
+        )
+        return result
+
+    async def consensus(
+        self, fact_id: uuid.UUID | str, *, min_seq: int | None = None
+    ) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.query(
+            "consensus", fact_id=str(fact_id), min_seq=min_seq
+        )
+        return result
+
+    async def history(
+        self, fact_id: uuid.UUID | str, *, min_seq: int | None = None
+    ) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = await self.query(
+            "history", fact_id=str(fact_id), min_seq=min_seq
+        )
+        return result
+
+    async def search(
+        self, text: str, *, limit: int = 20, min_seq: int | None = None
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.query(
+            "search", text=text, limit=limit, min_seq=min_seq
+        )
+        return result
+
+    async def facts(self, *, min_seq: int | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Current facts, or filtered: include_deprecated, valid_at (ISO), as_of_seq, agent_id, type, limit."""
+        result: list[dict[str, Any]] = await self.query("facts", min_seq=min_seq, **filters)
+        return result
+
+    async def agents(self, *, min_seq: int | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.query("agents", min_seq=min_seq)
+        return result
 
     # -- batching ---------------------------------------------------------
 

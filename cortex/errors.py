@@ -8,6 +8,7 @@
     ├── LedgerError              the ledger itself is unusable (missing, misconfigured, broken)
     │   ├── ChainBroken          a stored event does not link to the one before it
     │   └── AppendConflict       another writer appended first; re-read the head and retry
+    ├── QueryFailed              a read was malformed, or min_seq was not reached in time
     ├── Unavailable              no server or no writer answered in time
     └── ServerError              the embedded nats-server could not be found or started
 
@@ -65,6 +66,12 @@ class ChainBroken(LedgerError):
 
 class AppendConflict(LedgerError):
     code = "append_conflict"
+
+
+class QueryFailed(CortexError):
+    """A query was refused (unknown op, bad parameters) or timed out waiting for min_seq."""
+
+    code = "invalid_query"
 
 
 class Unavailable(CortexError):
