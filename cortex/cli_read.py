@@ -214,11 +214,15 @@ async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) 
             "head": projector.head.hex(),
             "digest": await digest(pool),
         }
+        async with pool.writer() as conn:
+            # Everything into the main file: a WAL must not stay behind under the old name.
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         await pool.close()
     seconds = time.perf_counter() - started
     _remove_database(db)
     os.replace(building, db)
+    _remove_database(building)
     result["seconds"] = round(seconds, 3)
     result["events_per_s"] = round(end / seconds) if seconds > 0 else 0
     return result
