@@ -37,6 +37,7 @@ QUEUE_GROUP: Final = "cortex-query"
 #: Longest a read may wait for ``min_seq`` (read-your-writes).
 MAX_WAIT_S: Final = 30.0
 DEFAULT_WAIT_S: Final = 5.0
+HEALTH_CHECK_S: Final = 30.0
 _encoder: Final = msgspec.json.Encoder()
 _params: Final = msgspec.json.Decoder(dict[str, Any])
 
@@ -80,6 +81,7 @@ class ProjectionNode:
             self.pool, on_commit=lambda _seq, touched: self.cache.invalidate(touched)
         )
         self._follow: asyncio.Task[None] | None = None
+        self._health: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
         self._ops: dict[str, Callable[[str, dict[str, Any]], Awaitable[Any]]] = {
             "get_fact": self._get_fact,
@@ -102,6 +104,7 @@ class ProjectionNode:
             await self.pool.close()
             raise
         self._follow = asyncio.create_task(self._run(), name="cortex-projector")
+        self._health = asyncio.create_task(self._check_pool(), name="cortex-pool-health")
         self._sub = await self.bus.serve(f"{QUERY_PREFIX}.*.*", self._on_query, queue=QUEUE_GROUP)
         log.info("projector_started", db=str(self.db), seq=self.projector.seq)
 
@@ -114,7 +117,22 @@ class ProjectionNode:
             log.exception("projector_stopped", seq=self.projector.seq)
             raise
 
+    async def _check_pool(self) -> None:
+        """Every half minute, replace any pooled connection that stopped answering."""
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_S)
+            try:
+                if replaced := await self.pool.check():
+                    log.warning("pool_connections_replaced", count=replaced)
+            except ProjectionError:
+                log.exception("pool_check_failed")
+
     async def stop(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+            self._health = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
