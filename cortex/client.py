@@ -93,6 +93,8 @@ class Client:
         #: Requests sent so far (a batch counts once): how well calls are batched.
         self.requests_sent = 0
         self._sender: asyncio.Task[None] | None = None
+        self._carry: _Call | None = None
+        self._returned = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -104,7 +106,7 @@ class Client:
 
     async def close(self) -> None:
         """Wait for calls already made, then close the connection if this client opened it."""
-        while not self._queue.empty() or self._sends:
+        while not self._queue.empty() or self._sends or self._carry is not None:
             if self._sends:
                 await asyncio.gather(*self._sends, return_exceptions=True)
             else:
@@ -285,23 +287,23 @@ class Client:
     async def _send_loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].body)
+            first = self._carry or await self._queue.get()
+            self._carry = None
+            batch, size = [first], len(first.body)
             deadline = loop.time() + self.linger
             while len(batch) < self.max_batch:
-                if self._queue.empty():
-                    # Idle: send now. Busy: give later calls a moment to join.
+                call = self._queue.get_nowait() if not self._queue.empty() else None
+                if call is None:
+                    # Idle: send now. Busy: let later calls join until a request
+                    # in flight comes back, or the linger runs out.
                     remaining = deadline - loop.time()
                     if self._in_flight == 0 or remaining <= 0:
                         break
-                    try:
-                        call = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
+                    call = await self._next_call(remaining)
+                    if call is None:
                         break
-                else:
-                    call = self._queue.get_nowait()
                 if size + len(call.body) + 1 > _MAX_REQUEST_BYTES:
-                    self._queue.put_nowait(call)  # goes first into the next request
+                    self._carry = call  # opens the next request
                     break
                 batch.append(call)
                 size += len(call.body) + 1
@@ -310,6 +312,20 @@ class Client:
             task = asyncio.create_task(self._send(batch))
             self._sends.add(task)
             task.add_done_callback(self._sends.discard)
+
+    async def _next_call(self, timeout: float) -> _Call | None:
+        """The next call, or None once a request in flight finishes or ``timeout`` passes."""
+        self._returned.clear()
+        getter = asyncio.ensure_future(self._queue.get())
+        returned = asyncio.ensure_future(self._returned.wait())
+        await asyncio.wait({getter, returned}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        returned.cancel()
+        if getter.done():
+            return getter.result()
+        getter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await getter
+        return None if not getter.done() or getter.cancelled() else getter.result()
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
@@ -339,3 +355,4 @@ class Client:
         finally:
             self._in_flight -= 1
             self._slots.release()
+            self._returned.set()
