@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -132,39 +133,36 @@ async def _audit(bus: Bus, as_json: bool) -> int:
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
-    server: EmbeddedServer | None = None
-    url = args.nats
-    if not url:
-        server = EmbeddedServer(
-            Path(args.data), port=args.port, durability=Durability(args.durability)
+    """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
+    data = Path(args.data)
+    async with contextlib.AsyncExitStack() as stack:
+        url = args.nats
+        if not url:
+            server = EmbeddedServer(data, port=args.port, durability=Durability(args.durability))
+            url = await server.start()
+            stack.push_async_callback(server.stop)
+        if args.role in ("all", "writer"):
+            bus = await Bus.connect(url, name="cortex-writer")
+            stack.push_async_callback(bus.close)
+            writer = LedgerWriter(bus, max_batch=args.max_batch)
+            await writer.start()
+            stack.push_async_callback(writer.stop)
+        if args.role in ("all", "node"):
+            node_bus = await Bus.connect(url, name="cortex-node")
+            stack.push_async_callback(node_bus.close)
+            node = ProjectionNode(node_bus, data / "projection.db")
+            await node.start()
+            stack.push_async_callback(node.stop)
+        where = f"data in {os.path.abspath(data)}" + (
+            f", durability {args.durability}" if not args.nats else ", external server"
         )
-        url = await server.start()
-    try:
-        bus = await Bus.connect(url, name="cortex-writer")
-        writer = LedgerWriter(bus, max_batch=args.max_batch)
-        await writer.start()
-        node_bus = await Bus.connect(url, name="cortex-node")
-        node = ProjectionNode(node_bus, Path(args.data) / "projection.db")
-        await node.start()
-        where = (
-            f"data in {server.data_dir}, durability {args.durability}"
-            if server
-            else "external server"
-        )
-        out.print(f"CORTEX is up: serving {url} ({where}). Ctrl-C to stop.")
+        out.print(f"CORTEX is up: serving {url} ({where}; {args.role}). Ctrl-C to stop.")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         out.print("stopping…")
-        await writer.stop()
-        await node.stop()
-        await node_bus.close()
-        await bus.close()
-    finally:
-        if server is not None:
-            await server.stop()
     return EXIT_OK
 
 
@@ -422,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         choices=[d.value for d in Durability],
         default=Durability.SAFE.value,
         help="safe: fsync before every ack (default); fast: JetStream's lazy fsync",
+    )
+    p.add_argument(
+        "--role",
+        choices=["all", "writer", "node"],
+        default="all",
+        help="run the writer, the node (projector and queries), or both (default)",
     )
     p.add_argument(
         "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="events per atomic batch (1-1000)"
