@@ -153,7 +153,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             node = ProjectionNode(node_bus, data / "projection.db")
             await node.start()
             stack.push_async_callback(node.stop)
-        where = f"data in {os.path.abspath(data)}" + (
+        where = f"data in {data}" + (
             f", durability {args.durability}" if not args.nats else ", external server"
         )
         out.print(f"CORTEX is up: serving {url} ({where}; {args.role}). Ctrl-C to stop.")
