@@ -20,6 +20,7 @@ from cortex.bus import DEFAULT_URL, Bus
 from cortex.client import Client
 from cortex.errors import CortexError
 from cortex.node import records
+from events.chain import GENESIS
 from projections.digest import digest
 from projections.pool import ConnectionPool
 from projections.projector import Projector
@@ -204,10 +205,11 @@ async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) 
             ) as bar:
                 task = bar.add_task("replay", total=end)
                 await projector.consume(
-                    records(bus, 1, end), progress=lambda seq: bar.update(task, completed=seq)
+                    records(bus, 1, end, head=GENESIS),
+                    progress=lambda seq: bar.update(task, completed=seq),
                 )
         elif end > 0:
-            await projector.consume(records(bus, 1, end))
+            await projector.consume(records(bus, 1, end, head=GENESIS))
         result = {
             "db": str(db),
             "seq": projector.seq,

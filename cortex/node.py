@@ -23,6 +23,7 @@ from nats.aio.subscription import Subscription
 
 from cortex.bus import Bus
 from cortex.errors import CortexError
+from events.chain import link
 from projections import queries
 from projections.cache import ReadCache
 from projections.digest import digest
@@ -42,10 +43,24 @@ _encoder: Final = msgspec.json.Encoder()
 _params: Final = msgspec.json.Decoder(dict[str, Any])
 
 
-async def records(bus: Bus, start_seq: int, end_seq: int | None = None) -> AsyncIterator[Record]:
-    """The ledger as the projector wants it: (seq, body), read once or followed live."""
+async def records(
+    bus: Bus, start_seq: int, end_seq: int | None = None, *, head: bytes | None = None
+) -> AsyncIterator[Record]:
+    """The ledger as the projector wants it: (seq, body), read once or followed live.
+
+    With ``head`` (the chain hash before ``start_seq``), every event must link
+    to the one before and hash to what the ledger recorded for it; a node
+    never projects a stream that was tampered with.
+    """
     source = bus.read(start_seq, end_seq) if end_seq is not None else bus.follow(start_seq)
     async for stored in source:
+        if head is not None:
+            if stored.prev_hash != head or link(head, stored.body) != stored.hash:
+                raise LedgerMismatch(
+                    f"the ledger's event at seq {stored.seq} does not follow the chain: "
+                    "nothing more is projected; run `cortex audit`"
+                )
+            head = stored.hash
         yield stored.seq, stored.body
 
 
@@ -110,7 +125,9 @@ class ProjectionNode:
 
     async def _run(self) -> None:
         try:
-            await self.projector.consume(records(self.bus, self.projector.seq + 1))
+            await self.projector.consume(
+                records(self.bus, self.projector.seq + 1, head=self.projector.head)
+            )
         except asyncio.CancelledError:
             raise
         except Exception:

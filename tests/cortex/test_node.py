@@ -275,3 +275,20 @@ async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(tmp_path: Pat
         finally:
             await node.stop()
             await bus.close()
+
+
+async def test_a_forged_event_on_the_stream_is_never_projected(
+    client: Client, node: ProjectionNode, bus: Bus, tmp_path: Path
+) -> None:
+    """An event appended around the writer, not linked into the chain, stops the projection there."""
+    await client.register_agent("a")
+    first = await bus.get(1)
+    await bus.js.publish(
+        first.subject,
+        first.body,
+        headers={"Cortex-Prev": first.prev_hash.hex(), "Cortex-Hash": first.hash.hex()},
+    )
+    assert not await node.projector.wait_for(2, timeout=0.5)
+    assert node.projector.seq == 1
+    with pytest.raises(LedgerMismatch, match="seq 2 does not follow the chain"):
+        await replay(bus, tmp_path / "r.db", until=None, show_progress=False)
