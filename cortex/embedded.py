@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import importlib.resources
 import re
 import shutil
+import signal
 import sys
 import sysconfig
 from pathlib import Path
@@ -26,7 +28,19 @@ from cortex.errors import ServerError
 log = structlog.get_logger(__name__)
 
 _READY: Final = "Server is ready"
+_PR_SET_PDEATHSIG: Final = 1
 _LISTENING: Final = re.compile(r"Listening for client connections on ([\d.]+):(\d+)")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, SIGTERM the server if CORTEX dies.
+
+    A ``cortex up`` killed with SIGKILL cannot stop its server itself; the
+    kernel then does, so no orphaned nats-server keeps the port and the store.
+    """
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Durability(enum.Enum):
@@ -109,6 +123,7 @@ class EmbeddedServer:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         try:
             await asyncio.wait_for(self._wait_ready(), timeout)
