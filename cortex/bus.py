@@ -23,7 +23,13 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 from cortex.errors import AppendConflict, InvalidCommand, LedgerError, Unavailable
 
@@ -37,6 +43,7 @@ HDR_HASH: Final = "Cortex-Hash"
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
 #: How long JetStream remembers a Nats-Msg-Id; the writer's own index covers all time.
 DUPLICATE_WINDOW_S: Final = 120.0
+_READ_BUFFER: Final = 10_000
 # JetStream error codes the writer reacts to (nats-server errors.json).
 _WRONG_LAST_SEQUENCE: Final = 10071
 _BATCH_DUPLICATE_MSG_ID: Final = 10201
@@ -147,10 +154,29 @@ class Bus:
             raise Unavailable("JetStream did not answer: is it enabled on this server?") from e
         info = await self.js.stream_info(STREAM)
         c = info.config
-        if not (c.deny_delete and c.deny_purge and c.allow_atomic) or c.allow_rollup_hdrs:
+        unsafe = [
+            name
+            for name, bad in (
+                ("deletes allowed", not c.deny_delete),
+                ("purges allowed", not c.deny_purge),
+                ("rollups allowed", bool(c.allow_rollup_hdrs)),
+                ("no atomic batches", not c.allow_atomic),
+                ("not file storage", c.storage != StorageType.FILE),
+                ("not limits retention", c.retention not in (None, RetentionPolicy.LIMITS)),
+                (
+                    "a message, byte or age limit",
+                    any(
+                        (v or 0) > 0
+                        for v in (c.max_msgs, c.max_bytes, c.max_age, c.max_msgs_per_subject)
+                    ),
+                ),
+            )
+            if bad
+        ]
+        if unsafe:
             raise LedgerError(
-                f"stream {STREAM} exists but allows deletes, purges or rollups, or lacks "
-                "atomic batches; it cannot hold a tamper-evident ledger"
+                f"stream {STREAM} exists but could lose or rewrite events ({', '.join(unsafe)}); "
+                "it cannot hold a tamper-evident ledger"
             )
 
     async def last_seq(self) -> int:
@@ -163,7 +189,12 @@ class Bus:
         return int(info.state.last_seq)
 
     async def get(self, seq: int) -> StoredEvent:
-        msg = await self.js.get_msg(STREAM, seq=seq)
+        try:
+            msg = await self.js.get_msg(STREAM, seq=seq)
+        except nats.js.errors.NotFoundError as e:
+            raise LedgerError(f"the ledger has no event at seq {seq}", code="not_found") from e
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            raise Unavailable("JetStream did not answer") from e
         headers = msg.headers or {}
         return StoredEvent(
             seq=seq,
@@ -245,10 +276,12 @@ class Bus:
         waiting while any are buffered: per-message tasks (``next_msg``)
         would cost more than the rest of the read.
         """
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
+        # Bounded: a slow reader makes the callback wait, nats-py stops
+        # answering flow control, and JetStream stops sending — memory stays flat.
+        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=_READ_BUFFER)
 
         async def deliver(msg: Msg) -> None:
-            queue.put_nowait(msg)
+            await queue.put(msg)
 
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq

@@ -251,6 +251,8 @@ async def cmd_vote(args: argparse.Namespace) -> int:
 
 
 async def cmd_log(args: argparse.Namespace) -> int:
+    if args.start < 1 or (args.limit is not None and args.limit < 1):
+        raise CortexError("--from and --limit count from 1", code="invalid_field")
     bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-log")
     try:
         last = await bus.last_seq()
@@ -380,6 +382,13 @@ async def _demo_story(client: Client) -> None:
 # -- the parser -------------------------------------------------------------
 
 
+def _batch_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("JetStream takes 1 to 1000 events per atomic batch")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -428,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help="run the writer, the node (projector and queries), or both (default)",
     )
     p.add_argument(
-        "--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="events per atomic batch (1-1000)"
+        "--max-batch",
+        type=_batch_size,
+        default=DEFAULT_MAX_BATCH,
+        help="events per atomic batch (1-1000)",
     )
     p.set_defaults(func=cmd_up)
 

@@ -9,6 +9,7 @@ refuses leaves the state exactly as it was.
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,12 @@ def check_shape(command: Command) -> Refusal | None:
         meta_size = len(_meta_encoder.encode(command.meta))
         if meta_size > MAX_META_BYTES:
             return Refusal("too_large", f"meta is {meta_size} bytes; the limit is {MAX_META_BYTES}")
+        for name in ("valid_from", "valid_until"):
+            value = getattr(command, name)
+            try:
+                value is None or value.astimezone(dt.UTC)
+            except (OverflowError, ValueError):
+                return Refusal("invalid_field", f"{name} {value} cannot be expressed in UTC")
         if command.valid_from and command.valid_until and command.valid_until < command.valid_from:
             return Refusal("invalid_field", "valid_until is before valid_from")
     elif isinstance(command, CastVote) and command.value not in VOTE_VALUES:

@@ -97,6 +97,7 @@ class ProjectionNode:
         )
         self._follow: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
+        self._queries: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
         self._ops: dict[str, Callable[[str, dict[str, Any]], Awaitable[Any]]] = {
             "get_fact": self._get_fact,
@@ -154,6 +155,8 @@ class ProjectionNode:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        if self._queries:
+            await asyncio.wait(self._queries, timeout=MAX_WAIT_S)
         if self._follow is not None:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -164,6 +167,13 @@ class ProjectionNode:
     # -- queries ---------------------------------------------------------------
 
     async def _on_query(self, msg: Msg) -> None:
+        """Answer in a task of its own: a slow query (or one waiting for
+        ``min_seq``) must not hold up the others; the pool bounds the concurrency."""
+        task = asyncio.create_task(self._reply(msg))
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
+
+    async def _reply(self, msg: Msg) -> None:
         try:
             tenant, op, params = _parse_query(msg.subject, msg.data)
             reply: dict[str, Any] = {"result": await self.answer(tenant, op, params)}
@@ -196,11 +206,13 @@ class ProjectionNode:
             return await handler(tenant, params)
         except TypeError as e:
             raise QueryError(f"bad parameters for {op}: {e}") from e
+        except KeyError as e:
+            raise QueryError(f"{op} needs the parameter {e}") from e
 
     async def _cached(
         self, op: str, tenant: str, fact_id: Any, read: Callable[[], Awaitable[Any]]
     ) -> Any:
-        key = (op, tenant, str(fact_id))
+        key = (op, tenant, queries.canonical_fact_id(fact_id))
         hit = self.cache.get(key)
         if hit is not None:
             return hit

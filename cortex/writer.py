@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -152,7 +153,8 @@ class LedgerWriter:
                 await self._commit(items)
             except Exception as e:  # answer every caller, whatever went wrong
                 log.exception("commit_failed")
-                reply = error(getattr(e, "code", "internal"), str(e) or type(e).__name__)
+                code = e.code if isinstance(e, CortexError) else "internal"
+                reply = error(code, str(e) or type(e).__name__)
                 for item in items:
                     if not item.future.done():
                         item.future.set_result(reply)
@@ -165,22 +167,26 @@ class LedgerWriter:
                 raise self._broken
             base = self.state.seq
             undo: Undo = []
-            outgoing, results, behind = self._stage(items, undo, synced=synced)
-            if not behind:
-                try:
+            appended = False
+            try:
+                outgoing, results, behind = self._stage(items, undo, synced=synced)
+                if not behind:
                     await self.bus.append(outgoing, expected_last_seq=base)
-                except CortexError as e:
-                    # AppendConflict: another writer got there first. Anything
-                    # else (a timeout) may or may not have landed. Either way,
-                    # learn from the stream and judge again: ids make it safe.
-                    self.conflicts += isinstance(e, AppendConflict)
-                else:
-                    self.appended += len(outgoing)
-                    await self._resolve(items, results, base, outgoing)
-                    return
+                    appended = True
+            except CortexError as e:
+                # AppendConflict: another writer got there first. Anything
+                # else (a timeout) may or may not have landed. Either way,
+                # learn from the stream and judge again: ids make it safe.
+                self.conflicts += isinstance(e, AppendConflict)
+            finally:
+                if not appended:  # whatever happened, the state matches the stream again
+                    LedgerState.rollback(undo)
+            if appended:
+                self.appended += len(outgoing)
+                self._resolve(items, results, base, outgoing)
+                return
             # A stateful refusal may only mean this writer has not yet seen
             # what another writer appended: catch up, then judge again.
-            LedgerState.rollback(undo)
             await self._catch_up()
             synced = True
         raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
@@ -209,7 +215,11 @@ class LedgerWriter:
                 behind = behind or (refusal.stateful and not synced)
                 results.append(error(refusal.code, refusal.message))
                 continue
-            event = to_event(command, tenant=item.tenant, ts=now)
+            try:
+                event = to_event(command, tenant=item.tenant, ts=now)
+            except (ValueError, OverflowError) as e:  # one bad command, not the whole batch
+                results.append(error("invalid_field", f"cannot record this command: {e}"))
+                continue
             body = encode(event)
             prev = self.state.head
             event_hash = link(prev, body)
@@ -220,7 +230,7 @@ class LedgerWriter:
             results.append(receipt(self.state.seq, event_hash, event_id))
         return outgoing, results, behind
 
-    async def _resolve(
+    def _resolve(
         self,
         items: list[_Pending],
         results: list[Result | int],
@@ -228,28 +238,34 @@ class LedgerWriter:
         outgoing: list[Outgoing],
     ) -> None:
         for item, result in zip(items, results, strict=True):
-            if isinstance(result, int):
-                item.future.set_result(await self._duplicate(item, result, base, outgoing))
-            else:
+            if not isinstance(result, int):
                 item.future.set_result(result)
+            elif result > base:  # a duplicate of an event in this very batch
+                stored = outgoing[result - base - 1]
+                item.future.set_result(self._same_or_reused(item, result, stored.body, stored.hash))
+            else:  # an earlier event: look it up without holding up the commit loop
+                task = asyncio.create_task(self._duplicate(item, result))
+                self._replies.add(task)
+                task.add_done_callback(self._replies.discard)
 
-    async def _duplicate(
-        self, item: _Pending, seq: int, base: int, outgoing: list[Outgoing]
-    ) -> Result:
-        """The original receipt for a retried id, if it really is the same command."""
-        if seq > base:
-            stored = outgoing[seq - base - 1]
-            subject, event_hash = stored.subject, stored.hash
-        else:
-            event = await self.bus.get(seq)
-            subject, event_hash = event.subject, event.hash
-        expected = ledger_subject(
-            item.tenant, kind_of(to_event(item.command, tenant=item.tenant, ts=0))
-        )
-        if subject != expected:
+    async def _duplicate(self, item: _Pending, seq: int) -> None:
+        try:
+            stored = await self.bus.get(seq)
+            result = self._same_or_reused(item, seq, stored.body, stored.hash)
+        except Exception as e:
+            result = error("unavailable", f"could not read seq {seq} to answer a retry: {e}")
+        if not item.future.done():
+            item.future.set_result(result)
+
+    @staticmethod
+    def _same_or_reused(item: _Pending, seq: int, body: bytes, event_hash: bytes) -> Result:
+        """The original receipt if the retry is the same command, else ``id_reused``."""
+        original = msgspec.structs.replace(decode_event(body), ts=0)
+        again = to_event(item.command, tenant=item.tenant, ts=0)
+        if original != again:
             return error(
                 "id_reused",
-                f"id {item.command.id} was already used for another command (seq {seq})",
+                f"id {item.command.id} was already used for a different command (seq {seq})",
             )
         return receipt(seq, event_hash, str(item.command.id))
 

@@ -317,13 +317,20 @@ class Projector:
             try:
                 async for record in stream:
                     await queue.put(record)
-            finally:
-                await queue.put(None)
+            except BaseException:
+                # Never block on the way out: the consumer may be gone. If the
+                # queue is full, the consumer drains it and sees the pump done.
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+                raise
+            await queue.put(None)
 
         task = asyncio.create_task(pump(), name="projector-pump")
         try:
             ended = False
             while not ended:
+                if queue.empty() and task.done():
+                    break
                 first = await queue.get()
                 if first is None:
                     break
@@ -341,6 +348,9 @@ class Projector:
         finally:
             if not task.done():
                 task.cancel()
+                # Empty the queue so a pump stuck on a full one can see its cancellation.
+                while not queue.empty():
+                    queue.get_nowait()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 

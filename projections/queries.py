@@ -102,7 +102,7 @@ def _fact(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
-def _fact_id(value: str | uuid.UUID) -> str:
+def canonical_fact_id(value: str | uuid.UUID) -> str:
     try:
         return str(uuid.UUID(str(value)))
     except ValueError as e:
@@ -123,7 +123,7 @@ async def get_fact(
         pool.reader() as conn,
         conn.execute(
             f"SELECT {_FACT_COLUMNS} FROM facts WHERE fact_id = ? AND tenant = ?",
-            (_fact_id(fact_id), tenant),
+            (canonical_fact_id(fact_id), tenant),
         ) as cur,
     ):
         row = await cur.fetchone()

@@ -91,7 +91,7 @@ async def test_min_seq_beyond_the_ledger_times_out_clearly(
 async def test_bad_queries_get_error_replies_and_the_node_keeps_serving(
     client: Client, node: ProjectionNode, bus: Bus
 ) -> None:
-    await client.register_agent("a")
+    registered = await client.register_agent("a")
     with pytest.raises(QueryFailed) as unknown:
         await client.query("drop_tables")
     assert unknown.value.code == "unknown_op"
@@ -105,7 +105,7 @@ async def test_bad_queries_get_error_replies_and_the_node_keeps_serving(
     assert raw["error"]["code"] == "malformed"
     with pytest.raises(QueryFailed, match="no words"):
         await client.search("  !!  ")
-    assert [a["agent_id"] for a in await client.agents()] == ["a"]
+    assert [a["agent_id"] for a in await client.agents(min_seq=registered.seq)] == ["a"]
 
 
 async def test_queries_never_cross_tenants(
@@ -292,3 +292,31 @@ async def test_a_forged_event_on_the_stream_is_never_projected(
     assert node.projector.seq == 1
     with pytest.raises(LedgerMismatch, match="seq 2 does not follow the chain"):
         await replay(bus, tmp_path / "r.db", until=None, show_progress=False)
+
+
+async def test_a_slow_query_does_not_hold_up_the_others(
+    client: Client, node: ProjectionNode
+) -> None:
+    """One read waiting for a far-off min_seq; another read is answered meanwhile."""
+    registered = await client.register_agent("a")
+    waiting = asyncio.ensure_future(client.query("agents", min_seq=10**9, wait=2))
+    async with asyncio.timeout(1):
+        agents = await client.agents(min_seq=registered.seq)
+    assert [a["agent_id"] for a in agents] == ["a"]
+    assert not waiting.done()
+    waiting.cancel()
+
+
+async def test_fact_ids_in_any_spelling_share_one_cache_entry(
+    client: Client, node: ProjectionNode
+) -> None:
+    """An upper-case id must not keep serving a consensus the projector already replaced."""
+    await client.register_agent("a")
+    stored = await client.store_fact("a", "spelled")
+    assert stored.fact_id is not None
+    upper = str(stored.fact_id).upper()
+    assert await client.get_fact(upper, min_seq=stored.seq) is not None
+    vote = await client.vote("a", stored.fact_id, 1)
+    fact = await client.get_fact(upper, min_seq=vote.seq)
+    assert fact is not None
+    assert fact["consensus"]["votes_for"] == 1

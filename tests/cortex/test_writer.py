@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import pytest
@@ -156,4 +157,43 @@ async def test_a_writer_that_is_behind_catches_up_before_refusing(
             r = await c.store_fact("a", "fresh")
             assert r.fact_id is not None
             await c.vote("a", r.fact_id, 1)
+    assert (await audit_ledger(bus)).ok
+
+
+async def test_the_same_id_with_different_content_is_refused_not_acknowledged(
+    client: Client, bus: Bus
+) -> None:
+    """A reused id never gets a receipt for something the ledger does not hold."""
+    await client.register_agent("a")
+    fact = await client.store_fact("a", "x")
+    assert fact.fact_id is not None
+    vote_id = new_id()
+    up = await client.vote("a", fact.fact_id, 1, id=vote_id)
+    before = await bus.last_seq()
+    with pytest.raises(Exception, match="different command") as info:
+        await client.vote("a", fact.fact_id, -1, id=vote_id)
+    assert getattr(info.value, "code", "") == "id_reused"
+    same = await client.vote("a", fact.fact_id, 1, id=vote_id)
+    assert (same.seq, same.hash) == (up.seq, up.hash)
+    assert await bus.last_seq() == before
+
+
+async def test_a_command_that_cannot_be_recorded_does_not_jam_the_writer(
+    client: Client, bus: Bus
+) -> None:
+    """A world time outside what UTC can hold is refused; the batch around it still lands."""
+    await client.register_agent("a")
+    far_past = dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5)))
+    results = await asyncio.gather(
+        client.store_fact("a", "fine"),
+        client.store_fact("a", "too early", valid_from=far_past),
+        client.store_fact("a", "also fine"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Receipt)
+    assert getattr(results[1], "code", "") == "invalid_field"
+    assert isinstance(results[2], Receipt)
+    assert await bus.last_seq() == 3
+    later = await client.store_fact("a", "the writer still works")
+    assert later.seq == 4
     assert (await audit_ledger(bus)).ok
