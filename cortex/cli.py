@@ -26,7 +26,6 @@ import msgspec
 import structlog
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cortex import cli_read
@@ -36,6 +35,7 @@ from cortex.client import Client, Receipt
 from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import CortexError
 from cortex.node import ProjectionNode
+from cortex.progress import progress_bar
 from cortex.writer import DEFAULT_MAX_BATCH, LedgerWriter
 from events.codec import decode_event
 from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast, kind_of
@@ -111,21 +111,8 @@ def _print_audit(report: AuditReport, as_json: bool) -> int:
 
 
 async def _audit(bus: Bus, as_json: bool) -> int:
-    if as_json or not sys.stderr.isatty():
-        report = await audit_ledger(bus)
-    else:
-        with Progress(
-            TextColumn("auditing"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("audit", total=None)
-            report = await audit_ledger(
-                bus, progress=lambda done, total: bar.update(task, completed=done, total=total)
-            )
+    with progress_bar("auditing", enabled=not as_json) as update:
+        report = await audit_ledger(bus, progress=update)
     return _print_audit(report, as_json)
 
 

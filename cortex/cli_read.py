@@ -13,13 +13,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from cortex.bus import DEFAULT_URL, Bus
 from cortex.client import Client
 from cortex.errors import CortexError
 from cortex.node import records
+from cortex.progress import progress_bar
 from events.chain import GENESIS
 from projections.digest import digest
 from projections.pool import ConnectionPool
@@ -194,22 +194,10 @@ async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) 
     try:
         projector = Projector(pool)
         await projector.open()
-        if show_progress and end > 0:
-            with Progress(
-                TextColumn("replaying"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("replay", total=end)
-                await projector.consume(
-                    records(bus, 1, end, head=GENESIS),
-                    progress=lambda seq: bar.update(task, completed=seq),
-                )
-        elif end > 0:
-            await projector.consume(records(bus, 1, end, head=GENESIS))
+        with progress_bar("replaying", total=end, enabled=show_progress) as update:
+            await projector.consume(
+                records(bus, 1, end, head=GENESIS), progress=lambda seq: update(seq, end)
+            )
         result = {
             "db": str(db),
             "seq": projector.seq,
