@@ -9,6 +9,7 @@ are translated into CORTEX errors here, where they enter.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import uuid
@@ -24,6 +25,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     RetentionPolicy,
@@ -43,7 +45,9 @@ HDR_HASH: Final = "Cortex-Hash"
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
 #: How long JetStream remembers a Nats-Msg-Id; the writer's own index covers all time.
 DUPLICATE_WINDOW_S: Final = 120.0
-_READ_BUFFER: Final = 10_000
+#: Messages per pull request while reading the ledger, and how long one waits for new ones.
+_PULL_BATCH: Final = 2000
+_PULL_EXPIRES_S: Final = 5.0
 # JetStream error codes the writer reacts to (nats-server errors.json).
 _WRONG_LAST_SEQUENCE: Final = 10071
 _BATCH_DUPLICATE_MSG_ID: Final = 10201
@@ -269,43 +273,68 @@ class Bus:
             yield event
 
     async def _consume(self, start_seq: int, end: int | None) -> AsyncIterator[StoredEvent]:
-        """An ordered push consumer: the fastest in-order read nats-py offers.
+        """Read in order through an ephemeral pull consumer, one pull request at a time.
 
-        The client recreates it if a message goes missing on the wire.
-        Messages are handed over through a local queue and taken without
-        waiting while any are buffered: per-message tasks (``next_msg``)
-        would cost more than the rest of the read.
+        The server sends only what was asked for (``_PULL_BATCH`` at most), so
+        a slow reader holds at most one batch in memory and nothing is ever
+        dropped. A push consumer is no good here: nats-py answers its flow
+        control on arrival, not on processing, so a slow reader's backlog grows
+        until nats-py drops messages as a slow consumer. ``fetch`` is bounded
+        but creates a task per message; raw pull requests on an inbox cost a
+        round trip per batch and nothing per message.
         """
-        # Bounded: a slow reader makes the callback wait, nats-py stops
-        # answering flow control, and JetStream stops sending — memory stays flat.
-        queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=_READ_BUFFER)
+        info = await self.js.add_consumer(
+            STREAM,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start_seq,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        queue: asyncio.Queue[Msg] = asyncio.Queue()
 
         async def deliver(msg: Msg) -> None:
-            await queue.put(msg)
+            queue.put_nowait(msg)  # bounded by the pull request's batch size
 
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start_seq
-        )
-        sub = await self.js.subscribe(
-            f"{LEDGER_PREFIX}.>",
-            stream=STREAM,
-            ordered_consumer=True,
-            config=config,
-            cb=deliver,
-            idle_heartbeat=2.0,
-        )
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=deliver)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{info.name}"
+        expires_ns = int(_PULL_EXPIRES_S * 1e9)
+        # Two pull requests in flight, so the next batch is on its way while
+        # this one is read. The server serves (and expires) them in order.
+        pending: collections.deque[int] = collections.deque()
         try:
             seq = start_seq - 1
             while end is None or seq < end:
-                if queue.empty():
-                    try:
-                        msg = await asyncio.wait_for(queue.get(), self.timeout)
-                    except TimeoutError as e:
-                        if end is None:
-                            continue  # following: nothing new yet
-                        raise Unavailable(f"reading {STREAM} stalled after seq {seq}") from e
-                else:
-                    msg = queue.get_nowait()
+                while len(pending) < 2:
+                    asked = seq + sum(pending)
+                    want = _PULL_BATCH if end is None else min(_PULL_BATCH, end - asked)
+                    if want <= 0:
+                        break
+                    request = json.dumps({"batch": want, "expires": expires_ns}).encode()
+                    await self.nc.publish(next_subject, request, reply=inbox)
+                    pending.append(want)
+                try:
+                    msg = (
+                        queue.get_nowait()
+                        if not queue.empty()
+                        else await asyncio.wait_for(queue.get(), _PULL_EXPIRES_S + self.timeout)
+                    )
+                except TimeoutError as e:
+                    raise Unavailable(f"reading {STREAM} stalled after seq {seq}") from e
+                status = (msg.headers or {}).get("Status") if not msg.data else None
+                if status is not None:
+                    if status in ("404", "408") and pending:  # the oldest request ended short
+                        pending.popleft()
+                        continue
+                    description = (msg.headers or {}).get("Description", "")
+                    raise Unavailable(f"reading {STREAM} failed: {status} {description}")
+                pending[0] -= 1
+                if pending[0] == 0:
+                    pending.popleft()
                 seq = msg.metadata.sequence.stream
                 headers = msg.headers
                 yield StoredEvent(
@@ -316,8 +345,10 @@ class Bus:
                     hash=_hash_header(headers, HDR_HASH, seq),
                 )
         finally:
-            with contextlib.suppress(nats.errors.Error):
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
+                await self.js.delete_consumer(STREAM, info.name)
 
     # -- requests ---------------------------------------------------------
 
