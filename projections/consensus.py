@@ -10,8 +10,9 @@ An agent agrees with a settled fact when its current vote points the way
 the fact settled.
 
 Score. ``score = Σ rep_i · v_i / Σ rep_i`` over the fact's current votes,
-in [-1, 1]; ``weight = Σ rep_i``. Computed exactly with fractions and
-rounded once to a float, so every node gets the same bits.
+in [-1, 1]; ``weight = Σ rep_i``. Computed exactly — in integers over the
+common denominator of the reputations — and rounded once to a float, so
+every node gets the same bits.
 
 Status. ``unvoted`` (no current vote); ``verified`` when score >= +1/2 with
 at least 2 voters; ``rejected`` when score <= -1/2 with at least 2 voters;
@@ -26,12 +27,12 @@ the event order alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Final
 
-SETTLE_THRESHOLD: Final = Fraction(1, 2)
 MIN_VOTERS: Final = 2
 
 
@@ -56,27 +57,36 @@ class Consensus:
 UNVOTED: Final = Consensus(0.0, 0.0, 0, 0, "unvoted")
 
 
-def consensus(votes: Iterable[tuple[int, Fraction]]) -> Consensus:
-    """The consensus of ``(value, voter reputation)`` pairs; zero values are ignored."""
-    total = Fraction(0)
-    weighted = Fraction(0)
-    pro = con = 0
-    for value, rep in votes:
-        if value == 0:
-            continue
-        total += rep
-        weighted += rep * value
+def consensus(votes: Iterable[tuple[int, int, int]]) -> Consensus:
+    """The consensus of ``(value, agrees, disagrees)`` per current voter; zeros are ignored.
+
+    Each reputation is ``p/q = (1 + agrees) / (2 + agrees + disagrees)``.
+    Over the common denominator ``L`` of the ``q``, every weight is the
+    integer ``p·L/q``, so the sums are exact integers and each float is one
+    correctly rounded division — the same bits as exact rational arithmetic,
+    several times faster than ``Fraction``.
+    """
+    weights = [
+        (value, 1 + agrees, 2 + agrees + disagrees) for value, agrees, disagrees in votes if value
+    ]
+    if not weights:
+        return UNVOTED
+    common = math.lcm(*(q for _, _, q in weights))
+    total = weighted = pro = 0
+    for value, p, q in weights:
+        weight = p * (common // q)
+        total += weight
         if value > 0:
+            weighted += weight
             pro += 1
         else:
-            con += 1
-    if pro + con == 0:
-        return UNVOTED
-    score = weighted / total
-    if pro + con >= MIN_VOTERS and score >= SETTLE_THRESHOLD:
+            weighted -= weight
+    con = len(weights) - pro
+    # score >= 1/2  <=>  2·weighted >= total (total > 0), exactly.
+    if len(weights) >= MIN_VOTERS and 2 * weighted >= total:
         status = "verified"
-    elif pro + con >= MIN_VOTERS and score <= -SETTLE_THRESHOLD:
+    elif len(weights) >= MIN_VOTERS and 2 * weighted <= -total:
         status = "rejected"
     else:
         status = "disputed"
-    return Consensus(float(score), float(total), pro, con, status)
+    return Consensus(weighted / total, total / common, pro, con, status)

@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any, Final
 
 import msgspec
@@ -27,7 +26,7 @@ import structlog
 from events.chain import GENESIS, link
 from events.codec import decode_event
 from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast
-from projections.consensus import Consensus, consensus, reputation
+from projections.consensus import Consensus, consensus
 from projections.errors import LedgerMismatch
 from projections.pool import ConnectionPool
 from projections.schema import DDL, SCHEMA_VERSION
@@ -204,17 +203,14 @@ class Projector:
                 event.ts,
                 event.reason,
             )
+        counts = self._counts
         result = consensus(
-            (value, self._reputation(tenant, agent)) for agent, value in sorted(current.items())
+            (value, *counts.get((tenant, agent), (0, 0))) for agent, value in current.items()
         )
         self._direction[fact_id] = result.direction
         self._tally(tenant, current, result.direction, +1, batch)
         batch.consensus[fact_id] = (result, seq)
         batch.touched.add(fact_id)
-
-    def _reputation(self, tenant: str, agent: str) -> Fraction:
-        agrees, disagrees = self._counts.get((tenant, agent), (0, 0))
-        return reputation(agrees, disagrees)
 
     def _tally(
         self, tenant: str, votes: dict[str, int], direction: int, sign: int, batch: _Batch
