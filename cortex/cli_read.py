@@ -192,6 +192,11 @@ async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) 
     pool = ConnectionPool(building)
     await pool.open()
     try:
+        async with pool.writer() as conn:
+            # A rebuild that crashes is thrown away and started again, so no
+            # fsync per batch; durability comes from the checkpoint below.
+            await conn.execute("PRAGMA synchronous=OFF")
+            await conn.execute("PRAGMA cache_size=-131072")
         projector = Projector(pool)
         await projector.open()
         with progress_bar("replaying", total=end, enabled=show_progress) as update:
@@ -205,7 +210,9 @@ async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) 
             "digest": await digest(pool),
         }
         async with pool.writer() as conn:
-            # Everything into the main file: a WAL must not stay behind under the old name.
+            # Everything into the main file, on disk: a WAL must not stay
+            # behind under the old name, and the swap must not precede the data.
+            await conn.execute("PRAGMA synchronous=FULL")
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         await pool.close()
