@@ -52,19 +52,19 @@ TS_STEP: Final = 1_000_000
 KINDS: Final = ("agent_registered", "fact_stored", "fact_deprecated", "vote_cast")
 _KIND_INDEX: Final = {kind: n for n, kind in enumerate(KINDS)}
 
-_ONSETS: Final = (
+_SYLLABLES: Final = (
     "b c d f g h j k l m n p r s t v w z br cr dr fl gr kl pl pr sk sl st tr sh ch th"
-).split()
-_VOWELS: Final = "a e i o u ai ea io ou".split()
-_CODAS: Final = ("", "", "", "n", "r", "s", "t", "l", "m", "x", "nd", "st")
-_TAGS: Final = tuple(
-    (
-        "physics chemistry biology billing infra network storage security auth api ui "
-        "database cache queue deploy release incident postmortem customer sales legal hr "
-        "finance ml model eval prompt agent tool latency cost quality docs policy roadmap "
-        "design research experiment"
-    ).split()
 )
+_ONSETS: Final = tuple(_SYLLABLES.split())
+_VOWELS: Final = ("a", "e", "i", "o", "u", "ai", "ea", "io", "ou")
+_CODAS: Final = ("", "", "", "n", "r", "s", "t", "l", "m", "x", "nd", "st")
+_TAG_WORDS: Final = (
+    "physics chemistry biology billing infra network storage security auth api ui "
+    "database cache queue deploy release incident postmortem customer sales legal hr "
+    "finance ml model eval prompt agent tool latency cost quality docs policy roadmap "
+    "design research experiment"
+)
+_TAGS: Final = tuple(_TAG_WORDS.split())
 _TYPES: Final = ("knowledge", "decision", "observation", "preference", "procedure")
 _TYPE_WEIGHTS: Final = (60, 15, 15, 5, 5)
 _REASONS: Final = ("", "", "", "duplicate", "outdated", "wrong source", "superseded")
@@ -297,10 +297,7 @@ class _Generator:
         rng, mix = self.rng, self.mix
         if tenant.voted and rng.random() < mix.revotes:
             index, agent = rng.choice(tenant.voted)
-            if rng.random() < mix.withdrawals:
-                value = 0
-            else:
-                value = rng.choice((-1, 1))
+            value = 0 if rng.random() < mix.withdrawals else rng.choice((-1, 1))
         else:
             facts = len(tenant.facts)
             if rng.random() < mix.recent:
