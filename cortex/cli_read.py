@@ -196,7 +196,7 @@ async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) 
             # A rebuild that crashes is thrown away and started again, so no
             # fsync per batch; durability comes from the checkpoint below.
             await conn.execute("PRAGMA synchronous=OFF")
-            await conn.execute("PRAGMA cache_size=-131072")
+            await conn.execute("PRAGMA cache_size=-32768")
         projector = Projector(pool)
         await projector.open()
         with progress_bar("replaying", total=end, enabled=show_progress) as update:

@@ -38,41 +38,47 @@ them, and meant for comparable hardware.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import json
-import logging
 import math
 import os
 import random
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import Any, Final
 
-import nats.errors
-import structlog
 from rich.console import Console
 from rich.table import Table
 
 from cortex.bus import Bus
 from cortex.client import Client
 from cortex.embedded import Durability, EmbeddedServer
-from cortex.errors import CortexError, Unavailable
+from cortex.errors import Unavailable
 from ops.bench import synth
-from ops.bench.replay import BenchError, append_ledger
+from ops.bench.common import (
+    Bar,
+    BenchError,
+    CortexUp,
+    bars_json,
+    bounded,
+    cancel_on_sigterm,
+    json_fields,
+    json_float,
+    on_ledger,
+    parser,
+    percentile,
+    print_bars,
+    run_main,
+    stopped_after,
+)
+from ops.bench.replay import append_ledger
 from projections import queries
 from projections.pool import ConnectionPool
 from projections.projector import Projector
-
-T = TypeVar("T")
 
 DEFAULT_FACTS: Final = 100_000
 #: Half the events after the registrations are facts, the rest mostly votes.
@@ -95,7 +101,6 @@ SERVER_START_S: Final = 20.0
 NODE_START_S: Final = 300.0
 NODE_STOP_S: Final = 15.0
 PHASE_S: Final = 600.0
-UP_LINE: Final = "CORTEX is up"
 
 
 @dataclass(slots=True)
@@ -108,14 +113,6 @@ class Series:
     p99_ms: float = math.nan
     max_ms: float = math.nan
     mean_hits: float = math.nan
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    name: str
-    value: float
-    threshold: float
-    passed: bool
 
 
 @dataclass(slots=True)
@@ -132,21 +129,6 @@ class Report:
     node_catch_up_seconds: float = 0.0
     node_cache: dict[str, Any] = field(default_factory=dict)
     bars: list[Bar] = field(default_factory=list)
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values (nan if empty)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-async def _bounded(what: str, awaitable: Awaitable[T], limit_s: float) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, limit_s)
-    except TimeoutError as e:
-        raise BenchError(f"{what} did not finish within {limit_s:.0f}s") from e
 
 
 async def _time_calls(
@@ -171,13 +153,13 @@ async def _time_calls(
         return Series(
             name=name,
             calls=len(latencies),
-            p50_ms=_percentile(latencies, 50),
-            p99_ms=_percentile(latencies, 99),
+            p50_ms=percentile(latencies, 50),
+            p99_ms=percentile(latencies, 99),
             max_ms=latencies[-1] if latencies else math.nan,
             mean_hits=hits / len(latencies) if latencies else math.nan,
         )
 
-    return await _bounded(name, run(), PHASE_S)
+    return await bounded(name, run(), PHASE_S)
 
 
 # -- 1. in-process ----------------------------------------------------------
@@ -191,7 +173,7 @@ async def build_database(ledger: synth.Ledger, db: Path) -> float:
         projector = Projector(pool)
         await projector.open()
         started = time.perf_counter()
-        await _bounded("building the read model", projector.consume(ledger.stream()), PHASE_S)
+        await bounded("building the read model", projector.consume(ledger.stream()), PHASE_S)
         seconds = time.perf_counter() - started
         if projector.seq != ledger.count:
             raise BenchError(f"the projector stopped at seq {projector.seq} of {ledger.count}")
@@ -260,83 +242,16 @@ async def bench_in_process(ledger: synth.Ledger, db: Path, rng: random.Random) -
 # -- 2. over NATS -----------------------------------------------------------
 
 
-class NodeProcess:
-    """``cortex up --nats URL --data DIR`` as a child process, owned and stopped by this object."""
-
-    def __init__(self, url: str, data: Path, log_path: Path) -> None:
-        self.url = url
-        self.data = data
-        self.log_path = log_path
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cortex.cli",
-            "up",
-            "--nats",
-            self.url,
-            "--data",
-            str(self.data),
-            cwd=self.data.parent,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=self._log,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        assert self._proc.stdout is not None
-        await _bounded("the node's start-up", self._wait_up(self._proc.stdout), NODE_START_S)
-        self._drain = asyncio.create_task(self._drain_stdout(self._proc.stdout))
-
-    async def _wait_up(self, stdout: asyncio.StreamReader) -> None:
-        while True:
-            raw = await stdout.readline()
-            if not raw:
-                raise BenchError(f"the node exited during start-up: {self.log_tail()}")
-            if UP_LINE in raw.decode(errors="replace"):
-                return
-
-    @staticmethod
-    async def _drain_stdout(stdout: asyncio.StreamReader) -> None:
-        while await stdout.readline():
-            pass
-
-    def log_tail(self, lines: int = 5) -> str:
-        if self._log is not None:
-            self._log.flush()
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-    async def stop(self) -> int | None:
-        """SIGTERM, wait; SIGKILL if it hangs. Returns the exit code."""
-        proc, self._proc = self._proc, None
-        code: int | None = None
-        if proc is not None:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    code = await asyncio.wait_for(proc.wait(), NODE_STOP_S)
-                except TimeoutError:
-                    proc.kill()
-                    code = await proc.wait()
-            else:
-                code = proc.returncode
-        if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
-            self._drain = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
+def node_process(url: str, data: Path, log_path: Path) -> CortexUp:
+    """``cortex up --nats URL --data DIR`` as a child process."""
+    return CortexUp(
+        "the node",
+        ["--nats", url, "--data", str(data)],
+        log_path,
+        start_s=NODE_START_S,
+        stop_s=NODE_STOP_S,
+        cwd=data.parent,
+    )
 
 
 async def _wait_applied(client: Client, seq: int) -> dict[str, Any]:
@@ -366,8 +281,8 @@ async def bench_nats(
 ) -> Series:
     server = EmbeddedServer(root / "nats", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
-    node = NodeProcess(url, root / "node", root / "node.log")
-    try:
+    node = node_process(url, root / "node", root / "node.log")
+    async with stopped_after(node, server, log_label="node log", name="the node"):
         report.append_seconds = (await append_ledger(url, ledger)).seconds
         started = time.perf_counter()
         await node.start()
@@ -375,7 +290,7 @@ async def bench_nats(
         try:
             clients = {t: Client(bus, tenant=t) for t in ledger.tenant_names}
             first = clients[ledger.tenant_names[0]]
-            await _bounded("the node's catch-up", _wait_applied(first, ledger.count), PHASE_S)
+            await bounded("the node's catch-up", _wait_applied(first, ledger.count), PHASE_S)
             report.node_catch_up_seconds = time.perf_counter() - started
             calls = [
                 _nats_get_call(clients[tenant], str(fact_id))
@@ -388,15 +303,6 @@ async def bench_nats(
             report.node_cache = dict(status["cache"])
         finally:
             await bus.close()
-    except BaseException:
-        if tail := node.log_tail():
-            print(f"node log: {tail}", file=sys.stderr)
-        raise
-    finally:
-        code = await node.stop()
-        await server.stop()
-    if code not in (0, None):
-        print(f"warning: the node exited with {code}", file=sys.stderr)
     return series
 
 
@@ -417,9 +323,7 @@ def judge(series: Sequence[Series]) -> list[Bar]:
 
 
 async def run(ledger: synth.Ledger, root: Path) -> Report:
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
     kinds = ledger.kind_counts()
     report = Report(
         facts=kinds["fact_stored"],
@@ -441,35 +345,20 @@ async def run(ledger: synth.Ledger, root: Path) -> Report:
 # -- output -----------------------------------------------------------------
 
 
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 3)
-
-
 def to_json(report: Report) -> dict[str, Any]:
     return {
         "facts": report.facts,
         "events": report.events,
         "cpus": report.cpus,
         "kinds": report.kinds,
-        "generate_seconds": _json_float(report.generate_seconds),
-        "build_seconds": _json_float(report.build_seconds),
-        "db_mb": _json_float(report.db_mb),
-        "append_seconds": _json_float(report.append_seconds),
-        "node_catch_up_seconds": _json_float(report.node_catch_up_seconds),
+        "generate_seconds": json_float(report.generate_seconds),
+        "build_seconds": json_float(report.build_seconds),
+        "db_mb": json_float(report.db_mb),
+        "append_seconds": json_float(report.append_seconds),
+        "node_catch_up_seconds": json_float(report.node_catch_up_seconds),
         "node_cache": report.node_cache,
-        "series": [
-            {k: _json_float(v) if isinstance(v, float) else v for k, v in asdict(s).items()}
-            for s in report.series
-        ],
-        "bars": [
-            {
-                "bar": b.name,
-                "value": _json_float(b.value),
-                "threshold": b.threshold,
-                "pass": b.passed,
-            }
-            for b in report.bars
-        ],
+        "series": [json_fields(s) for s in report.series],
+        "bars": bars_json(report.bars),
         "pass": all(b.passed for b in report.bars),
     }
 
@@ -500,62 +389,30 @@ def print_table(report: Report, console: Console) -> None:
         f"{report.node_catch_up_seconds:.1f} s after its start; node cache "
         f"{cache.get('hits', 0):,} hits / {cache.get('misses', 0):,} misses"
     )
-    bars = Table(title="bars", show_header=True)
-    for name in ("bar", "measured", "result"):
-        bars.add_column(name, justify="left" if name == "bar" else "right")
-    for b in report.bars:
-        bars.add_row(b.name, f"{b.value:.3f} ms", "[green]PASS[/]" if b.passed else "[red]FAIL[/]")
-    console.print(bars)
-
-
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    print_bars(console, report.bars, lambda b: f"{b.value:.3f} ms")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ops.bench.read", description=__doc__.split("\n")[0]
+    args_parser = parser(
+        "ops.bench.read",
+        __doc__,
+        "facts",
+        DEFAULT_FACTS,
+        f"about this many facts in the read model (default {DEFAULT_FACTS:,})",
     )
-    parser.add_argument(
-        "--facts",
-        type=int,
-        default=DEFAULT_FACTS,
-        help=f"about this many facts in the read model (default {DEFAULT_FACTS:,})",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object and nothing else"
-    )
-    args = parser.parse_args(argv)
+    args = args_parser.parse_args(argv)
     if args.facts < 100:
-        parser.error("--facts must be at least 100")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+        args_parser.error("--facts must be at least 100")
     # About args.facts facts: the registrations, then half facts and half the rest.
     agents = min(MIX.agents, max(2 * len(MIX.tenants), int(args.facts / MIX.facts) // 20))
     events = agents + round(args.facts / MIX.facts)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while generating; the loop takes over
-    tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-read-"))
-    try:
-        ledger = synth.generate(tmp / "ledger.bin", events, MIX)
-        with ledger:
-            report = asyncio.run(run(ledger, tmp))
-    except (BenchError, CortexError, nats.errors.Error) as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:  # SIGTERM
-        print("benchmark stopped", file=sys.stderr)
-        return 143
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        sys.stdout.write(json.dumps(to_json(report)) + "\n")
-    else:
-        print_table(report, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
-    return 0
+    return run_main(
+        lambda: on_ledger("read", events, MIX, run),
+        as_json=args.json,
+        to_json=to_json,
+        print_table=print_table,
+        width=120,
+    )
 
 
 if __name__ == "__main__":

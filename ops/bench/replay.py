@@ -46,39 +46,43 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import os
 import resource
-import shutil
-import signal
 import sqlite3
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import msgspec
-import nats.errors
-import structlog
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cortex.bus import Bus
 from cortex.embedded import Durability, EmbeddedServer
-from cortex.errors import CortexError
 from events.codec import decode_event
 from events.model import AgentRegistered, FactDeprecated, FactStored, VoteCast
 from ops.bench import synth
+from ops.bench.common import (
+    Bar,
+    BenchError,
+    bars_json,
+    bounded,
+    cancel_on_sigterm,
+    json_fields,
+    json_float,
+    on_ledger,
+    parser,
+    print_bars,
+    run_main,
+)
 from projections.digest import digest
 from projections.pool import ConnectionPool
 from projections.projector import DEFAULT_BATCH, Projector, world_us
-
-T = TypeVar("T")
 
 DEFAULT_EVENTS: Final = 1_000_000
 #: Rows per transaction in the baseline: the projector's own batch size.
@@ -130,25 +134,12 @@ _BASELINE_INSERTS: Final = {
 }
 
 
-class BenchError(Exception):
-    """The benchmark could not measure what it set out to (not a missed bar)."""
-
-
 @dataclass(slots=True)
 class Phase:
     name: str
     events: int = 0
     seconds: float = 0.0
     events_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    name: str
-    value: float
-    threshold: float
-    passed: bool
-    unit: str
 
 
 @dataclass(slots=True)
@@ -175,13 +166,6 @@ class Report:
     bars: list[Bar] = field(default_factory=list)
 
 
-async def _bounded(what: str, awaitable: Awaitable[T], limit_s: float) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, limit_s)
-    except TimeoutError as e:
-        raise BenchError(f"{what} did not finish within {limit_s:.0f}s") from e
-
-
 def _remove_database(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -197,7 +181,7 @@ async def bench_projector(ledger: synth.Ledger, db: Path, report: Report) -> Non
         projector = Projector(pool)
         await projector.open()
         started = time.perf_counter()
-        await _bounded("the projector replay", projector.consume(ledger.stream()), PHASE_S)
+        await bounded("the projector replay", projector.consume(ledger.stream()), PHASE_S)
         seconds = time.perf_counter() - started
         if projector.seq != ledger.count or projector.head != ledger.head:
             raise BenchError(
@@ -341,7 +325,7 @@ async def _run_child(args: Sequence[str], *, what: str, cwd: Path, limit_s: floa
 
     poller = asyncio.create_task(poll())
     try:
-        stdout, stderr = await _bounded(what, proc.communicate(), limit_s)
+        stdout, stderr = await bounded(what, proc.communicate(), limit_s)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -415,7 +399,7 @@ async def append_ledger(url: str, ledger: synth.Ledger) -> Phase:
                 last = await bus.append(ledger.outgoing(first, stop), expected_last_seq=last)
 
         started = time.perf_counter()
-        await _bounded("appending the ledger to JetStream", run(), PHASE_S)
+        await bounded("appending the ledger to JetStream", run(), PHASE_S)
         seconds = time.perf_counter() - started
         stored = await bus.last_seq()
         if stored != ledger.count:
@@ -507,9 +491,7 @@ def judge(report: Report) -> list[Bar]:
 
 async def run(ledger: synth.Ledger, root: Path) -> Report:
     """The three measurements, one after the other; SIGTERM stops the run cleanly."""
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
     report = Report(
         events=ledger.count,
         cpus=os.cpu_count() or 0,
@@ -540,51 +522,35 @@ async def run(ledger: synth.Ledger, root: Path) -> Report:
 # -- output -----------------------------------------------------------------
 
 
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 3)
-
-
-def _phase_json(phase: Phase) -> dict[str, Any]:
-    return {k: _json_float(v) if isinstance(v, float) else v for k, v in asdict(phase).items()}
-
-
 def to_json(report: Report) -> dict[str, Any]:
     return {
         "events": report.events,
         "cpus": report.cpus,
         "ledger": {
             "kinds": report.kinds,
-            "body_mb": _json_float(report.ledger_mb),
-            "generate_seconds": _json_float(report.generate_seconds),
+            "body_mb": json_float(report.ledger_mb),
+            "generate_seconds": json_float(report.generate_seconds),
         },
         "projector": {
-            **_phase_json(report.projector),
+            **json_fields(report.projector),
             "digest": report.projector_digest,
-            "digest_seconds": _json_float(report.digest_seconds),
+            "digest_seconds": json_float(report.digest_seconds),
         },
         "baseline": {
-            **_phase_json(report.baseline),
-            "decode_seconds": _json_float(report.baseline_decode_seconds),
+            **json_fields(report.baseline),
+            "decode_seconds": json_float(report.baseline_decode_seconds),
         },
-        "ratio": _json_float(report.ratio),
-        "append": _phase_json(report.append),
+        "ratio": json_float(report.ratio),
+        "append": json_fields(report.append),
         "replay": {
-            **_phase_json(report.replay),
-            "reported_events_s": _json_float(report.replay_reported_events_s),
-            "peak_rss_mb": _json_float(report.replay_peak_rss_mb),
+            **json_fields(report.replay),
+            "reported_events_s": json_float(report.replay_reported_events_s),
+            "peak_rss_mb": json_float(report.replay_peak_rss_mb),
             "digest": report.replay_digest,
             "error": report.replay_error or None,
         },
         "digests_match": report.digests_match,
-        "bars": [
-            {
-                "bar": b.name,
-                "value": _json_float(b.value),
-                "threshold": b.threshold,
-                "pass": b.passed,
-            }
-            for b in report.bars
-        ],
+        "bars": bars_json(report.bars),
         "pass": all(b.passed for b in report.bars),
     }
 
@@ -632,77 +598,45 @@ def print_table(report: Report, console: Console) -> None:
     else:
         verdict = "[red bold]DIFFER: determinism bug[/]"
     console.print(f"projector / baseline = {report.ratio:.0%}; digests {verdict}")
-    bars = Table(title="bars", show_header=True)
-    for name in ("bar", "measured", "result"):
-        bars.add_column(name, justify="left" if name == "bar" else "right")
-    for b in report.bars:
-        if b.unit == "%":
-            measured = f"{b.value:.0%}"
-        elif b.unit == "MB":
-            measured = f"{b.value:,.0f} MB"
-        elif b.unit == "bool":
-            measured = "yes" if b.passed else "no"
-        else:
-            measured = f"{b.value:,.0f}/s"
-        bars.add_row(b.name, measured, "[green]PASS[/]" if b.passed else "[red]FAIL[/]")
-    console.print(bars)
+    print_bars(console, report.bars, _measured)
 
 
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _measured(b: Bar) -> str:
+    if b.unit == "%":
+        return f"{b.value:.0%}"
+    if b.unit == "MB":
+        return f"{b.value:,.0f} MB"
+    if b.unit == "bool":
+        return "yes" if b.passed else "no"
+    return f"{b.value:,.0f}/s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ops.bench.replay", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument(
-        "--events",
-        type=int,
-        default=DEFAULT_EVENTS,
-        help=f"events in the generated ledger (default {DEFAULT_EVENTS:,})",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object and nothing else"
+    args_parser = parser(
+        "ops.bench.replay",
+        __doc__,
+        "events",
+        DEFAULT_EVENTS,
+        f"events in the generated ledger (default {DEFAULT_EVENTS:,})",
     )
     # The baseline's child process (internal).
-    parser.add_argument("--baseline-of", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--baseline-db", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args_parser.add_argument("--baseline-of", type=Path, help=argparse.SUPPRESS)
+    args_parser.add_argument("--baseline-db", type=Path, help=argparse.SUPPRESS)
+    args = args_parser.parse_args(argv)
     if args.baseline_of is not None:
         if args.baseline_db is None:
-            parser.error("--baseline-of needs --baseline-db")
+            args_parser.error("--baseline-of needs --baseline-db")
         sys.stdout.write(json.dumps(baseline_child(args.baseline_of, args.baseline_db)) + "\n")
         return 0
     if args.events < 1:
-        parser.error("--events must be at least 1")
-    # The embedded server and the pool log through structlog: keep stdout for the results.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        args_parser.error("--events must be at least 1")
+    return run_main(
+        lambda: on_ledger("replay", args.events, None, run),
+        as_json=args.json,
+        to_json=to_json,
+        print_table=print_table,
+        width=140,
     )
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # while generating; the loop takes over
-    tmp = Path(tempfile.mkdtemp(prefix="cortex-bench-replay-"))
-    try:
-        ledger = synth.generate(tmp / "ledger.bin", args.events)
-        with ledger:
-            report = asyncio.run(run(ledger, tmp))
-    except (BenchError, CortexError, nats.errors.Error) as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:  # SIGTERM
-        print("benchmark stopped", file=sys.stderr)
-        return 143
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        sys.stdout.write(json.dumps(to_json(report)) + "\n")
-    else:
-        # Piped, rich would assume 80 columns and squeeze the headers.
-        print_table(report, Console(highlight=False, width=None if sys.stdout.isatty() else 140))
-    return 0
 
 
 if __name__ == "__main__":

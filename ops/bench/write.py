@@ -36,25 +36,19 @@ one per atomic batch, so there the ratio can well exceed 1.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import json
-import logging
 import math
 import os
-import signal
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import Any, Final
 
 import nats
 import nats.errors
-import structlog
 from nats.js.api import StorageType, StreamConfig
 from rich.console import Console
 from rich.table import Table
@@ -62,11 +56,23 @@ from rich.table import Table
 from cortex.bus import Bus
 from cortex.client import Client, Receipt, new_id
 from cortex.embedded import Durability, EmbeddedServer
-from cortex.errors import CortexError, Unavailable
+from cortex.errors import Unavailable
 from events.codec import encode
 from events.commands import StoreFact, to_event
-
-T = TypeVar("T")
+from ops.bench.common import (
+    Bar,
+    BenchError,
+    CortexUp,
+    bars_json,
+    bounded,
+    cancel_on_sigterm,
+    json_fields,
+    parser,
+    percentile,
+    print_bars,
+    run_main,
+    stopped_after,
+)
 
 DEFAULT_EVENTS: Final = 50_000
 #: Plain JetStream: most acks outstanding at once (nats-py's default, stated).
@@ -98,12 +104,6 @@ WRITER_STOP_S: Final = 15.0
 PHASE_S: Final = 120.0
 LATENCY_DRAIN_S: Final = 30.0
 
-UP_LINE: Final = "CORTEX is up"
-
-
-class BenchError(Exception):
-    """The benchmark could not measure what it set out to (not a missed bar)."""
-
 
 @dataclass(slots=True)
 class ModeResult:
@@ -120,15 +120,6 @@ class ModeResult:
     baseline_seconds: float = 0.0
     writer_seconds: float = 0.0
     ledger_events: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    name: str
-    mode: str
-    value: float
-    threshold: float
-    passed: bool
 
 
 @dataclass(slots=True)
@@ -177,21 +168,6 @@ def _store(client: Client, i: int) -> Awaitable[Receipt]:
     )
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of already sorted values (nan if empty)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-async def _bounded(what: str, awaitable: Awaitable[T], limit_s: float) -> T:
-    try:
-        return await asyncio.wait_for(awaitable, limit_s)
-    except TimeoutError as e:
-        raise BenchError(f"{what} did not finish within {limit_s:.0f}s") from e
-
-
 # -- 1. plain JetStream -----------------------------------------------------
 
 
@@ -215,7 +191,7 @@ async def bench_baseline(url: str, events: int, payload: bytes) -> tuple[float, 
 
         started = time.perf_counter()
         try:
-            acks = await _bounded("plain JetStream publishing", run(), PHASE_S)
+            acks = await bounded("plain JetStream publishing", run(), PHASE_S)
         except nats.errors.Error as e:  # e.g. stalled: cancelled while waiting for acks
             raise BenchError(f"plain JetStream publishing failed: {e}") from e
         seconds = time.perf_counter() - started
@@ -236,84 +212,15 @@ async def bench_baseline(url: str, events: int, payload: bytes) -> tuple[float, 
 # -- 2. the writer in its own process ---------------------------------------
 
 
-class WriterProcess:
-    """``cortex up --nats URL`` as a child process, owned and stopped by this object."""
-
-    def __init__(self, url: str, log_path: Path) -> None:
-        self.url = url
-        self.log_path = log_path
-        self._proc: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
-        self._drain: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cortex.cli",
-            "up",
-            "--nats",
-            self.url,
-            "--role",
-            "writer",
-            "--data",
-            str(self.log_path.parent / "writer-data"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-        )
-        assert self._proc.stdout is not None
-        await _bounded("the writer's start-up", self._wait_up(self._proc.stdout), WRITER_START_S)
-        self._drain = asyncio.create_task(self._drain_stdout(self._proc.stdout))
-
-    async def _wait_up(self, stdout: asyncio.StreamReader) -> None:
-        while True:
-            raw = await stdout.readline()
-            if not raw:
-                raise BenchError(f"the writer exited during start-up: {self.log_tail()}")
-            if UP_LINE in raw.decode(errors="replace"):
-                return
-
-    @staticmethod
-    async def _drain_stdout(stdout: asyncio.StreamReader) -> None:
-        while await stdout.readline():
-            pass
-
-    def log_tail(self, lines: int = 5) -> str:
-        if self._log is not None:
-            self._log.flush()
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return " | ".join(text.strip().splitlines()[-lines:])
-
-    async def stop(self) -> int | None:
-        """SIGTERM, wait; SIGKILL if it hangs. Returns the exit code."""
-        proc, self._proc = self._proc, None
-        code: int | None = None
-        if proc is not None:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    code = await asyncio.wait_for(proc.wait(), WRITER_STOP_S)
-                except TimeoutError:
-                    proc.kill()
-                    code = await proc.wait()
-            else:
-                code = proc.returncode
-        if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
-            self._drain = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
+def writer_process(url: str, log_path: Path) -> CortexUp:
+    """``cortex up --nats URL --role writer`` as a child process."""
+    return CortexUp(
+        "the writer",
+        ["--nats", url, "--role", "writer", "--data", str(log_path.parent / "writer-data")],
+        log_path,
+        start_s=WRITER_START_S,
+        stop_s=WRITER_STOP_S,
+    )
 
 
 async def bench_writer(client: Client, events: int) -> tuple[float, float, list[int]]:
@@ -337,7 +244,7 @@ async def bench_writer(client: Client, events: int) -> tuple[float, float, list[
         await asyncio.gather(*(caller(w) for w in range(workers)))
 
     started = time.perf_counter()
-    await _bounded("the writer run", run(), PHASE_S)
+    await bounded("the writer run", run(), PHASE_S)
     seconds = time.perf_counter() - started
     failed = [r for r in receipts if isinstance(r, BaseException)]
     if failed:
@@ -399,8 +306,8 @@ async def bench_latency(client: Client, *, rate: float, seconds: float, first: i
     latencies.sort()
     span = last_done - t0
     return Latency(
-        p50_ms=_percentile(latencies, 50) * 1000.0,
-        p99_ms=_percentile(latencies, 99) * 1000.0,
+        p50_ms=percentile(latencies, 50) * 1000.0,
+        p99_ms=percentile(latencies, 99) * 1000.0,
         achieved_s=len(latencies) / span if span > 0 else 0.0,
         requests=count,
         errors=errors,
@@ -471,23 +378,19 @@ async def bench_mode(durability: Durability, events: int, payload: bytes) -> Mod
         root = Path(tmp)
         server = EmbeddedServer(root / "data", port=-1, durability=durability)
         url = await server.start(timeout=SERVER_START_S)
-        writer = WriterProcess(url, root / "writer.log")
-        try:
+        writer = writer_process(url, root / "writer.log")
+        async with stopped_after(
+            writer,
+            server,
+            log_label=f"writer log ({durability.value})",
+            name=f"the {durability.value} writer",
+        ):
             result.baseline_msgs_s, result.baseline_seconds = await bench_baseline(
                 url, events, payload
             )
             await writer.start()
             await _measure_writer(url, events, result)
             result.ratio = result.writer_events_s / result.baseline_msgs_s
-        except BaseException:
-            if tail := writer.log_tail():
-                print(f"writer log ({durability.value}): {tail}", file=sys.stderr)
-            raise
-        finally:
-            code = await writer.stop()
-            await server.stop()
-        if code not in (0, None):
-            print(f"warning: the {durability.value} writer exited with {code}", file=sys.stderr)
     return result
 
 
@@ -496,7 +399,11 @@ def judge(modes: Sequence[ModeResult]) -> list[Bar]:
     for m in modes:
         bars.append(
             Bar(
-                "writer >= 40% of plain JetStream", m.mode, m.ratio, MIN_RATIO, m.ratio >= MIN_RATIO
+                "writer >= 40% of plain JetStream",
+                m.ratio,
+                MIN_RATIO,
+                m.ratio >= MIN_RATIO,
+                mode=m.mode,
             )
         )
     for m in modes:
@@ -504,10 +411,10 @@ def judge(modes: Sequence[ModeResult]) -> list[Bar]:
         bars.append(
             Bar(
                 f">= {floor:,.0f} events/s",
-                m.mode,
                 m.writer_events_s,
                 floor,
                 m.writer_events_s >= floor,
+                mode=m.mode,
             )
         )
     for m in modes:
@@ -515,10 +422,10 @@ def judge(modes: Sequence[ModeResult]) -> list[Bar]:
         bars.append(
             Bar(
                 f"p99 < {MAX_P99_MS:.0f} ms at {LATENCY_RATE:,.0f} req/s",
-                m.mode,
                 m.p99_ms,
                 MAX_P99_MS,
                 ok,
+                mode=m.mode,
             )
         )
     return bars
@@ -526,9 +433,7 @@ def judge(modes: Sequence[ModeResult]) -> list[Bar]:
 
 async def run(events: int) -> Report:
     """Both modes, one after the other; SIGTERM stops the run cleanly (children too)."""
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    cancel_on_sigterm()
     payload_size = event_size()
     # The baseline publishes opaque bytes of an encoded fact event's size.
     payload = b"x" * payload_size
@@ -542,35 +447,15 @@ async def run(events: int) -> Report:
 # -- output -----------------------------------------------------------------
 
 
-def _json_float(value: float) -> float | None:
-    return None if math.isnan(value) else round(value, 3)
-
-
 def to_json(report: Report) -> dict[str, Any]:
-    modes = {
-        m.mode: {
-            k: (_json_float(v) if isinstance(v, float) else v)
-            for k, v in asdict(m).items()
-            if k != "mode"
-        }
-        for m in report.modes
-    }
+    modes = {m.mode: json_fields(m, exclude=("mode",)) for m in report.modes}
     return {
         "events": report.events,
         "event_bytes": report.event_bytes,
         "cpus": report.cpus,
         "latency": {"offered_per_s": LATENCY_RATE, "seconds": LATENCY_SECONDS},
         "modes": modes,
-        "bars": [
-            {
-                "bar": b.name,
-                "mode": b.mode,
-                "value": _json_float(b.value),
-                "threshold": b.threshold,
-                "pass": b.passed,
-            }
-            for b in report.bars
-        ],
+        "bars": bars_json(report.bars),
         "pass": all(b.passed for b in report.bars),
     }
 
@@ -604,57 +489,35 @@ def print_table(report: Report, console: Console) -> None:
             + (f" ({m.latency_errors} err)" if m.latency_errors else ""),
         )
     console.print(table)
-    bars = Table(title="bars", show_header=True)
-    for name in ("bar", "mode", "measured", "result"):
-        bars.add_column(name, justify="left" if name in ("bar", "mode") else "right")
-    for b in report.bars:
-        if "%" in b.name:
-            measured = f"{b.value:.0%}"
-        elif "p99" in b.name:
-            measured = f"{b.value:.1f} ms"
-        else:
-            measured = f"{b.value:,.0f}/s"
-        bars.add_row(b.name, b.mode, measured, "[green]PASS[/]" if b.passed else "[red]FAIL[/]")
-    console.print(bars)
+    print_bars(console, report.bars, _measured)
+
+
+def _measured(b: Bar) -> str:
+    if "%" in b.name:
+        return f"{b.value:.0%}"
+    if "p99" in b.name:
+        return f"{b.value:.1f} ms"
+    return f"{b.value:,.0f}/s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m ops.bench.write", description=__doc__.split("\n")[0]
+    args_parser = parser(
+        "ops.bench.write",
+        __doc__,
+        "events",
+        DEFAULT_EVENTS,
+        f"events per run (default {DEFAULT_EVENTS:,})",
     )
-    parser.add_argument(
-        "--events",
-        type=int,
-        default=DEFAULT_EVENTS,
-        help=f"events per run (default {DEFAULT_EVENTS:,})",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object and nothing else"
-    )
-    args = parser.parse_args(argv)
+    args = args_parser.parse_args(argv)
     if args.events < 1:
-        parser.error("--events must be at least 1")
-    # The embedded server logs through structlog: keep stdout for the results.
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        args_parser.error("--events must be at least 1")
+    return run_main(
+        lambda: asyncio.run(run(args.events)),
+        as_json=args.json,
+        to_json=to_json,
+        print_table=print_table,
+        width=120,
     )
-    try:
-        report = asyncio.run(run(args.events))
-    except (BenchError, CortexError, nats.errors.Error) as e:
-        print(f"benchmark failed: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except asyncio.CancelledError:  # SIGTERM
-        print("benchmark stopped", file=sys.stderr)
-        return 143
-    if args.json:
-        sys.stdout.write(json.dumps(to_json(report)) + "\n")
-    else:
-        # Piped, rich would assume 80 columns and squeeze the headers.
-        print_table(report, Console(highlight=False, width=None if sys.stdout.isatty() else 120))
-    return 0
 
 
 if __name__ == "__main__":
