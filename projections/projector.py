@@ -26,7 +26,7 @@ import structlog
 from events.chain import GENESIS, link
 from events.codec import decode_event
 from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast
-from projections.consensus import Consensus, consensus
+from projections.consensus import Consensus, consensus_of
 from projections.errors import LedgerMismatch
 from projections.pool import ConnectionPool
 from projections.schema import DDL, SCHEMA_VERSION
@@ -58,6 +58,11 @@ class _Batch:
     consensus: dict[str, tuple[Consensus, int]] = field(default_factory=dict)
     counts: set[tuple[str, str]] = field(default_factory=set)
     touched: set[str] = field(default_factory=set)
+    # Filled when the batch is sealed (folded in full): what the writes need of
+    # the book as it stood then, so the next batch can fold while this one commits.
+    deprecation_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    consensus_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    count_rows: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 class Projector:
@@ -73,6 +78,7 @@ class Projector:
         # The consensus book: current non-zero votes, agreement counts, settled directions.
         self._votes: dict[str, dict[str, int]] = {}
         self._fact_tenant: dict[str, str] = {}
+        self._fact_row: dict[str, int] = {}  # fact_id -> rowid (its stored seq)
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._direction: dict[str, int] = {}
 
@@ -93,6 +99,7 @@ class Projector:
                 )
             self.seq, self.head = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
             self._votes, self._counts, self._direction, self._fact_tenant = {}, {}, {}, {}
+            self._fact_row = {}
             async with conn.execute("SELECT fact_id, agent_id, value FROM votes") as cur:
                 async for fact_id, agent_id, value in cur:
                     self._votes.setdefault(fact_id, {})[agent_id] = value
@@ -101,9 +108,10 @@ class Projector:
             ) as cur:
                 async for tenant, agent_id, agrees, disagrees in cur:
                     self._counts[(tenant, agent_id)] = [agrees, disagrees]
-            async with conn.execute("SELECT fact_id, tenant, status FROM facts") as cur:
-                async for fact_id, tenant, status in cur:
+            async with conn.execute("SELECT rowid, fact_id, tenant, status FROM facts") as cur:
+                async for rowid, fact_id, tenant, status in cur:
                     self._fact_tenant[fact_id] = tenant
+                    self._fact_row[fact_id] = rowid
                     if status in ("verified", "rejected"):
                         self._direction[fact_id] = 1 if status == "verified" else -1
 
@@ -115,21 +123,41 @@ class Projector:
             return
         batch = _Batch()
         try:
-            seq, head = self._fold_all(records, batch)
+            seq, head = self._fold_all(records, batch, self.seq, self.head)
+            self._seal(batch)
             await self._write(batch, seq, head)
         except BaseException:
             await self._load()  # the book may hold changes the database never got
             raise
+        await self._committed(batch, seq, head, len(records))
+
+    async def _committed(self, batch: _Batch, seq: int, head: bytes, count: int) -> None:
+        """Advance the position after a commit and tell whoever waits on it."""
         self.seq, self.head = seq, head
-        self.applied += len(records)
+        self.applied += count
         async with self._advanced:
             self._advanced.notify_all()
         if self.on_commit is not None:
             self.on_commit(seq, batch.touched)
 
-    def _fold_all(self, records: Sequence[Record], batch: _Batch) -> tuple[int, bytes]:
-        """Fold events into the book and the batch; the new position (seq, chain hash)."""
-        seq, head = self.seq, self.head
+    def _seal(self, batch: _Batch) -> None:
+        """Snapshot what the batch's writes read from the book, now that it is folded."""
+        rows = self._fact_row
+        batch.deprecation_rows = [
+            (*row[:5], rows[row[5]]) for row in batch.deprecations if row[5] in rows
+        ]
+        batch.consensus_rows = [
+            (c.score, c.weight, c.votes_for, c.votes_against, c.status, seq, rows[fact_id])
+            for fact_id, (c, seq) in batch.consensus.items()
+            if fact_id in rows
+        ]
+        counts = self._counts
+        batch.count_rows = [(*counts[key], *key) for key in sorted(batch.counts)]
+
+    def _fold_all(
+        self, records: Sequence[Record], batch: _Batch, seq: int, head: bytes
+    ) -> tuple[int, bytes]:
+        """Fold events after (seq, head) into the book and the batch; the new position."""
         for rec_seq, body in records:
             if rec_seq != seq + 1:
                 raise LedgerMismatch(
@@ -148,6 +176,7 @@ class Projector:
         elif isinstance(event, FactStored):
             fact_id = str(event.fact_id)
             self._fact_tenant[fact_id] = event.tenant
+            self._fact_row[fact_id] = seq
             tags = _json.encode(list(event.tags)).decode()
             batch.facts.append(
                 (
@@ -203,10 +232,7 @@ class Projector:
                 event.ts,
                 event.reason,
             )
-        counts = self._counts
-        result = consensus(
-            (value, *counts.get((tenant, agent), (0, 0))) for agent, value in current.items()
-        )
+        result = consensus_of(tenant, current, self._counts)
         self._direction[fact_id] = result.direction
         self._tally(tenant, current, result.direction, +1, batch)
         batch.consensus[fact_id] = (result, seq)
@@ -217,12 +243,28 @@ class Projector:
     ) -> None:
         if direction == 0:
             return
+        book, touched = self._counts, batch.counts
         for agent, value in votes.items():
-            counts = self._counts.setdefault((tenant, agent), [0, 0])
+            key = (tenant, agent)
+            counts = book.get(key)
+            if counts is None:
+                counts = book[key] = [0, 0]
             counts[0 if value == direction else 1] += sign
-            batch.counts.add((tenant, agent))
+            touched.add(key)
 
-    async def _write(self, batch: _Batch, seq: int, head: bytes) -> None:
+    async def _write(
+        self, batch: _Batch, seq: int, head: bytes, committing: asyncio.Event | None = None
+    ) -> None:
+        """Write the batch and its position in one transaction; set ``committing`` at COMMIT."""
+        try:
+            await self._transact(batch, seq, head, committing)
+        finally:
+            if committing is not None:
+                committing.set()
+
+    async def _transact(
+        self, batch: _Batch, seq: int, head: bytes, committing: asyncio.Event | None
+    ) -> None:
         async with self.pool.writer() as conn:
             await conn.execute("BEGIN IMMEDIATE")
             try:
@@ -232,6 +274,8 @@ class Projector:
                     "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
                     (seq, head, SCHEMA_VERSION),
                 )
+                if committing is not None:
+                    committing.set()  # the rows are written: the next batch may fold meanwhile
                 await conn.commit()
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -255,11 +299,11 @@ class Projector:
             await conn.executemany(
                 "INSERT INTO facts_fts (rowid, content, tags) VALUES (?, ?, ?)", batch.fts
             )
-        if batch.deprecations:
+        if batch.deprecation_rows:
             await conn.executemany(
                 "UPDATE facts SET deprecated_seq = ?, deprecated_ts = ?, deprecated_by = ?,"
-                " deprecation_reason = ?, successor_id = ? WHERE fact_id = ?",
-                batch.deprecations,
+                " deprecation_reason = ?, successor_id = ? WHERE rowid = ?",
+                batch.deprecation_rows,
             )
         if batch.history:
             await conn.executemany(
@@ -276,19 +320,16 @@ class Projector:
             )
         if deletes:
             await conn.executemany("DELETE FROM votes WHERE fact_id = ? AND agent_id = ?", deletes)
-        if batch.consensus:
+        if batch.consensus_rows:
             await conn.executemany(
                 "UPDATE facts SET score = ?, weight = ?, votes_for = ?, votes_against = ?, status = ?,"
-                " consensus_seq = ? WHERE fact_id = ?",
-                [
-                    (c.score, c.weight, c.votes_for, c.votes_against, c.status, seq, fact_id)
-                    for fact_id, (c, seq) in batch.consensus.items()
-                ],
+                " consensus_seq = ? WHERE rowid = ?",
+                batch.consensus_rows,
             )
-        if batch.counts:
+        if batch.count_rows:
             await conn.executemany(
                 "UPDATE agents SET agrees = ?, disagrees = ? WHERE tenant = ? AND agent_id = ?",
-                [(*self._counts[key], *key) for key in sorted(batch.counts)],
+                batch.count_rows,
             )
 
     # -- streams and waiting -------------------------------------------------
@@ -323,24 +364,7 @@ class Projector:
 
         task = asyncio.create_task(pump(), name="projector-pump")
         try:
-            ended = False
-            while not ended:
-                if queue.empty() and task.done():
-                    break
-                first = await queue.get()
-                if first is None:
-                    break
-                batch = [first]
-                while len(batch) < batch_size and not queue.empty():
-                    record = queue.get_nowait()
-                    if record is None:
-                        ended = True
-                        break
-                    batch.append(record)
-                await self.apply(batch)
-                if progress is not None:
-                    progress(self.seq)
-            await task  # re-raises what went wrong in the reader, if anything
+            await self._apply_queued(queue, task, batch_size, progress)
         finally:
             if not task.done():
                 task.cancel()
@@ -349,6 +373,67 @@ class Projector:
                     queue.get_nowait()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        await task  # re-raises what went wrong in the reader, if anything
+
+    async def _apply_queued(
+        self,
+        queue: asyncio.Queue[Record | None],
+        pump: asyncio.Task[None],
+        batch_size: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Apply the queue's batches, folding each one while the one before commits.
+
+        At most one batch is in flight, and its commit is recorded (position,
+        ``on_commit``, waiters, ``progress``) before the next one is written,
+        so all of that happens in commit order; each transaction holds its own
+        batch's rows and position and nothing else.
+        """
+        inflight: tuple[asyncio.Task[None], _Batch, int, bytes, int] | None = None
+
+        async def settle() -> None:
+            nonlocal inflight
+            if inflight is None:
+                return
+            write, done, seq, head, count = inflight
+            inflight = None
+            await write
+            await self._committed(done, seq, head, count)
+            if progress is not None:
+                progress(seq)
+
+        folded_seq, folded_head = self.seq, self.head
+        try:
+            ended = False
+            while not ended:
+                if queue.empty():
+                    await settle()  # nothing to fold meanwhile: record the commit now
+                    if pump.done():
+                        break
+                records, ended = await _take(queue, batch_size)
+                if not records:
+                    break
+                batch = _Batch()
+                seq, head = self._fold_all(records, batch, folded_seq, folded_head)
+                self._seal(batch)
+                await settle()
+                committing = asyncio.Event()
+                write = asyncio.create_task(
+                    self._write(batch, seq, head, committing), name="projector-write"
+                )
+                inflight = (write, batch, seq, head, len(records))
+                folded_seq, folded_head = seq, head
+                # Fold the next batch while this one commits, not while its rows
+                # go in: the commit runs without the GIL, the inserts need it.
+                await committing.wait()
+            await settle()
+        except BaseException:
+            # The book may be ahead of the database (a batch folded, or one whose
+            # commit failed): let the write in flight end, then reload the book.
+            with contextlib.suppress(BaseException):
+                await settle()
+            await self._load()
+            raise
 
     async def wait_for(self, seq: int, *, timeout: float) -> bool:
         """Wait until ``seq`` is applied; False if it is not within ``timeout`` seconds."""
@@ -358,3 +443,18 @@ class Projector:
         except TimeoutError:
             return False
         return True
+
+
+async def _take(queue: asyncio.Queue[Record | None], limit: int) -> tuple[list[Record], bool]:
+    """The next batch: one record (waiting for it) and whatever else is queued, up to
+    ``limit``; and whether the stream ended."""
+    first = await queue.get()
+    if first is None:
+        return [], True
+    records = [first]
+    while len(records) < limit and not queue.empty():
+        record = queue.get_nowait()
+        if record is None:
+            return records, True
+        records.append(record)
+    return records, False
