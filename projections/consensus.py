@@ -61,43 +61,28 @@ UNVOTED: Final = Consensus(0.0, 0.0, 0, 0, "unvoted")
 def consensus(votes: Iterable[tuple[int, int, int]]) -> Consensus:
     """The consensus of ``(value, agrees, disagrees)`` per current voter; zeros are ignored.
 
+    The formula by itself, for tests and readers; the projector calls
+    ``consensus_of`` on its own maps, which does the arithmetic.
+    """
+    values: dict[str, int] = {}
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
+    for n, (value, agrees, disagrees) in enumerate(votes):
+        values[str(n)] = value
+        counts[("", str(n))] = (agrees, disagrees)
+    return consensus_of("", values, counts)
+
+
+def consensus_of(
+    tenant: str, votes: Mapping[str, int], counts: Mapping[tuple[str, str], Sequence[int]]
+) -> Consensus:
+    """The consensus of an agent -> vote mapping, agreement counts per ``(tenant, agent)``.
+
     Each reputation is ``p/q = (1 + agrees) / (2 + agrees + disagrees)``.
     Over the common denominator ``L`` of the ``q``, every weight is the
     integer ``p·L/q``, so the sums are exact integers and each float is one
     correctly rounded division — the same bits as exact rational arithmetic,
     several times faster than ``Fraction``. ``L`` grows as the votes come
     (the sums scaled with it), so one pass does it.
-    """
-    common = 1
-    total = weighted = pro = voters = 0
-    for value, agrees, disagrees in votes:
-        if not value:
-            continue
-        p = 1 + agrees
-        q = p + 1 + disagrees
-        if common % q:
-            grown = math.lcm(common, q)
-            scale = grown // common
-            total *= scale
-            weighted *= scale
-            common = grown
-        weight = p * (common // q)
-        total += weight
-        voters += 1
-        if value > 0:
-            weighted += weight
-            pro += 1
-        else:
-            weighted -= weight
-    return _settle(weighted, total, common, pro, voters)
-
-
-def consensus_of(
-    tenant: str, votes: Mapping[str, int], counts: Mapping[tuple[str, str], Sequence[int]]
-) -> Consensus:
-    """``consensus`` of an agent -> vote mapping, agreement counts looked up per ``(tenant, agent)``.
-
-    The same arithmetic as ``consensus``, without building a tuple per voter.
     """
     common = 1
     total = weighted = pro = voters = 0
