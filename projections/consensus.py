@@ -19,8 +19,9 @@ at least 2 voters; ``rejected`` when score <= -1/2 with at least 2 voters;
 ``disputed`` otherwise. Verified and rejected are *settled*.
 
 When. A fact's consensus is recomputed when a vote on it is applied, with
-the reputations as they stand then; when its settled direction changes,
-each of its voters' agreement counts move with it. A reputation change does
+the reputations as they stand then, leaving out each voter's agreement
+with this very fact; when its settled direction changes, each of its
+voters' agreement counts move with it. A reputation change does
 not recompute other facts until their next vote. All of it is a function of
 the event order alone.
 """
@@ -73,9 +74,16 @@ def consensus(votes: Iterable[tuple[int, int, int]]) -> Consensus:
 
 
 def consensus_of(
-    tenant: str, votes: Mapping[str, int], counts: Mapping[tuple[str, str], Sequence[int]]
+    tenant: str,
+    votes: Mapping[str, int],
+    counts: Mapping[tuple[str, str], Sequence[int]],
+    settled: int = 0,
 ) -> Consensus:
     """The consensus of an agent -> vote mapping, agreement counts per ``(tenant, agent)``.
+
+    ``settled`` is the direction this fact was settled in when ``counts``
+    include each voter's agreement with the fact itself: that agreement is
+    taken out, so a fact's own verdict never weighs in on it (see "When").
 
     Each reputation is ``p/q = (1 + agrees) / (2 + agrees + disagrees)``.
     Over the common denominator ``L`` of the ``q``, every weight is the
@@ -95,6 +103,10 @@ def consensus_of(
         else:
             p = 1 + agreement[0]
             q = p + 1 + agreement[1]
+            if settled:
+                q -= 1
+                if value == settled:
+                    p -= 1
         if common % q:
             grown = math.lcm(common, q)
             scale = grown // common

@@ -35,7 +35,7 @@ log = structlog.get_logger(__name__)
 
 Record = tuple[int, bytes]
 OnCommit = Callable[[int, set[str]], None]
-DEFAULT_BATCH: Final = 2000
+DEFAULT_BATCH: Final = 10_000
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _json: Final = msgspec.json.Encoder(order="sorted")
 
@@ -108,7 +108,10 @@ class Projector:
             ) as cur:
                 async for tenant, agent_id, agrees, disagrees in cur:
                     self._counts[(tenant, agent_id)] = [agrees, disagrees]
-            async with conn.execute("SELECT rowid, fact_id, tenant, status FROM facts") as cur:
+            async with conn.execute(
+                "SELECT f.rowid, f.fact_id, f.tenant, c.status"
+                " FROM facts f LEFT JOIN consensus c ON c.fact_row = f.rowid"
+            ) as cur:
                 async for rowid, fact_id, tenant, status in cur:
                     self._fact_tenant[fact_id] = tenant
                     self._fact_row[fact_id] = rowid
@@ -209,48 +212,52 @@ class Projector:
             self._vote(event, seq, batch)
 
     def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
-        fact_id, tenant = str(event.fact_id), event.tenant
-        batch.history.append(
-            (seq, tenant, fact_id, event.agent_id, event.value, event.ts, event.reason)
-        )
+        fact_id, tenant, agent = str(event.fact_id), event.tenant, event.agent_id
+        batch.history.append((seq, tenant, fact_id, agent, event.value, event.ts, event.reason))
         current = self._votes.setdefault(fact_id, {})
         settled = self._direction.get(fact_id, 0)
-        # Take every voter's agreement with this fact out, then put it back
-        # under the new vote and the new settled direction.
-        self._tally(tenant, current, settled, -1, batch)
+        # The counts hold every current voter's agreement with this fact under
+        # ``settled``: move the changed voter's, compute without them, and move
+        # everyone's only if the settled direction changes.
+        old = current.get(agent, 0)
         if event.value == 0:
-            current.pop(event.agent_id, None)
-            batch.votes[(fact_id, event.agent_id)] = None
+            current.pop(agent, None)
+            batch.votes[(fact_id, agent)] = None
         else:
-            current[event.agent_id] = event.value
-            batch.votes[(fact_id, event.agent_id)] = (
+            current[agent] = event.value
+            batch.votes[(fact_id, agent)] = (
                 fact_id,
-                event.agent_id,
+                agent,
                 tenant,
                 event.value,
                 seq,
                 event.ts,
                 event.reason,
             )
-        result = consensus_of(tenant, current, self._counts)
-        self._direction[fact_id] = result.direction
-        self._tally(tenant, current, result.direction, +1, batch)
+        if settled and old != event.value:
+            self._agree((tenant, agent), old, settled, -1, batch)
+            self._agree((tenant, agent), event.value, settled, +1, batch)
+        result = consensus_of(tenant, current, self._counts, settled)
+        direction = result.direction
+        if direction != settled:
+            self._direction[fact_id] = direction
+            for voter, value in current.items():
+                self._agree((tenant, voter), value, settled, -1, batch)
+                self._agree((tenant, voter), value, direction, +1, batch)
         batch.consensus[fact_id] = (result, seq)
         batch.touched.add(fact_id)
 
-    def _tally(
-        self, tenant: str, votes: dict[str, int], direction: int, sign: int, batch: _Batch
+    def _agree(
+        self, key: tuple[str, str], value: int, direction: int, sign: int, batch: _Batch
     ) -> None:
-        if direction == 0:
+        """Count (sign +1) or uncount (-1) one vote's agreement with a settled direction."""
+        if not value or not direction:
             return
-        book, touched = self._counts, batch.counts
-        for agent, value in votes.items():
-            key = (tenant, agent)
-            counts = book.get(key)
-            if counts is None:
-                counts = book[key] = [0, 0]
-            counts[0 if value == direction else 1] += sign
-            touched.add(key)
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = [0, 0]
+        counts[0 if value == direction else 1] += sign
+        batch.counts.add(key)
 
     async def _write(
         self, batch: _Batch, seq: int, head: bytes, committing: asyncio.Event | None = None
@@ -322,8 +329,8 @@ class Projector:
             await conn.executemany("DELETE FROM votes WHERE fact_id = ? AND agent_id = ?", deletes)
         if batch.consensus_rows:
             await conn.executemany(
-                "UPDATE facts SET score = ?, weight = ?, votes_for = ?, votes_against = ?, status = ?,"
-                " consensus_seq = ? WHERE rowid = ?",
+                "INSERT OR REPLACE INTO consensus (score, weight, votes_for, votes_against,"
+                " status, consensus_seq, fact_row) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 batch.consensus_rows,
             )
         if batch.count_rows:
@@ -348,7 +355,7 @@ class Projector:
         (up to ``batch_size``), so a live follower applies single events at
         once and a replay writes big transactions.
         """
-        queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=batch_size * 4)
+        queue: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=batch_size * 2)
 
         async def pump() -> None:
             try:

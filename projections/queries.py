@@ -20,11 +20,14 @@ from projections.pool import ConnectionPool
 from projections.projector import world_us
 
 _FACT_COLUMNS: Final = (
-    "fact_id, tenant, agent_id, content, type, tags, confidence, source, meta, valid_from,"
-    " valid_until, stored_seq, stored_ts, deprecated_seq, deprecated_ts, deprecated_by,"
-    " deprecation_reason, successor_id, score, weight, votes_for, votes_against, status,"
-    " consensus_seq"
+    "f.fact_id, f.tenant, f.agent_id, f.content, f.type, f.tags, f.confidence, f.source,"
+    " f.meta, f.valid_from, f.valid_until, f.stored_seq, f.stored_ts, f.deprecated_seq,"
+    " f.deprecated_ts, f.deprecated_by, f.deprecation_reason, f.successor_id,"
+    " coalesce(c.score, 0.0), coalesce(c.weight, 0.0), coalesce(c.votes_for, 0),"
+    " coalesce(c.votes_against, 0), coalesce(c.status, 'unvoted'), c.consensus_seq"
 )
+#: Facts with their consensus (no consensus row: unvoted).
+_FACTS: Final = "facts f LEFT JOIN consensus c ON c.fact_row = f.rowid"
 _json: Final = msgspec.json.Decoder()
 _TOKEN: Final = re.compile(r"\w+", re.UNICODE)
 MAX_LIMIT: Final = 1000
@@ -122,7 +125,7 @@ async def get_fact(
     async with (
         pool.reader() as conn,
         conn.execute(
-            f"SELECT {_FACT_COLUMNS} FROM facts WHERE fact_id = ? AND tenant = ?",
+            f"SELECT {_FACT_COLUMNS} FROM {_FACTS} WHERE f.fact_id = ? AND f.tenant = ?",
             (canonical_fact_id(fact_id), tenant),
         ) as cur,
     ):
@@ -143,31 +146,35 @@ async def list_facts(
 ) -> list[dict[str, Any]]:
     """Facts, newest first: current ones, or as the ledger stood at ``as_of_seq``, or
     those holding at world time ``valid_at`` — the two times combine."""
-    where: list[str] = ["tenant = ?"]
+    where: list[str] = ["f.tenant = ?"]
     args: list[object] = [tenant]
     if as_of_seq is not None:
-        where.append("stored_seq <= ?")
+        where.append("f.stored_seq <= ?")
         args.append(as_of_seq)
         if not include_deprecated:
-            where.append("(deprecated_seq IS NULL OR deprecated_seq > ?)")
+            where.append("(f.deprecated_seq IS NULL OR f.deprecated_seq > ?)")
             args.append(as_of_seq)
     elif not include_deprecated:
-        where.append("deprecated_seq IS NULL")
+        where.append("f.deprecated_seq IS NULL")
     if valid_at is not None:
         if valid_at.tzinfo is None:
             raise QueryError("valid_at needs a time zone", code="invalid_query")
         moment = world_us(valid_at)
         where.append(
-            "(valid_from IS NULL OR valid_from <= ?) AND (valid_until IS NULL OR valid_until > ?)"
+            "(f.valid_from IS NULL OR f.valid_from <= ?)"
+            " AND (f.valid_until IS NULL OR f.valid_until > ?)"
         )
         args += [moment, moment]
     if agent_id is not None:
-        where.append("agent_id = ?")
+        where.append("f.agent_id = ?")
         args.append(agent_id)
     if type is not None:
-        where.append("type = ?")
+        where.append("f.type = ?")
         args.append(type)
-    sql = f"SELECT {_FACT_COLUMNS} FROM facts WHERE {' AND '.join(where)} ORDER BY stored_seq DESC LIMIT ?"
+    sql = (
+        f"SELECT {_FACT_COLUMNS} FROM {_FACTS} WHERE {' AND '.join(where)}"
+        " ORDER BY f.stored_seq DESC LIMIT ?"
+    )
     async with pool.reader() as conn, conn.execute(sql, (*args, _limit(limit))) as cur:
         return [_fact(tuple(row)) for row in await cur.fetchall()]
 
@@ -190,11 +197,11 @@ async def search(
 ) -> list[dict[str, Any]]:
     """Full-text search, best match first (BM25), each hit with its rank and a snippet."""
     deprecated = "" if include_deprecated else " AND f.deprecated_seq IS NULL"
-    columns = ", ".join(f"f.{c.strip()}" for c in _FACT_COLUMNS.split(","))
     sql = (
-        f"SELECT {columns}, bm25(facts_fts) AS rank,"
+        f"SELECT {_FACT_COLUMNS}, bm25(facts_fts) AS rank,"
         " snippet(facts_fts, 0, '[', ']', '…', 12)"
         " FROM facts_fts JOIN facts f ON f.rowid = facts_fts.rowid"
+        " LEFT JOIN consensus c ON c.fact_row = f.rowid"
         f" WHERE facts_fts MATCH ? AND f.tenant = ?{deprecated}"
         " ORDER BY rank, f.stored_seq LIMIT ?"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 DDL: Final = """
 CREATE TABLE IF NOT EXISTS position (
@@ -51,16 +51,22 @@ CREATE TABLE IF NOT EXISTS facts (
     deprecated_ts INTEGER,
     deprecated_by TEXT,
     deprecation_reason TEXT,
-    successor_id TEXT,
-    score REAL NOT NULL DEFAULT 0,
-    weight REAL NOT NULL DEFAULT 0,
-    votes_for INTEGER NOT NULL DEFAULT 0,
-    votes_against INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL DEFAULT 'unvoted',
-    consensus_seq INTEGER
+    successor_id TEXT
 );
 CREATE INDEX IF NOT EXISTS facts_by_tenant ON facts (tenant, stored_seq);
 CREATE INDEX IF NOT EXISTS facts_by_successor ON facts (successor_id) WHERE successor_id IS NOT NULL;
+
+-- Apart from facts, so the most frequent update (one per vote) rewrites a
+-- narrow row, not the fact with its content. No row: unvoted.
+CREATE TABLE IF NOT EXISTS consensus (
+    fact_row INTEGER PRIMARY KEY,
+    score REAL NOT NULL,
+    weight REAL NOT NULL,
+    votes_for INTEGER NOT NULL,
+    votes_against INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    consensus_seq INTEGER NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS votes (
     fact_id TEXT NOT NULL,
@@ -101,8 +107,13 @@ DIGEST_TABLES: Final = (
         "facts",
         "SELECT fact_id, tenant, agent_id, content, type, tags, confidence, source, meta, "
         "valid_from, valid_until, stored_seq, stored_ts, deprecated_seq, deprecated_ts, "
-        "deprecated_by, deprecation_reason, successor_id, score, weight, votes_for, "
-        "votes_against, status, consensus_seq FROM facts ORDER BY stored_seq",
+        "deprecated_by, deprecation_reason, successor_id FROM facts ORDER BY stored_seq",
+    ),
+    (
+        "consensus",
+        "SELECT f.fact_id, c.score, c.weight, c.votes_for, c.votes_against, c.status, "
+        "c.consensus_seq FROM consensus c JOIN facts f ON f.rowid = c.fact_row "
+        "ORDER BY c.fact_row",
     ),
     (
         "votes",
