@@ -84,6 +84,8 @@ def parse(subject: str, data: bytes) -> Request | Result:
     tenant, kind = parts[2], parts[3]
     if not _TENANT.match(tenant):
         return error("invalid_field", f"tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ -")
+    if tenant.startswith("_"):
+        return error("reserved_tenant", f"tenant {tenant!r} is reserved for the ledger itself")
     if kind != BATCH_KIND:
         return Request(tenant, False, [_decode_one(kind, data)])
     try:

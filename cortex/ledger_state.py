@@ -2,7 +2,8 @@
 
 A fold over the events in order: the chain head, every event id ever
 appended (JetStream's duplicate window forgets; this does not), the agents
-of each tenant and the facts of each tenant. Changes made for a batch that
+of each tenant and their keys, the facts of each tenant, the Merkle tree of
+every event hash (its O(log n) frontier) and the last checkpoint. Changes made for a batch that
 is not yet acknowledged are recorded in an undo log, so a batch JetStream
 refuses leaves the state exactly as it was.
 """
@@ -17,6 +18,7 @@ from typing import Final
 
 import msgspec
 
+from events import signing
 from events.chain import GENESIS
 from events.commands import (
     MAX_CONTENT_BYTES,
@@ -28,7 +30,15 @@ from events.commands import (
     RegisterAgent,
     StoreFact,
 )
-from events.model import AgentRegistered, Event, FactDeprecated, FactStored
+from events.merkle import MerkleAccumulator, leaf_hash
+from events.model import (
+    AgentRegistered,
+    CheckpointSigned,
+    Event,
+    FactDeprecated,
+    FactStored,
+    WriterKeyAdded,
+)
 
 _meta_encoder: Final = msgspec.json.Encoder()
 
@@ -87,6 +97,17 @@ class LedgerState:
     #: fact id → tenant; plain strings, so the garbage collector has nothing to track.
     facts: dict[bytes, str] = field(default_factory=dict)
     deprecated: set[bytes] = field(default_factory=set)
+    #: Leaves are the event hashes, in seq order: leaf i is seq i + 1.
+    tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
+    first_hash: bytes = b""
+    #: Writer keys recorded in the ledger: public key (hex) → key name.
+    writer_keys: dict[str, str] = field(default_factory=dict)
+    #: The last checkpoint: its tree size and its own seq (0 if none yet).
+    checkpoint_size: int = 0
+    checkpoint_seq: int = 0
+    checkpoint_root: str = ""
+    #: Refuse commands from agents without a registered key.
+    require_signatures: bool = False
 
     def seq_of(self, event_id: uuid.UUID) -> int | None:
         return self.ids.get(event_id.bytes)
@@ -99,6 +120,11 @@ class LedgerState:
                     "agent_exists",
                     f"agent {command.agent_id!r} is already registered in tenant {tenant!r}",
                 )
+            if self.require_signatures and command.public_key is None:
+                return Refusal(
+                    "signature_required",
+                    "this ledger requires signatures: register the agent with a public key",
+                )
             return None
         agent_id: str = getattr(command, "agent_id", "")
         if (tenant, agent_id) not in self.agents:
@@ -107,6 +133,38 @@ class LedgerState:
                 f"agent {agent_id!r} is not registered in tenant {tenant!r}",
                 stateful=True,
             )
+        return self._check_signature(command, tenant, agent_id) or self._check_target(
+            command, tenant
+        )
+
+    def _check_signature(self, command: Command, tenant: str, agent_id: str) -> Refusal | None:
+        key = self.agents[(tenant, agent_id)]
+        signature: str | None = getattr(command, "signature", None)
+        if key is None:
+            if signature is not None:
+                return Refusal(
+                    "bad_signature",
+                    f"agent {agent_id!r} has no registered key to check a signature against",
+                )
+            if self.require_signatures:
+                return Refusal(
+                    "signature_required",
+                    f"this ledger requires signatures and agent {agent_id!r} has no key",
+                )
+            return None
+        if signature is None:
+            return Refusal(
+                "signature_required", f"agent {agent_id!r} has a key: its commands must be signed"
+            )
+        if not signing.check(key, signature, signing.command_bytes(command, tenant)):
+            return Refusal(
+                "bad_signature",
+                f"the signature is not agent {agent_id!r}'s signature of this command "
+                "(a signature binds the tenant, the id and every field)",
+            )
+        return None
+
+    def _check_target(self, command: Command, tenant: str) -> Refusal | None:
         if isinstance(command, StoreFact):
             if command.fact_id.bytes in self.facts:
                 return Refusal("fact_exists", f"fact {command.fact_id} already exists")
@@ -141,6 +199,10 @@ class LedgerState:
         self.seq, self.head = seq, event_hash
         if undo is not None:
             undo.append(lambda: self._restore(key, prev_seq, prev_head))
+            undo.append(self.tree.snapshot())
+        self.tree.append(leaf_hash(event_hash))
+        if seq == 1:
+            self.first_hash = event_hash
         if isinstance(event, AgentRegistered):
             agent = (event.tenant, event.agent_id)
             self.agents[agent] = event.public_key
@@ -157,6 +219,19 @@ class LedgerState:
                 self.deprecated.add(fact)
                 if undo is not None:
                     undo.append(lambda: self.deprecated.discard(fact))
+        elif isinstance(event, WriterKeyAdded):
+            public_key = event.public_key
+            self.writer_keys[public_key] = event.name
+            if undo is not None:
+                undo.append(lambda: self.writer_keys.pop(public_key, None))
+        elif isinstance(event, CheckpointSigned):
+            before = (self.checkpoint_size, self.checkpoint_seq, self.checkpoint_root)
+            self._checkpointed(event.tree_size, seq, event.root)
+            if undo is not None:
+                undo.append(lambda: self._checkpointed(*before))
+
+    def _checkpointed(self, size: int, seq: int, root: str) -> None:
+        self.checkpoint_size, self.checkpoint_seq, self.checkpoint_root = size, seq, root
 
     def _restore(self, key: bytes, seq: int, head: bytes) -> None:
         self.ids.pop(key, None)

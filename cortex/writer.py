@@ -27,45 +27,79 @@ import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from uuid_utils.compat import uuid7
 
 from cortex.bus import COMMAND_PREFIX, Bus, Outgoing, ledger_subject
 from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
 from cortex.errors import AppendConflict, ChainBroken, CortexError
+from cortex.keys import WriterKey
 from cortex.ledger_state import LedgerState, Refusal, Undo
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import Command, to_event
-from events.model import kind_of
+from events.model import SYSTEM_TENANT, CheckpointSigned, Event, WriterKeyAdded, kind_of
+from events.note import Checkpoint, sign
 
 log = structlog.get_logger(__name__)
 
 QUEUE_GROUP: Final = "cortex-writer"
+#: Where ``cortex checkpoint`` asks for a checkpoint now.
+CHECKPOINT_SUBJECT: Final = "cortex.admin.checkpoint"
 #: JetStream accepts at most 1,000 messages in one atomic batch.
-DEFAULT_MAX_BATCH: Final = 1000
+JETSTREAM_BATCH_LIMIT: Final = 1000
+DEFAULT_MAX_BATCH: Final = JETSTREAM_BATCH_LIMIT
+DEFAULT_CHECKPOINT_EVERY: Final = 1000
 _MAX_ATTEMPTS: Final = 50
+
+
+class _CheckpointRequest:
+    """Stands in a batch for ``cortex checkpoint``: answered with the checkpoint's receipt."""
+
+
+_CHECKPOINT: Final = _CheckpointRequest()
 
 
 @dataclass(slots=True)
 class _Pending:
-    command: Command
+    command: Command | _CheckpointRequest
     tenant: str
     future: asyncio.Future[Result]
+
+
+def origin_of(first_hash: bytes) -> str:
+    """The checkpoints' origin line: this ledger, named by the hash of its first event."""
+    return f"cortex.ledger/{first_hash.hex()[:16]}"
 
 
 class LedgerWriter:
     """Validates commands and appends them as hash-chained events; see the module doc."""
 
-    def __init__(self, bus: Bus, *, max_batch: int = DEFAULT_MAX_BATCH, replicas: int = 1) -> None:
-        if not 1 <= max_batch <= 1000:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        replicas: int = 1,
+        key: WriterKey | None = None,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        require_signatures: bool = False,
+    ) -> None:
+        if not 1 <= max_batch <= JETSTREAM_BATCH_LIMIT:
             raise ValueError(
                 "max_batch must be between 1 and 1000 (JetStream's atomic batch limit)"
             )
+        if checkpoint_every < 1:
+            raise ValueError("checkpoint_every must be at least 1")
         self.bus = bus
         self.max_batch = max_batch
         self.replicas = replicas
-        self.state = LedgerState()
+        #: Signs checkpoints; without one the writer appends no checkpoints.
+        self.key = key
+        self.checkpoint_every = checkpoint_every
+        self.state = LedgerState(require_signatures=require_signatures)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._sub: Subscription | None = None
+        self._admin: Subscription | None = None
         self._committer: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self._broken: ChainBroken | None = None
@@ -84,17 +118,23 @@ class LedgerWriter:
             head=self.state.head.hex()[:16],
             seconds=round(time.perf_counter() - started, 3),
         )
+        if self.key is not None and self.key.public_hex not in self.state.writer_keys:
+            await self._commit([])  # records this writer's key before anything it signs
         self._committer = asyncio.create_task(self._run(), name="cortex-writer")
         self._sub = await self.bus.serve(
             f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP
         )
+        self._admin = await self.bus.serve(
+            CHECKPOINT_SUBJECT, self._on_checkpoint, queue=QUEUE_GROUP
+        )
 
     async def stop(self) -> None:
         """Stop taking requests, finish what was taken, answer every caller."""
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        for sub in (self._sub, self._admin):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+        self._sub = self._admin = None
         if self._committer is not None:
             await self._queue.put(None)
             await self._committer
@@ -119,6 +159,16 @@ class LedgerWriter:
                 self._queue.put_nowait(_Pending(item, parsed.tenant, future))
             futures.append(future)
         task = asyncio.create_task(self._answer(msg, futures, batch=parsed.batch))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
+
+    async def _on_checkpoint(self, msg: Msg) -> None:
+        if self.key is None:
+            await self._respond(msg, error("no_key", "this writer has no key to sign with"))
+            return
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(_CHECKPOINT, SYSTEM_TENANT, future))
+        task = asyncio.create_task(self._answer(msg, [future], batch=False))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
@@ -171,7 +221,8 @@ class LedgerWriter:
             try:
                 outgoing, results, behind = self._stage(items, undo, synced=synced)
                 if not behind:
-                    await self.bus.append(outgoing, expected_last_seq=base)
+                    if outgoing:
+                        await self.bus.append(outgoing, expected_last_seq=base)
                     appended = True
             except CortexError as e:
                 # AppendConflict: another writer got there first. Anything
@@ -204,8 +255,13 @@ class LedgerWriter:
         results: list[Result | int] = []
         behind = False
         now = time.time_ns()
+        asked: list[int] = []  # where checkpoint requests sit in ``results``
         for item in items:
             command = item.command
+            if isinstance(command, _CheckpointRequest):
+                asked.append(len(results))
+                results.append(error("internal", "no checkpoint"))
+                continue
             seen = self.state.seq_of(command.id)
             if seen is not None:
                 results.append(seen)
@@ -220,15 +276,71 @@ class LedgerWriter:
             except (ValueError, OverflowError) as e:  # one bad command, not the whole batch
                 results.append(error("invalid_field", f"cannot record this command: {e}"))
                 continue
-            body = encode(event)
-            prev = self.state.head
-            event_hash = link(prev, body)
-            event_id = str(command.id)
-            subject = ledger_subject(item.tenant, kind_of(event))
-            outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
-            self.state.apply(event, self.state.seq + 1, event_hash, undo)
-            results.append(receipt(self.state.seq, event_hash, event_id))
+            results.append(self._link(event, outgoing, undo))
+        if not behind:
+            checkpoint = self._stage_own(outgoing, undo, now, forced=bool(asked))
+            for index in asked:
+                results[index] = checkpoint
         return outgoing, results, behind
+
+    def _link(self, event: Event, outgoing: list[Outgoing], undo: Undo) -> Result:
+        """Chain ``event`` after the head, queue it and fold it into the state."""
+        body = encode(event)
+        prev = self.state.head
+        event_hash = link(prev, body)
+        event_id = str(event.id)
+        subject = ledger_subject(event.tenant, kind_of(event))
+        outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
+        self.state.apply(event, self.state.seq + 1, event_hash, undo)
+        return receipt(self.state.seq, event_hash, event_id)
+
+    def _stage_own(self, outgoing: list[Outgoing], undo: Undo, now: int, *, forced: bool) -> Result:
+        """Append the writer's own events: its key if new, and a checkpoint when one is due.
+
+        A checkpoint covers every event before it, this batch's included, so
+        it rides in the same atomic batch. Returns the latest checkpoint's
+        receipt (for ``cortex checkpoint``).
+        """
+        key, state = self.key, self.state
+        if key is None:
+            return error("no_key", "this writer has no key to sign with")
+        if key.public_hex not in state.writer_keys:
+            added = WriterKeyAdded(
+                id=uuid7(),
+                tenant=SYSTEM_TENANT,
+                ts=now,
+                name=key.name,
+                public_key=key.public_hex,
+            )
+            self._link(added, outgoing, undo)
+        due = state.seq - state.checkpoint_size >= self.checkpoint_every
+        new = state.seq > state.checkpoint_seq  # something since the last checkpoint
+        room = len(outgoing) < JETSTREAM_BATCH_LIMIT
+        if room and new and (due or forced):
+            summary = Checkpoint(
+                origin_of(state.first_hash), state.seq, state.tree.root(), state.head
+            )
+            event = CheckpointSigned(
+                id=uuid7(),
+                tenant=SYSTEM_TENANT,
+                ts=now,
+                tree_size=summary.tree_size,
+                root=summary.root.hex(),
+                head=summary.head.hex(),
+                public_key=key.public_hex,
+                note=sign(summary.body(), key.name, key.private),
+            )
+            result = self._link(event, outgoing, undo)
+            return {**result, "tree_size": summary.tree_size, "root": summary.root.hex()}
+        if forced and not room:
+            return error("busy", "the batch was full; ask for the checkpoint again")
+        if not state.checkpoint_seq:
+            return error("no_checkpoint", "the ledger is empty: nothing to checkpoint")
+        return {
+            "seq": state.checkpoint_seq,
+            "tree_size": state.checkpoint_size,
+            "root": state.checkpoint_root,
+        }
 
     def _resolve(
         self,
@@ -260,14 +372,16 @@ class LedgerWriter:
     @staticmethod
     def _same_or_reused(item: _Pending, seq: int, body: bytes, event_hash: bytes) -> Result:
         """The original receipt if the retry is the same command, else ``id_reused``."""
+        command = item.command
+        assert isinstance(command, Command)  # only commands have ids to repeat
         original = msgspec.structs.replace(decode_event(body), ts=0)
-        again = to_event(item.command, tenant=item.tenant, ts=0)
+        again = to_event(command, tenant=item.tenant, ts=0)
         if original != again:
             return error(
                 "id_reused",
-                f"id {item.command.id} was already used for a different command (seq {seq})",
+                f"id {command.id} was already used for a different command (seq {seq})",
             )
-        return receipt(seq, event_hash, str(item.command.id))
+        return receipt(seq, event_hash, str(command.id))
 
     async def _catch_up(self) -> None:
         """Fold into the state every event appended since ``state.seq``, checking the chain."""

@@ -26,6 +26,7 @@ from events.model import (
     FactType,
     PublicKey,
     Reason,
+    Signature,
     Source,
     Tags,
     VoteCast,
@@ -65,6 +66,7 @@ class StoreFact(Command, frozen=True, tag="store_fact"):
     meta: dict[str, Any] = {}
     valid_from: WorldTime | None = None
     valid_until: WorldTime | None = None
+    signature: Signature | None = None
 
 
 class DeprecateFact(Command, frozen=True, tag="deprecate_fact"):
@@ -72,6 +74,7 @@ class DeprecateFact(Command, frozen=True, tag="deprecate_fact"):
     agent_id: AgentId
     reason: Reason = ""
     successor_id: uuid.UUID | None = None
+    signature: Signature | None = None
 
 
 class CastVote(Command, frozen=True, tag="cast_vote"):
@@ -79,6 +82,7 @@ class CastVote(Command, frozen=True, tag="cast_vote"):
     agent_id: AgentId
     value: int
     reason: Reason = ""
+    signature: Signature | None = None
 
 
 AnyCommand = RegisterAgent | StoreFact | DeprecateFact | CastVote

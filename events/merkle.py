@@ -21,8 +21,11 @@ __all__ = [
     "node_hash",
     "root",
     "root_from_leaf_hashes",
+    "Subtree",
+    "inclusion_path",
     "inclusion_proof",
     "verify_inclusion",
+    "consistency_path",
     "consistency_proof",
     "verify_consistency",
     "MerkleAccumulator",
@@ -90,6 +93,15 @@ class MerkleAccumulator:
         self._peaks.append(h)
         self._size += 1
 
+    def snapshot(self) -> Callable[[], None]:
+        """A function that puts the accumulator back as it is now (O(log n))."""
+        peaks, size = list(self._peaks), self._size
+
+        def restore() -> None:
+            self._peaks, self._size = list(peaks), size
+
+        return restore
+
     def root(self) -> bytes:
         """The tree head of the leaves so far; H(b"") for the empty tree."""
         if not self._peaks:
@@ -131,26 +143,39 @@ def _check_sizes(old_size: int, new_size: int) -> None:
         raise ValueError(f"old_size {old_size} is larger than new_size {new_size}")
 
 
-def inclusion_proof(index: int, leaves: Sequence[bytes], hash: HashFn = blake3_hash) -> list[bytes]:
-    """PATH(index, leaves), RFC 6962 section 2.1.1: the audit path, leaf level first.
+Subtree = Callable[[int, int], bytes]
+"""MTH of the leaves in [lo, hi): lets a proof be built from stored subtree hashes."""
 
-    Walks from the root down, taking the sibling subtree at each split; total hashing
-    is O(n) because the siblings' sizes halve.
+
+def inclusion_path(index: int, tree_size: int, subtree: Subtree) -> list[bytes]:
+    """PATH(index, D[tree_size]) with subtree hashes from ``subtree``, leaf level first.
+
+    Walks from the root down, taking the sibling subtree at each split: O(log n)
+    calls, each one a perfect subtree except at the right edge.
     """
-    _check_index(index, len(leaves))
-    lhs = [leaf_hash(d, hash) for d in leaves]
+    _check_index(index, tree_size)
     path: list[bytes] = []
-    lo, hi = 0, len(lhs)
+    lo, hi = 0, tree_size
     while hi - lo > 1:
         k = _split(hi - lo)
         if index < lo + k:
-            path.append(root_from_leaf_hashes(lhs[lo + k : hi], hash))
+            path.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            path.append(root_from_leaf_hashes(lhs[lo : lo + k], hash))
+            path.append(subtree(lo, lo + k))
             lo += k
     path.reverse()
     return path
+
+
+def _over(lhs: Sequence[bytes], hash: HashFn) -> Subtree:
+    return lambda lo, hi: root_from_leaf_hashes(lhs[lo:hi], hash)
+
+
+def inclusion_proof(index: int, leaves: Sequence[bytes], hash: HashFn = blake3_hash) -> list[bytes]:
+    """PATH(index, leaves), RFC 6962 section 2.1.1: the audit path, leaf level first."""
+    _check_index(index, len(leaves))
+    return inclusion_path(index, len(leaves), _over([leaf_hash(d, hash) for d in leaves], hash))
 
 
 def verify_inclusion(
@@ -184,33 +209,39 @@ def verify_inclusion(
     return sn == 0 and r == root
 
 
-def consistency_proof(
-    old_size: int, new_size: int, leaves: Sequence[bytes], hash: HashFn = blake3_hash
-) -> list[bytes]:
-    """PROOF(old_size, leaves[:new_size]), RFC 6962 section 2.1.2; empty for the trivial cases.
+def consistency_path(old_size: int, new_size: int, subtree: Subtree) -> list[bytes]:
+    """PROOF(old_size, D[new_size]) with subtree hashes from ``subtree``.
 
     Iterative SUBPROOF: descend while old_size is not a subtree boundary, collecting
     the siblings; if we ever went right, the old tree's own subtree hash leads the proof.
     """
     _check_sizes(old_size, new_size)
-    if new_size > len(leaves):
-        raise ValueError(f"new_size {new_size} exceeds the {len(leaves)} leaves given")
     if old_size in (0, new_size):
         return []
-    lhs = [leaf_hash(d, hash) for d in leaves[:new_size]]
     siblings: list[bytes] = []
     lo, hi, whole = 0, new_size, True
     while old_size != hi:
         k = _split(hi - lo)
         if old_size - lo <= k:
-            siblings.append(root_from_leaf_hashes(lhs[lo + k : hi], hash))
+            siblings.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            siblings.append(root_from_leaf_hashes(lhs[lo : lo + k], hash))
+            siblings.append(subtree(lo, lo + k))
             lo += k
             whole = False
-    head = [] if whole else [root_from_leaf_hashes(lhs[lo:hi], hash)]
+    head = [] if whole else [subtree(lo, hi)]
     return head + siblings[::-1]
+
+
+def consistency_proof(
+    old_size: int, new_size: int, leaves: Sequence[bytes], hash: HashFn = blake3_hash
+) -> list[bytes]:
+    """PROOF(old_size, leaves[:new_size]), RFC 6962 section 2.1.2; empty for the trivial cases."""
+    _check_sizes(old_size, new_size)
+    if new_size > len(leaves):
+        raise ValueError(f"new_size {new_size} exceeds the {len(leaves)} leaves given")
+    lhs = [leaf_hash(d, hash) for d in leaves[:new_size]]
+    return consistency_path(old_size, new_size, _over(lhs, hash))
 
 
 def verify_consistency(

@@ -29,6 +29,16 @@ Reason = Annotated[str, msgspec.Meta(max_length=1024)]
 #: An Ed25519 public key, 32 bytes as lowercase hex.
 PublicKey = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 WorldTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+#: An Ed25519 signature, 64 bytes as lowercase hex.
+Signature = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
+#: A 32-byte hash as lowercase hex.
+HashHex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+#: A signed-note key name: no spaces, no '+'.
+KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\s+]+$")]
+
+#: The tenant of the ledger's own events (writer keys, checkpoints). Agents'
+#: commands can never name it: tenants that start with "_" are reserved.
+SYSTEM_TENANT: Final = "_cortex"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
@@ -66,6 +76,7 @@ class FactStored(Event, frozen=True, tag="fact_stored"):
     meta: dict[str, Any] = {}
     valid_from: WorldTime | None = None
     valid_until: WorldTime | None = None
+    signature: Signature | None = None
 
 
 class FactDeprecated(Event, frozen=True, tag="fact_deprecated"):
@@ -75,6 +86,7 @@ class FactDeprecated(Event, frozen=True, tag="fact_deprecated"):
     agent_id: AgentId
     reason: Reason = ""
     successor_id: uuid.UUID | None = None
+    signature: Signature | None = None
 
 
 class VoteCast(Event, frozen=True, tag="vote_cast"):
@@ -84,15 +96,42 @@ class VoteCast(Event, frozen=True, tag="vote_cast"):
     agent_id: AgentId
     value: int
     reason: Reason = ""
+    signature: Signature | None = None
 
 
-AnyEvent = AgentRegistered | FactStored | FactDeprecated | VoteCast
+class WriterKeyAdded(Event, frozen=True, tag="writer_key_added"):
+    """A writer's checkpoint-signing key, recorded before the first checkpoint it signs."""
+
+    name: KeyName
+    public_key: PublicKey
+
+
+class CheckpointSigned(Event, frozen=True, tag="checkpoint_signed"):
+    """A signed tree head: the Merkle root over the hashes of events 1..tree_size.
+
+    ``note`` is the C2SP signed note (see ``events/note.py``); the other
+    fields repeat what it says, for queries. ``public_key`` names the
+    writer key that signed it.
+    """
+
+    tree_size: int
+    root: HashHex
+    head: HashHex
+    public_key: PublicKey
+    note: str
+
+
+AnyEvent = (
+    AgentRegistered | FactStored | FactDeprecated | VoteCast | WriterKeyAdded | CheckpointSigned
+)
 
 EVENT_TYPES: Final[tuple[type[Event], ...]] = (
     AgentRegistered,
     FactStored,
     FactDeprecated,
     VoteCast,
+    WriterKeyAdded,
+    CheckpointSigned,
 )
 
 

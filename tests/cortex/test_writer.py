@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from cortex.embedded import EmbeddedServer
 from cortex.writer import LedgerWriter
 
 
-async def _start_writer(url: str, **options: int) -> LedgerWriter:
+async def _start_writer(url: str, **options: Any) -> LedgerWriter:
     w = LedgerWriter(await Bus.connect(url, name="writer"), **options)
     await w.start()
     return w

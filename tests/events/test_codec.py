@@ -24,7 +24,7 @@ def test_encoding_is_compact_sorted_utf8_and_stable() -> None:
     assert encode(event) == (
         b'{"agent_id":"bob","fact_id":"01900000-0000-7000-8000-000000000002",'
         b'"id":"01900000-0000-7000-8000-000000000001","kind":"vote_cast",'
-        b'"reason":"n\xc3\xa9","tenant":"acme","ts":1,"v":1,"value":-1}'
+        b'"reason":"n\xc3\xa9","signature":null,"tenant":"acme","ts":1,"v":1,"value":-1}'
     )
 
 
