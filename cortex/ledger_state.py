@@ -219,7 +219,12 @@ class LedgerState:
                 self.deprecated.add(fact)
                 if undo is not None:
                     undo.append(lambda: self.deprecated.discard(fact))
-        elif isinstance(event, WriterKeyAdded):
+        else:
+            self._apply_own(event, seq, undo)
+
+    def _apply_own(self, event: Event, seq: int, undo: Undo | None) -> None:
+        """The ledger's own events: writer keys and checkpoints."""
+        if isinstance(event, WriterKeyAdded):
             public_key = event.public_key
             self.writer_keys[public_key] = event.name
             if undo is not None:
