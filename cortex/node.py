@@ -21,6 +21,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from cortex import proofs
 from cortex.bus import Bus
 from cortex.errors import CortexError
 from events.chain import link
@@ -108,6 +109,9 @@ class ProjectionNode:
             "agents": self._agents,
             "status": self._status,
             "digest": self._digest,
+            "checkpoint": self._checkpoint,
+            "proof": self._proof,
+            "consistency": self._consistency,
         }
 
     async def start(self) -> None:
@@ -259,6 +263,21 @@ class ProjectionNode:
         _no_more(p)
         return {"seq": self.projector.seq, "digest": await digest(self.pool)}
 
+    async def _checkpoint(self, tenant: str, p: dict[str, Any]) -> Any:
+        tree_size = p.pop("tree_size", None)
+        _no_more(p)
+        return await proofs.checkpoint(self.pool, _size(tree_size))
+
+    async def _proof(self, tenant: str, p: dict[str, Any]) -> Any:
+        event, tree_size = p.pop("event"), p.pop("tree_size", None)
+        _no_more(p)
+        return await proofs.inclusion(self.pool, self.bus, tenant, event, _size(tree_size))
+
+    async def _consistency(self, tenant: str, p: dict[str, Any]) -> Any:
+        old, new = p.pop("old_size"), p.pop("new_size")
+        _no_more(p)
+        return await proofs.consistency(self.pool, _size(old) or 0, _size(new) or 0)
+
     def status(self) -> dict[str, Any]:
         return {
             "seq": self.projector.seq,
@@ -285,6 +304,14 @@ def _parse_query(subject: str, data: bytes) -> tuple[str, str, dict[str, Any]]:
 
 def vars_of(value: Any) -> dict[str, Any]:
     return {name: getattr(value, name) for name in value.__dataclass_fields__}
+
+
+def _size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise QueryError(f"a tree size is a positive whole number, not {value!r}")
+    return value
 
 
 def _no_more(params: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ def verifier_key(name: str, public_key: bytes) -> str:
 def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """``(name, public key)`` of a verifier key; raises ``NoteError`` if it is not one."""
     try:
-        name, hex_id, encoded = text.strip().split("+")
+        name, hex_id, encoded = text.strip().split("+", 2)
         blob = base64.b64decode(encoded, validate=True)
     except (ValueError, binascii.Error) as e:
         raise NoteError(f"not a verifier key (name+id+key): {text!r}") from e

@@ -25,11 +25,20 @@ import structlog
 
 from events.chain import GENESIS, link
 from events.codec import decode_event
-from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast
+from events.merkle import leaf_hash, root_from_leaf_hashes
+from events.model import (
+    AgentRegistered,
+    CheckpointSigned,
+    Event,
+    FactDeprecated,
+    FactStored,
+    VoteCast,
+    WriterKeyAdded,
+)
 from projections.consensus import Consensus, consensus_of
 from projections.errors import LedgerMismatch
 from projections.pool import ConnectionPool
-from projections.schema import DDL, SCHEMA_VERSION
+from projections.schema import DDL, SCHEMA_VERSION, TILE
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +63,9 @@ class _Batch:
     fts: list[tuple[Any, ...]] = field(default_factory=list)
     deprecations: list[tuple[Any, ...]] = field(default_factory=list)
     history: list[tuple[Any, ...]] = field(default_factory=list)
+    hashes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    tiles: list[tuple[int, bytes]] = field(default_factory=list)
+    ledger: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     votes: dict[tuple[str, str], tuple[Any, ...] | None] = field(default_factory=dict)
     consensus: dict[str, tuple[Consensus, int]] = field(default_factory=dict)
     counts: set[tuple[str, str]] = field(default_factory=set)
@@ -81,6 +93,7 @@ class Projector:
         self._fact_row: dict[str, int] = {}  # fact_id -> rowid (its stored seq)
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._direction: dict[str, int] = {}
+        self._tile: list[bytes] = []  # leaf hashes of the tile being filled
 
     async def open(self) -> None:
         """Create the schema if needed and load the position and consensus book."""
@@ -100,6 +113,11 @@ class Projector:
             self.seq, self.head = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
             self._votes, self._counts, self._direction, self._fact_tenant = {}, {}, {}, {}
             self._fact_row = {}
+            start = self.seq - self.seq % TILE
+            async with conn.execute(
+                "SELECT hash FROM event_hashes WHERE seq > ? ORDER BY seq", (start,)
+            ) as cur:
+                self._tile = [leaf_hash(bytes(h)) async for (h,) in cur]
             async with conn.execute("SELECT fact_id, agent_id, value FROM votes") as cur:
                 async for fact_id, agent_id, value in cur:
                     self._votes.setdefault(fact_id, {})[agent_id] = value
@@ -169,7 +187,14 @@ class Projector:
                 )
             head = link(head, body)
             seq = rec_seq
-            self._fold(decode_event(body), seq, batch)
+            tile = self._tile
+            tile.append(leaf_hash(head))
+            if len(tile) == TILE:
+                batch.tiles.append((seq // TILE - 1, root_from_leaf_hashes(tile)))
+                tile.clear()
+            event = decode_event(body)
+            batch.hashes.append((seq, event.id.bytes, head))
+            self._fold(event, seq, batch)
         return seq, head
 
     def _fold(self, event: Event, seq: int, batch: _Batch) -> None:
@@ -210,6 +235,21 @@ class Projector:
             batch.touched.add(fact_id)
         elif isinstance(event, VoteCast):
             self._vote(event, seq, batch)
+        elif isinstance(event, WriterKeyAdded):
+            batch.ledger.append(
+                (
+                    "INSERT INTO writer_keys (public_key, name, seq) VALUES (?, ?, ?)",
+                    (event.public_key, event.name, seq),
+                )
+            )
+        elif isinstance(event, CheckpointSigned):
+            batch.ledger.append(
+                (
+                    "INSERT INTO checkpoints (seq, tree_size, root, head, public_key, note)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (seq, event.tree_size, event.root, event.head, event.public_key, event.note),
+                )
+            )
 
     def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
         fact_id, tenant, agent = str(event.fact_id), event.tenant, event.agent_id
@@ -290,6 +330,15 @@ class Projector:
                 raise
 
     async def _write_rows(self, conn: Any, batch: _Batch) -> None:
+        await conn.executemany(
+            "INSERT INTO event_hashes (seq, id, hash) VALUES (?, ?, ?)", batch.hashes
+        )
+        if batch.tiles:
+            await conn.executemany(
+                "INSERT INTO merkle_tiles (tile, hash) VALUES (?, ?)", batch.tiles
+            )
+        for sql, row in batch.ledger:
+            await conn.execute(sql, row)
         if batch.agents:
             await conn.executemany(
                 "INSERT INTO agents (tenant, agent_id, public_key, registered_seq, registered_ts) "

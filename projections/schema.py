@@ -90,10 +90,39 @@ CREATE TABLE IF NOT EXISTS vote_history (
 );
 CREATE INDEX IF NOT EXISTS vote_history_by_fact ON vote_history (fact_id, seq);
 
+-- Every event's chain hash (the Merkle tree's leaves) and the roots of each
+-- complete tile of 256 leaves, so a node answers proofs without the stream.
+CREATE TABLE IF NOT EXISTS event_hashes (
+    seq INTEGER PRIMARY KEY,
+    id BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS event_hashes_by_id ON event_hashes (id);
+CREATE TABLE IF NOT EXISTS merkle_tiles (
+    tile INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS writer_keys (
+    public_key TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    tree_size INTEGER NOT NULL,
+    root TEXT NOT NULL,
+    head TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+
 CREATE VIRTUAL TABLE IF NOT EXISTS facts_fts USING fts5 (
     content, tags, content='facts', content_rowid='rowid', tokenize='unicode61 remove_diacritics 2'
 );
 """
+
+#: Leaves per stored Merkle tile.
+TILE: Final = 256
 
 #: Tables in digest order, each with the ORDER BY that makes its rows canonical.
 DIGEST_TABLES: Final = (
@@ -123,5 +152,12 @@ DIGEST_TABLES: Final = (
     (
         "vote_history",
         "SELECT seq, tenant, fact_id, agent_id, value, ts, reason FROM vote_history ORDER BY seq",
+    ),
+    ("event_hashes", "SELECT seq, id, hash FROM event_hashes ORDER BY seq"),
+    ("merkle_tiles", "SELECT tile, hash FROM merkle_tiles ORDER BY tile"),
+    ("writer_keys", "SELECT public_key, name, seq FROM writer_keys ORDER BY public_key"),
+    (
+        "checkpoints",
+        "SELECT seq, tree_size, root, head, public_key, note FROM checkpoints ORDER BY seq",
     ),
 )

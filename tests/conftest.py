@@ -10,6 +10,7 @@ import pytest
 from cortex.bus import Bus
 from cortex.client import Client
 from cortex.embedded import EmbeddedServer
+from cortex.keys import writer_key
 from cortex.writer import LedgerWriter
 from projections.pool import ConnectionPool
 from projections.projector import Projector
@@ -35,6 +36,17 @@ async def writer(server: EmbeddedServer) -> AsyncIterator[LedgerWriter]:
     """A running writer on its own connection, as `cortex up` runs it."""
     b = await Bus.connect(server.url, name="writer")
     w = LedgerWriter(b)
+    await w.start()
+    yield w
+    await w.stop()
+    await b.close()
+
+
+@pytest.fixture
+async def signing_writer(server: EmbeddedServer) -> AsyncIterator[LedgerWriter]:
+    """A writer with its key in the data folder, checkpointing every 10 events."""
+    b = await Bus.connect(server.url, name="writer")
+    w = LedgerWriter(b, key=writer_key(server.data_dir), checkpoint_every=10)
     await w.start()
     yield w
     await w.stop()

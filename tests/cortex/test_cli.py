@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from cortex.bus import Bus, ledger_subject
 from cortex.embedded import EmbeddedServer
+from cortex.testing import run_cli as cortex
 from cortex.writer import LedgerWriter
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-async def cortex(*args: str, timeout: float = 60) -> Run:
-    env = {**os.environ, "COLUMNS": "200"}
-    env.pop("CORTEX_NATS_URL", None)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cortex.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
 
 
 async def test_demo_runs_the_story_and_the_audit_passes() -> None:

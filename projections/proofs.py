@@ -1,0 +1,146 @@
+"""Merkle proofs from a node's read model, without reading the stream.
+
+The projector stores every event hash (the tree's leaves: leaf ``i`` is the
+hash of seq ``i + 1``) and the root of every complete tile of 256 leaves. A
+proof for a tree of ``n`` leaves needs O(log n) subtree hashes: perfect
+subtrees of 256 leaves or more are folded from tiles, the rest from the
+leaves of at most three tiles (the one holding the event, and the right
+edges of the old and new trees). So a proof over a million events reads a
+few thousand small rows, not a million.
+
+Proofs are checked with ``events.merkle.verify_inclusion`` /
+``verify_consistency`` against a checkpoint's signed root; nothing here has
+to be trusted.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from events.merkle import consistency_path, inclusion_path, leaf_hash, node_hash
+from projections.errors import QueryError
+from projections.pool import ConnectionPool
+from projections.schema import TILE
+
+def _checkpoint(row: Any) -> dict[str, Any]:
+    seq, size, root, head, public_key, note = row
+    return {
+        "seq": seq,
+        "tree_size": size,
+        "root": root,
+        "head": head,
+        "public_key": public_key,
+        "note": note,
+    }
+
+
+async def checkpoints(pool: ConnectionPool) -> list[dict[str, Any]]:
+    """Every checkpoint this node has applied, oldest first."""
+    async with (
+        pool.reader() as conn,
+        conn.execute(
+            "SELECT seq, tree_size, root, head, public_key, note FROM checkpoints ORDER BY seq"
+        ) as cur,
+    ):
+        return [_checkpoint(row) for row in await cur.fetchall()]
+
+
+async def checkpoint(pool: ConnectionPool, *, tree_size: int | None = None) -> dict[str, Any]:
+    """The checkpoint of ``tree_size``, or the latest one."""
+    # The latest checkpoint, or the latest of that size (-1: any size).
+    sql = (
+        "SELECT seq, tree_size, root, head, public_key, note FROM checkpoints"
+        " WHERE ? < 0 OR tree_size = ? ORDER BY seq DESC LIMIT 1"
+    )
+    wanted = -1 if tree_size is None else tree_size
+    args = (wanted, wanted)
+    async with pool.reader() as conn, conn.execute(sql, args) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        what = "no checkpoint yet" if tree_size is None else f"no checkpoint of size {tree_size}"
+        raise QueryError(f"{what} on this node", code="no_checkpoint")
+    return _checkpoint(row)
+
+
+class _Tree:
+    """Subtree hashes over the stored tiles and the leaves of a few tiles."""
+
+    def __init__(self, tiles: dict[int, bytes], leaves: dict[int, bytes]) -> None:
+        self.tiles, self.leaves = tiles, leaves
+        self.subtree = functools.lru_cache(maxsize=None)(self._subtree)
+
+    def _subtree(self, lo: int, hi: int) -> bytes:
+        if hi - lo == 1:
+            event_hash = self.leaves.get(lo)
+            if event_hash is None:
+                raise QueryError(f"leaf {lo} is not loaded", code="internal")
+            return leaf_hash(event_hash)
+        if hi - lo == TILE and lo % TILE == 0 and lo // TILE in self.tiles:
+            return self.tiles[lo // TILE]
+        k = 1 << ((hi - lo - 1).bit_length() - 1)
+        return node_hash(self.subtree(lo, lo + k), self.subtree(lo + k, hi))
+
+
+async def _load(pool: ConnectionPool, size: int, edges: set[int]) -> _Tree:
+    """Tiles below ``size`` and the leaves of the tiles holding the ``edges`` indices."""
+    async with pool.reader() as conn:
+        async with conn.execute("SELECT MAX(seq) FROM event_hashes") as cur:
+            row = await cur.fetchone()
+        applied = int(row[0] or 0) if row else 0
+        if size > applied:
+            raise QueryError(
+                f"this node has applied {applied} events; the tree of {size} is ahead of it",
+                code="not_yet",
+            )
+        async with conn.execute(
+            "SELECT tile, hash FROM merkle_tiles WHERE tile < ?", (size // TILE,)
+        ) as cur:
+            tiles = {int(t): bytes(h) for t, h in await cur.fetchall()}
+        leaves: dict[int, bytes] = {}
+        for edge in edges:
+            start = edge - edge % TILE
+            async with conn.execute(
+                "SELECT seq, hash FROM event_hashes WHERE seq > ? AND seq <= ?",
+                (start, min(start + TILE, size)),
+            ) as cur:
+                leaves.update({int(s) - 1: bytes(h) for s, h in await cur.fetchall()})
+    return _Tree(tiles, leaves)
+
+
+async def seq_of(pool: ConnectionPool, event_id: bytes) -> int | None:
+    """The seq of the event with this id (16 bytes), if this node has applied it."""
+    async with (
+        pool.reader() as conn,
+        conn.execute("SELECT seq FROM event_hashes WHERE id = ?", (event_id,)) as cur,
+    ):
+        row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def writer_key(pool: ConnectionPool, public_key: str) -> str | None:
+    """The name the ledger recorded for a writer key."""
+    async with (
+        pool.reader() as conn,
+        conn.execute("SELECT name FROM writer_keys WHERE public_key = ?", (public_key,)) as cur,
+    ):
+        row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def inclusion(pool: ConnectionPool, seq: int, tree_size: int) -> list[bytes]:
+    """The audit path of the event at ``seq`` in the tree of ``tree_size`` events."""
+    if not 1 <= seq <= tree_size:
+        raise QueryError(f"seq {seq} is not in a tree of {tree_size} events", code="invalid_query")
+    tree = await _load(pool, tree_size, {seq - 1, tree_size - 1})
+    return inclusion_path(seq - 1, tree_size, tree.subtree)
+
+
+async def consistency(pool: ConnectionPool, old_size: int, new_size: int) -> list[bytes]:
+    """The proof that the tree of ``new_size`` events extends the tree of ``old_size``."""
+    if not 1 <= old_size <= new_size:
+        raise QueryError(
+            f"no consistency proof from {old_size} to {new_size} events", code="invalid_query"
+        )
+    tree = await _load(pool, new_size, {old_size - 1, new_size - 1})
+    return consistency_path(old_size, new_size, tree.subtree)

@@ -1,0 +1,134 @@
+"""Signed checkpoints and proofs over a real writer, a real node and real files."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cortex.bus import Bus
+from cortex.cli_proof import request_checkpoint
+from cortex.client import Client
+from cortex.embedded import EmbeddedServer
+from cortex.errors import QueryFailed
+from cortex.keys import writer_key
+from cortex.node import ProjectionNode
+from cortex.testing import run_cli as cortex
+from cortex.writer import LedgerWriter
+from events.codec import decode_event
+from events.merkle import MerkleAccumulator, leaf_hash
+from events.model import CheckpointSigned, WriterKeyAdded
+from events.note import parse_checkpoint, verify
+from events.proof import check_proof
+
+
+@pytest.fixture
+async def node(
+    server: EmbeddedServer, signing_writer: LedgerWriter, tmp_path: Path
+) -> AsyncIterator[ProjectionNode]:
+    bus = await Bus.connect(server.url, name="node")
+    n = ProjectionNode(bus, tmp_path / "node.db")
+    await n.start()
+    yield n
+    await n.stop()
+    await bus.close()
+
+
+async def _story(client: Client, votes: int) -> int:
+    """Two agents, a fact, ``votes`` votes; the last receipt's seq."""
+    await client.register_agent("ann")
+    await client.register_agent("bob")
+    fact = await client.store_fact("ann", "the sky is blue")
+    assert fact.fact_id is not None
+    seq = fact.seq
+    for n in range(votes):
+        seq = (await client.vote("bob" if n % 2 else "ann", fact.fact_id, 1 - 2 * (n % 2))).seq
+    return seq
+
+
+async def test_the_writer_records_its_key_and_signs_a_checkpoint_every_n_events(
+    server: EmbeddedServer, signing_writer: LedgerWriter, bus: Bus
+) -> None:
+    async with await Client.connect(server.url, tenant="acme") as client:
+        await _story(client, 40)
+    events = [(s.seq, s.hash, decode_event(s.body)) async for s in bus.read(1)]
+    assert isinstance(events[0][2], WriterKeyAdded)
+    key = signing_writer.key
+    assert key is not None and events[0][2].public_key == key.public_hex
+    tree = MerkleAccumulator()
+    checkpoints = 0
+    for seq, event_hash, event in events:
+        if isinstance(event, CheckpointSigned):
+            checkpoints += 1
+            # It covers exactly the events before it, and its note is a valid
+            # C2SP checkpoint signed by the recorded key.
+            assert event.tree_size == seq - 1 == tree.size
+            assert event.root == tree.root().hex()
+            body = verify(event.note, key.name, bytes.fromhex(key.public_hex))
+            assert parse_checkpoint(body).root.hex() == event.root
+        tree.append(leaf_hash(event_hash))
+    assert checkpoints >= 4  # 40+ events, one checkpoint per 10
+
+
+async def test_a_writer_restart_keeps_its_key_and_does_not_record_it_twice(
+    server: EmbeddedServer, bus: Bus
+) -> None:
+    for _ in range(2):
+        w = LedgerWriter(await Bus.connect(server.url, name="w"), key=writer_key(server.data_dir))
+        await w.start()
+        await w.stop()
+        await w.bus.close()
+    kinds = [type(decode_event(s.body)) async for s in bus.read(1)]
+    assert kinds == [WriterKeyAdded]
+    assert (server.data_dir / "writer.key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_inclusion_and_consistency_proofs_verify_offline_and_catch_edits(
+    server: EmbeddedServer, node: ProjectionNode, tmp_path: Path
+) -> None:
+    async with await Client.connect(server.url, tenant="acme") as client:
+        last = await _story(client, 600)  # several tiles of 256 leaves
+        receipt = await request_checkpoint(client.bus)
+        cp = await client.query("checkpoint", min_seq=receipt["seq"])
+        assert cp["tree_size"] == last
+        for seq in (2, 257, 300, last):  # inside, at and across tile edges
+            doc = await client.query("proof", event=seq)
+            assert check_proof(doc, verifier=cp["verifier"]).ok, seq
+        first = await client.query("checkpoint", tree_size=10)
+        consistency = await client.query("consistency", old_size=10, new_size=last)
+        assert check_proof(consistency, verifier=first["verifier"]).ok
+        # Another tenant cannot get a proof of acme's event.
+        async with await Client.connect(server.url, tenant="rival") as rival:
+            with pytest.raises(QueryFailed) as e:
+                await rival.query("proof", event=last)
+            assert e.value.code == "not_found"
+    # A proof of an edited event, or with a forged root, does not verify.
+    edited = {**doc, "body": doc["body"].replace('"reason":""', '"reason":"edited"')}
+    assert edited["body"] != doc["body"]
+    assert not check_proof(edited, verifier=cp["verifier"]).ok
+    other = writer_key(tmp_path / "other")
+    assert not check_proof(doc, verifier=other.verifier).ok
+
+
+async def test_cli_checkpoint_proof_and_offline_verify(
+    server: EmbeddedServer, node: ProjectionNode, tmp_path: Path
+) -> None:
+    async with await Client.connect(server.url, tenant="acme") as client:
+        seq = await _story(client, 3)
+    url = ("--nats", server.url, "--tenant", "acme")
+    made = await cortex("checkpoint", "--json", *url)
+    assert made.code == 0, made.err
+    cp = made.json()
+    proof_file = tmp_path / "proof.json"
+    proved = await cortex("proof", str(seq), "--out", str(proof_file), *url)
+    assert proved.code == 0, proved.err
+    # verify-proof needs no server at all.
+    good = await cortex("verify-proof", str(proof_file), "--key", cp["verifier"])
+    assert good.code == 0 and "VALID" in good.out, good.out + good.err
+    doc = json.loads(proof_file.read_text())
+    doc["path"][-1] = "00" * 32
+    proof_file.write_text(json.dumps(doc))
+    bad = await cortex("verify-proof", str(proof_file), "--key", cp["verifier"])
+    assert bad.code == 1 and "INVALID" in bad.out
