@@ -1,28 +1,45 @@
 """``cortex audit``: recompute the ledger from the stream and trust nothing else.
 
-Reads every stored event in order and checks, for each: that its sequence
-follows the last one (``sequence_gap``), that it links to the hash of the
-event before it (``chain_break``), that its bytes hash to the hash recorded
-for it (``hash_mismatch``), that its body is a valid event filed under the
-right subject (``malformed_event``), and that its id was never used before
-(``duplicate_event``).
+Reads every stored event in order and hands it to ``events.verify.
+LedgerVerifier`` (hashes, links, gaps, duplicate ids, checkpoint roots and
+signatures, agent signatures). Then, for each projection database given,
+replays the ledger into a scratch database up to that database's position
+and compares the two table by table, naming the first differing row of each
+table (``projection_mismatch``). The audited databases are opened read-only.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-import msgspec
+import aiosqlite
 
-from cortex.bus import Bus, ledger_subject
-from events.chain import ChainVerifier, Violation
-from events.codec import decode_event
-from events.model import kind_of
+from cortex.bus import Bus
+from cortex.node import records
+from events.chain import GENESIS, Violation
+from events.verify import LedgerVerifier
+from projections.errors import LedgerMismatch
+from projections.pool import ConnectionPool
+from projections.projector import Projector
+from projections.schema import DIGEST_TABLES
 
 Progress = Callable[[int, int], None]
+_ROWS = 2000
+
+
+@dataclass(slots=True)
+class ProjectionCheck:
+    """One audited database: its position and how many rows matched."""
+
+    db: str
+    seq: int = 0
+    rows: int = 0
+    ok: bool = False
 
 
 @dataclass(slots=True)
@@ -33,11 +50,24 @@ class AuditReport:
     last_seq: int = 0
     head: str = ""
     seconds: float = 0.0
+    checkpoints: int = 0
+    checkpoint_signatures: int = 0
+    latest_checkpoint: int = 0
+    agent_signatures: int = 0
+    writer_keys: int = 0
+    projections: list[ProjectionCheck] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.violations
+
+    def counts(self) -> dict[str, int]:
+        """Violations per type."""
+        found: dict[str, int] = {}
+        for v in self.violations:
+            found[v.type] = found.get(v.type, 0) + 1
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,58 +76,163 @@ class AuditReport:
             "last_seq": self.last_seq,
             "head": self.head,
             "seconds": round(self.seconds, 3),
+            "checkpoints": self.checkpoints,
+            "checkpoint_signatures": self.checkpoint_signatures,
+            "latest_checkpoint": self.latest_checkpoint,
+            "agent_signatures": self.agent_signatures,
+            "writer_keys": self.writer_keys,
+            "projections": [
+                {"db": p.db, "seq": p.seq, "rows": p.rows, "ok": p.ok} for p in self.projections
+            ],
+            "violation_counts": self.counts(),
             "violations": [
-                {"type": v.type, "seq": v.seq, "detail": v.detail} for v in self.violations
+                {"type": v.type, "seq": v.seq, "where": v.where, "detail": v.detail}
+                for v in self.violations
             ],
         }
 
 
-async def audit_ledger(bus: Bus, *, progress: Progress | None = None) -> AuditReport:
-    """Check the whole ledger; ``progress(done, total)`` is called as it goes."""
+async def audit_ledger(
+    bus: Bus, *, dbs: Sequence[Path] = (), progress: Progress | None = None
+) -> AuditReport:
+    """Check the whole ledger, then each projection database against a fresh replay."""
     started = time.perf_counter()
     report = AuditReport()
     total = await bus.last_seq()
-    verifier = ChainVerifier()
-    seen: dict[bytes, int] = {}
+    verifier = LedgerVerifier()
+    feed = verifier.feed
     async for stored in bus.read(1, total):
-        found = verifier.check(stored.seq, stored.body, stored.prev_hash, stored.hash)
-        try:
-            event = decode_event(stored.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            found.append(Violation("malformed_event", stored.seq, f"not a valid event: {e}"))
-        else:
-            expected = ledger_subject(event.tenant, kind_of(event))
-            if stored.subject != expected:
-                found.append(
-                    Violation(
-                        "malformed_event",
-                        stored.seq,
-                        f"filed under {stored.subject} but its body says {expected}",
-                    )
-                )
-            first = seen.setdefault(event.id.bytes, stored.seq)
-            if first != stored.seq:
-                found.append(
-                    Violation(
-                        "duplicate_event",
-                        stored.seq,
-                        f"event id {event.id} was already appended at seq {first}",
-                    )
-                )
-        report.violations.extend(found)
+        feed(stored.seq, stored.subject, stored.body, stored.prev_hash, stored.hash)
         if progress is not None and (stored.seq % 1000 == 0 or stored.seq == total):
             progress(stored.seq, total)
-    if verifier.last_seq != total:
+    chain = verifier.chain
+    report.violations = verifier.violations
+    if chain.last_seq != total:
         report.violations.append(
             Violation(
                 "sequence_gap",
                 total,
                 f"the stream ends at seq {total} but events after "
-                f"{verifier.last_seq} could not be read",
+                f"{chain.last_seq} could not be read",
             )
         )
-    report.events = verifier.count
-    report.last_seq = verifier.last_seq
-    report.head = verifier.head.hex()
+    counts = verifier.counts
+    report.events = chain.count
+    report.last_seq = chain.last_seq
+    report.head = chain.head.hex()
+    report.checkpoints = counts.checkpoints
+    report.checkpoint_signatures = counts.checkpoint_signatures
+    report.latest_checkpoint = verifier.checkpoint_size
+    report.agent_signatures = counts.agent_signatures
+    report.writer_keys = counts.writer_keys
+    for db in dbs:
+        report.projections.append(await _check_projection(bus, db, report))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read_only(db: Path) -> str:
+    return f"file:{db.resolve()}?mode=ro"
+
+
+async def _position(db: Path) -> tuple[int, bytes] | None:
+    async with (
+        aiosqlite.connect(_read_only(db), uri=True) as conn,
+        conn.execute("SELECT seq, hash FROM position") as cur,
+    ):
+        row = await cur.fetchone()
+    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> ProjectionCheck:
+    check = ProjectionCheck(str(db))
+
+    def mismatch(where: str, detail: str) -> ProjectionCheck:
+        report.violations.append(
+            Violation("projection_mismatch", check.seq, detail, location=f"{db}: {where}")
+        )
+        return check
+
+    try:
+        position = await _position(db)
+    except (aiosqlite.Error, OSError) as e:
+        return mismatch("position", f"not a CORTEX read model: {e}")
+    if position is None:
+        return mismatch("position", "the database has no position: it was never projected")
+    check.seq = position[0]
+    if check.seq > report.last_seq:
+        return mismatch("position", f"at seq {check.seq}, beyond the ledger's {report.last_seq}")
+    with tempfile.TemporaryDirectory(prefix="cortex-audit-") as tmp:
+        fresh = Path(tmp) / "replay.db"
+        try:
+            await _replay(bus, fresh, check.seq)
+        except LedgerMismatch as e:
+            return mismatch("replay", f"cannot replay a broken ledger to compare: {e}")
+        await _compare(fresh, db, check, mismatch)
+    return check
+
+
+async def _replay(bus: Bus, db: Path, until: int) -> None:
+    pool = ConnectionPool(db, readers=1)
+    await pool.open()
+    try:
+        async with pool.writer() as conn:
+            await conn.execute("PRAGMA synchronous=OFF")
+        projector = Projector(pool)
+        await projector.open()
+        if until:
+            await projector.consume(records(bus, 1, until, head=GENESIS))
+        async with pool.writer() as conn:
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        await pool.close()
+
+
+async def _compare(
+    fresh: Path,
+    audited: Path,
+    check: ProjectionCheck,
+    mismatch: Callable[[str, str], ProjectionCheck],
+) -> None:
+    """Walk both databases' canonical rows side by side; one report per differing table."""
+    clean = True
+    async with (
+        aiosqlite.connect(_read_only(fresh), uri=True) as want,
+        aiosqlite.connect(_read_only(audited), uri=True) as have,
+    ):
+        for table, sql in DIGEST_TABLES:
+            async with want.execute(sql) as expected, have.execute(sql) as found:
+                row = 0
+                while True:
+                    a = list(await expected.fetchmany(_ROWS))
+                    b = list(await found.fetchmany(_ROWS))
+                    diff = next(
+                        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None
+                    )
+                    if diff is not None:
+                        mismatch(
+                            f"table {table}, row {row + diff + 1}",
+                            f"a fresh replay has {_show(a[diff])}, the database has "
+                            f"{_show(b[diff])}",
+                        )
+                        clean = False
+                        break
+                    if len(a) != len(b):
+                        extra = a[len(b)] if len(a) > len(b) else b[len(a)]
+                        side = "is missing" if len(a) > len(b) else "has an extra"
+                        mismatch(
+                            f"table {table}, row {row + min(len(a), len(b)) + 1}",
+                            f"the database {side} row {_show(extra)}",
+                        )
+                        clean = False
+                        break
+                    row += len(a)
+                    check.rows += len(a)
+                    if not a:
+                        break
+    check.ok = clean
+
+
+def _show(row: Any) -> str:
+    text = repr(tuple(v.hex() if isinstance(v, bytes) else v for v in row))
+    return text if len(text) <= 200 else text[:199] + "…"

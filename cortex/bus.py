@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 STREAM: Final = "CORTEX_LEDGER"
 LEDGER_PREFIX: Final = "cortex.ledger"
 COMMAND_PREFIX: Final = "cortex.cmd"
+#: Where ``cortex checkpoint`` asks the writer for a checkpoint now.
+CHECKPOINT_SUBJECT: Final = "cortex.admin.checkpoint"
 HDR_PREV: Final = "Cortex-Prev"
 HDR_HASH: Final = "Cortex-Hash"
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import inspect
 import json
 import logging
 import os
@@ -24,19 +25,21 @@ from typing import Any, Final
 
 import msgspec
 import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cortex import cli_read
-from cortex.audit import AuditReport, audit_ledger
+from cortex import cli_audit, cli_proof, cli_read
+from cortex.audit import audit_ledger
 from cortex.bus import DEFAULT_URL, Bus
+from cortex.cli_audit import print_audit
 from cortex.client import Client, Receipt
 from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import CortexError
+from cortex.keys import create_key, load_key, public_hex, writer_key
 from cortex.node import ProjectionNode
-from cortex.progress import progress_bar
-from cortex.writer import DEFAULT_MAX_BATCH, LedgerWriter
+from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH, LedgerWriter
 from events.codec import decode_event
 from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast, kind_of
 from projections.errors import ProjectionError
@@ -89,33 +92,6 @@ def _summary(event: Event) -> tuple[str, str]:
     return "", ""
 
 
-def _print_audit(report: AuditReport, as_json: bool) -> int:
-    if as_json:
-        _print_json(report.to_dict())
-    else:
-        table = Table(title="cortex audit", show_header=False)
-        table.add_row("events checked", str(report.events))
-        table.add_row("last seq", str(report.last_seq))
-        table.add_row("chain head", report.head[:32] + "…" if report.head else "-")
-        table.add_row("seconds", f"{report.seconds:.3f}")
-        table.add_row(
-            "result",
-            "[green]intact[/]" if report.ok else f"[red]{len(report.violations)} violation(s)[/]",
-        )
-        out.print(table)
-        for v in report.violations[:50]:
-            out.print(f"[red]{v.type}[/] at seq {v.seq}: {escape(v.detail)}")
-        if len(report.violations) > 50:
-            out.print(f"… and {len(report.violations) - 50} more (use --json for all)")
-    return EXIT_OK if report.ok else EXIT_FAILED
-
-
-async def _audit(bus: Bus, as_json: bool) -> int:
-    with progress_bar("auditing", enabled=not as_json) as update:
-        report = await audit_ledger(bus, progress=update)
-    return _print_audit(report, as_json)
-
-
 # -- commands ---------------------------------------------------------------
 
 
@@ -131,7 +107,13 @@ async def cmd_up(args: argparse.Namespace) -> int:
         if args.role in ("all", "writer"):
             bus = await Bus.connect(url, name="cortex-writer")
             stack.push_async_callback(bus.close)
-            writer = LedgerWriter(bus, max_batch=args.max_batch)
+            writer = LedgerWriter(
+                bus,
+                max_batch=args.max_batch,
+                key=writer_key(data),
+                checkpoint_every=args.checkpoint_every,
+                require_signatures=args.require_signatures,
+            )
             await writer.start()
             stack.push_async_callback(writer.stop)
         if args.role in ("all", "node"):
@@ -185,9 +167,39 @@ def _parse_uuid(value: str, what: str) -> uuid.UUID:
         raise CortexError(f"{what} {value!r} is not a UUID", code="invalid_field") from e
 
 
+def _read_key(path: str | None) -> Ed25519PrivateKey | None:
+    """The private key in ``--key FILE``, if given; any failure to read it is a CortexError."""
+    if path is None:
+        return None
+    try:
+        return load_key(Path(path))
+    except OSError as e:
+        raise CortexError(f"cannot read key file {path}: {e.strerror or e}", code="bad_key") from e
+
+
+async def cmd_keygen(args: argparse.Namespace) -> int:
+    """Create an agent's key file and show the public key to register."""
+    path = Path(args.file)
+    try:
+        key = create_key(path)
+    except OSError as e:
+        raise CortexError(
+            f"cannot create key file {path}: {e.strerror or e}", code="bad_key"
+        ) from e
+    if args.json:
+        _print_json({"file": str(path), "public_key": public_hex(key)})
+    else:
+        out.print(f"created {escape(str(path))} (private key, readable by you only)")
+        out.print(f"public key {public_hex(key)}")
+        out.print(f"register an agent with it: cortex agent add AGENT --key {escape(str(path))}")
+    return EXIT_OK
+
+
 async def cmd_agent_add(args: argparse.Namespace) -> int:
+    key = _read_key(args.key)
+    public_key = args.public_key if key is None else public_hex(key)
     return await _with_client(
-        args, lambda c: c.register_agent(args.agent_id, public_key=args.public_key)
+        args, lambda c: c.register_agent(args.agent_id, public_key=public_key)
     )
 
 
@@ -198,6 +210,7 @@ async def cmd_fact_add(args: argparse.Namespace) -> int:
         raise CortexError(f"--meta is not JSON: {e}", code="invalid_field") from e
     if not isinstance(meta, dict):
         raise CortexError("--meta must be a JSON object", code="invalid_field")
+    key = _read_key(args.key)
     return await _with_client(
         args,
         lambda c: c.store_fact(
@@ -210,6 +223,7 @@ async def cmd_fact_add(args: argparse.Namespace) -> int:
             meta=meta,
             valid_from=_parse_time(args.valid_from),
             valid_until=_parse_time(args.valid_until),
+            key=key,
         ),
     )
 
@@ -217,9 +231,12 @@ async def cmd_fact_add(args: argparse.Namespace) -> int:
 async def cmd_fact_deprecate(args: argparse.Namespace) -> int:
     fact = _parse_uuid(args.fact_id, "fact")
     successor = _parse_uuid(args.successor, "successor") if args.successor else None
+    key = _read_key(args.key)
     return await _with_client(
         args,
-        lambda c: c.deprecate_fact(args.agent, fact, reason=args.reason, successor_id=successor),
+        lambda c: c.deprecate_fact(
+            args.agent, fact, reason=args.reason, successor_id=successor, key=key
+        ),
     )
 
 
@@ -234,7 +251,10 @@ async def cmd_vote(args: argparse.Namespace) -> int:
             f"a vote is +1, -1 or 0 (or up, down, withdraw), not {args.value!r}",
             code="invalid_vote",
         )
-    return await _with_client(args, lambda c: c.vote(args.agent, fact, value, reason=args.reason))
+    key = _read_key(args.key)
+    return await _with_client(
+        args, lambda c: c.vote(args.agent, fact, value, reason=args.reason, key=key)
+    )
 
 
 async def cmd_log(args: argparse.Namespace) -> int:
@@ -295,14 +315,6 @@ def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
     out.print(table)
 
 
-async def cmd_audit(args: argparse.Namespace) -> int:
-    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-audit")
-    try:
-        return await _audit(bus, args.json)
-    finally:
-        await bus.close()
-
-
 async def cmd_demo(args: argparse.Namespace) -> int:
     """Start a throwaway server, run three agents through a short story, audit it."""
     with tempfile.TemporaryDirectory(prefix="cortex-demo-") as tmp:
@@ -328,7 +340,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
         _print_json({"events": rows, "audit": report.to_dict()})
         return EXIT_OK if report.ok else EXIT_FAILED
     _print_events(rows, title="what happened")
-    return _print_audit(report, as_json=False)
+    return print_audit(report, as_json=False)
 
 
 def _demo_row(body: bytes) -> dict[str, Any]:
@@ -369,11 +381,24 @@ async def _demo_story(client: Client) -> None:
 # -- the parser -------------------------------------------------------------
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _batch_size(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 1000:
         raise argparse.ArgumentTypeError("JetStream takes 1 to 1000 events per atomic batch")
     return value
+
+
+_SIGN_HELP: Final = "sign with the agent's key file (required once it has a registered key)"
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
@@ -429,14 +454,34 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         default=DEFAULT_MAX_BATCH,
         help="events per atomic batch (1-1000)",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive,
+        default=DEFAULT_CHECKPOINT_EVERY,
+        help=f"events between signed checkpoints (default {DEFAULT_CHECKPOINT_EVERY:,})",
+    )
+    p.add_argument(
+        "--require-signatures",
+        action="store_true",
+        help="refuse commands from agents that have no registered key",
+    )
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("keygen", help="create an agent's signing key file and print its public key")
+    p.add_argument("file", help="where to write the private key (0600; never overwritten)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_keygen, verbose=False)
 
     agent = sub.add_parser("agent", help="manage agents").add_subparsers(
         dest="sub", required=True, metavar="ACTION"
     )
     p = agent.add_parser("add", parents=[common], help="register an agent in the tenant")
     p.add_argument("agent_id")
-    p.add_argument("--public-key", help="the agent's Ed25519 public key, 64 hex digits")
+    signer = p.add_mutually_exclusive_group()
+    signer.add_argument("--public-key", help="the agent's Ed25519 public key, 64 hex digits")
+    signer.add_argument(
+        "--key", metavar="FILE", help="register the public key of this key file (cortex keygen)"
+    )
     p.set_defaults(func=cmd_agent_add)
 
     fact = sub.add_parser("fact", help="store and deprecate facts").add_subparsers(
@@ -452,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--meta", help="a small JSON object")
     p.add_argument("--valid-from", help="ISO 8601 world time the fact starts to hold")
     p.add_argument("--valid-until", help="ISO 8601 world time the fact stops holding")
+    p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
     p.set_defaults(func=cmd_fact_add)
     p = fact.add_parser(
         "deprecate", parents=[common], help="deprecate a fact, optionally naming its successor"
@@ -460,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--agent", required=True)
     p.add_argument("--reason", default="")
     p.add_argument("--successor", help="id of the fact that replaces it")
+    p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
     p.set_defaults(func=cmd_fact_deprecate)
 
     p = sub.add_parser("vote", parents=[common], help="vote +1 / -1 on a fact, or 0 to withdraw")
@@ -467,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("value", help="+1, -1 or 0 (also: up, down, withdraw)")
     p.add_argument("--agent", required=True)
     p.add_argument("--reason", default="")
+    p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
     p.set_defaults(func=cmd_vote)
 
     p = sub.add_parser("log", parents=[common], help="list the ledger's events")
@@ -474,11 +522,9 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--limit", type=int, help="at most this many events")
     p.set_defaults(func=cmd_log)
 
-    p = sub.add_parser(
-        "audit", parents=[common], help="recompute the whole chain; exit 1 on any break"
-    )
-    p.set_defaults(func=cmd_audit)
+    cli_audit.register(sub, common)
     cli_read.register(sub, common)
+    cli_proof.register(sub, common)
     return parser
 
 
@@ -486,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose or args.func is cmd_up)
     try:
-        code: int = asyncio.run(args.func(args))
+        result = args.func(args)
+        code: int = asyncio.run(result) if inspect.iscoroutine(result) else result
     except (CortexError, ProjectionError) as e:
         if getattr(args, "json", False):
             _print_json({"error": {"code": e.code, "message": e.message}})

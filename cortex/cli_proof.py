@@ -9,17 +9,15 @@ documents; ``cortex verify-proof FILE`` checks one with no server at all.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from cortex.bus import DEFAULT_URL, Bus
+from cortex.bus import DEFAULT_URL
 from cortex.client import Client
 from cortex.errors import CortexError
-from cortex.writer import CHECKPOINT_SUBJECT
 from events.proof import check_proof
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -29,20 +27,9 @@ def _print(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
-async def request_checkpoint(bus: Bus, *, timeout: float = 10.0) -> dict[str, Any]:
-    """Ask the writer for a checkpoint now; its receipt (seq, tree_size, root)."""
-    reply = msgspec.json.decode(await bus.request(CHECKPOINT_SUBJECT, b"", timeout=timeout))
-    if not isinstance(reply, dict):
-        raise CortexError("unexpected reply from the writer", code="internal")
-    if "error" in reply:
-        raise CortexError(str(reply["error"]["message"]), code=str(reply["error"]["code"]))
-    return reply
-
-
 async def cmd_checkpoint(args: argparse.Namespace) -> int:
     async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as c:
-        receipt = await request_checkpoint(c.bus)
-        cp = await c.query("checkpoint", tree_size=receipt["tree_size"], min_seq=receipt["seq"])
+        cp = await c.make_checkpoint()
     if args.json:
         _print(cp)
     else:
@@ -53,19 +40,20 @@ async def cmd_checkpoint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_proof(args: argparse.Namespace) -> int:
+async def _fetch_proof(args: argparse.Namespace) -> dict[str, Any]:
     async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as c:
         if args.consistency:
             old, new = args.consistency
-            doc = await c.query("consistency", old_size=old, new_size=new)
-        else:
-            if args.event is None:
-                raise CortexError("name an EVENT (seq or id), or use --consistency OLD NEW")
-            event: Any = int(args.event) if args.event.isdigit() else args.event
-            params: dict[str, Any] = {"event": event}
-            if args.tree_size is not None:
-                params["tree_size"] = args.tree_size
-            doc = await c.query("proof", **params)
+            return await c.consistency_proof(old, new)
+        if args.event is None:
+            raise CortexError("name an EVENT (seq or id), or use --consistency OLD NEW")
+        event: Any = int(args.event) if args.event.isdigit() else args.event
+        return await c.proof(event, tree_size=args.tree_size)
+
+
+def cmd_proof(args: argparse.Namespace) -> int:
+    """Synchronous around the query, so the file is written outside the event loop."""
+    doc = asyncio.run(_fetch_proof(args))
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
         if not args.json:
@@ -75,7 +63,7 @@ async def cmd_proof(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_verify_proof(args: argparse.Namespace) -> int:
+def cmd_verify_proof(args: argparse.Namespace) -> int:
     try:
         doc = json.loads(Path(args.file).read_text())
     except (OSError, ValueError) as e:

@@ -6,6 +6,11 @@ calls made while a request is in flight are sent together, up to 100
 commands or 10 ms of waiting, and each still gets its own receipt or its
 own error. A lone call is sent at once. Ids are chosen here (UUIDv7), so a
 request that timed out is retried with the same ids and cannot append twice.
+
+An agent registered with a public key must sign what it sends. Give the
+client the agent's private key (``keys=`` at connect, ``sign_as``, or
+``key=`` on one call) and its facts, deprecations and votes are signed
+before they join a batch; a retry resends the very same signed command.
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from typing import Any, Final, Self
 
 import msgspec
 import uuid_utils.compat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cortex.bus import DEFAULT_URL, Bus, command_subject
+from cortex.bus import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, command_subject
 from cortex.commands_wire import BATCH_KIND
 from cortex.errors import CortexError, InvalidCommand, QueryFailed, Unavailable, rejection
+from events import signing
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
+from events.note import raw_public
 
 DEFAULT_TENANT: Final = "default"
 #: Stay well under NATS's default 1 MiB max payload per request.
@@ -36,6 +44,13 @@ _reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, An
 def new_id() -> uuid.UUID:
     """A UUIDv7: unique, and sortable by creation time."""
     return uuid_utils.compat.uuid7()
+
+
+def _public_hex(key: str | Ed25519PublicKey | Ed25519PrivateKey) -> str:
+    """An agent's public key as the 64 hex digits the ledger records."""
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    return raw_public(key).hex() if isinstance(key, Ed25519PublicKey) else key
 
 
 def _results(raw: bytes, count: int) -> list[dict[str, Any]]:
@@ -78,10 +93,13 @@ class Client:
         timeout: float = 10.0,
         retries: int = 2,
         max_in_flight: int = 32,
+        keys: Mapping[str, Ed25519PrivateKey] | None = None,
         owns_bus: bool = False,
     ) -> None:
         self.bus = bus
         self.tenant = tenant
+        #: agent id → the private key this client signs that agent's commands with.
+        self._keys: dict[str, Ed25519PrivateKey] = dict(keys or {})
         self.max_batch = max_batch
         self.linger = linger
         self.timeout = timeout
@@ -127,11 +145,30 @@ class Client:
 
     # -- commands ---------------------------------------------------------
 
+    def sign_as(self, agent_id: str, key: Ed25519PrivateKey) -> None:
+        """Sign ``agent_id``'s commands from now on with ``key``."""
+        self._keys[agent_id] = key
+
     async def register_agent(
-        self, agent_id: str, *, public_key: str | None = None, id: uuid.UUID | None = None
+        self,
+        agent_id: str,
+        *,
+        public_key: str | Ed25519PublicKey | Ed25519PrivateKey | None = None,
+        id: uuid.UUID | None = None,
     ) -> Receipt:
+        """Register an agent, with the public key its commands will be signed by.
+
+        ``public_key`` is 64 hex digits or a key object. Given the private key,
+        the client registers its public half and signs as the agent from then on.
+        """
+        if isinstance(public_key, Ed25519PrivateKey):
+            self.sign_as(agent_id, public_key)
         return await self.submit(
-            RegisterAgent(id=id or new_id(), agent_id=agent_id, public_key=public_key)
+            RegisterAgent(
+                id=id or new_id(),
+                agent_id=agent_id,
+                public_key=None if public_key is None else _public_hex(public_key),
+            )
         )
 
     async def store_fact(
@@ -148,6 +185,7 @@ class Client:
         valid_until: dt.datetime | None = None,
         fact_id: uuid.UUID | None = None,
         id: uuid.UUID | None = None,
+        key: Ed25519PrivateKey | None = None,
     ) -> Receipt:
         command = StoreFact(
             id=id or new_id(),
@@ -162,7 +200,7 @@ class Client:
             valid_from=valid_from,
             valid_until=valid_until,
         )
-        r = await self.submit(command)
+        r = await self.submit(command, key=key)
         return Receipt(r.seq, r.hash, r.id, fact_id=command.fact_id)
 
     async def deprecate_fact(
@@ -173,6 +211,7 @@ class Client:
         reason: str = "",
         successor_id: uuid.UUID | None = None,
         id: uuid.UUID | None = None,
+        key: Ed25519PrivateKey | None = None,
     ) -> Receipt:
         return await self.submit(
             DeprecateFact(
@@ -181,7 +220,8 @@ class Client:
                 agent_id=agent_id,
                 reason=reason,
                 successor_id=successor_id,
-            )
+            ),
+            key=key,
         )
 
     async def vote(
@@ -192,15 +232,39 @@ class Client:
         *,
         reason: str = "",
         id: uuid.UUID | None = None,
+        key: Ed25519PrivateKey | None = None,
     ) -> Receipt:
         return await self.submit(
             CastVote(
                 id=id or new_id(), fact_id=fact_id, agent_id=agent_id, value=value, reason=reason
-            )
+            ),
+            key=key,
         )
 
-    async def submit(self, command: Command) -> Receipt:
-        """Send any command (batched with others under load) and wait for its receipt."""
+    def sign(self, command: Command, key: Ed25519PrivateKey | None = None) -> Command:
+        """``command`` signed for this tenant by ``key``, or by the key known for its agent.
+
+        Kinds that carry no signature, and commands with no key to sign them,
+        come back as they are; so does a command already signed, unless
+        ``key`` is given.
+        """
+        if not signing.is_signable(command):
+            return command
+        if key is None:
+            if getattr(command, "signature", None) is not None:
+                return command
+            key = self._keys.get(getattr(command, "agent_id", ""))
+            if key is None:
+                return command
+        return signing.sign_command(command, self.tenant, key)
+
+    async def submit(self, command: Command, *, key: Ed25519PrivateKey | None = None) -> Receipt:
+        """Send any command (batched with others under load) and wait for its receipt.
+
+        The command is signed first if a key is given or known for its agent
+        (see ``sign``).
+        """
+        command = self.sign(command, key)
         body = encode(command)
         if len(body) > _MAX_REQUEST_BYTES:
             raise InvalidCommand(
@@ -280,6 +344,46 @@ class Client:
 
     async def agents(self, *, min_seq: int | None = None) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self.query("agents", min_seq=min_seq)
+        return result
+
+    # -- checkpoints and proofs -------------------------------------------
+
+    async def checkpoint(
+        self, tree_size: int | None = None, *, min_seq: int | None = None
+    ) -> dict[str, Any]:
+        """The latest signed checkpoint (or the one of ``tree_size``) and the writer's
+        verifier key, as a node holds them."""
+        params: dict[str, Any] = {} if tree_size is None else {"tree_size": tree_size}
+        result: dict[str, Any] = await self.query("checkpoint", min_seq=min_seq, **params)
+        return result
+
+    async def make_checkpoint(self) -> dict[str, Any]:
+        """Have the writer sign a checkpoint now; it as a node serves it."""
+        raw = await self.bus.request(CHECKPOINT_SUBJECT, b"", timeout=self.timeout)
+        reply = msgspec.json.decode(raw)
+        if not isinstance(reply, dict):
+            raise CortexError("unexpected reply from the writer", code="internal")
+        if "error" in reply:
+            raise rejection(str(reply["error"]["code"]), str(reply["error"]["message"]))
+        return await self.checkpoint(reply["tree_size"], min_seq=reply["seq"])
+
+    async def proof(
+        self, event: int | str | uuid.UUID, *, tree_size: int | None = None
+    ) -> dict[str, Any]:
+        """An inclusion proof of one of this tenant's events (by seq or id) against the
+        latest checkpoint (or that of ``tree_size``); check it with
+        ``events.proof.check_proof``, offline."""
+        params: dict[str, Any] = {"event": event if isinstance(event, int) else str(event)}
+        if tree_size is not None:
+            params["tree_size"] = tree_size
+        result: dict[str, Any] = await self.query("proof", **params)
+        return result
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> dict[str, Any]:
+        """Proof that the checkpoint of ``new_size`` events extends that of ``old_size``."""
+        result: dict[str, Any] = await self.query(
+            "consistency", old_size=old_size, new_size=new_size
+        )
         return result
 
     # -- batching ---------------------------------------------------------

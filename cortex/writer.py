@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from uuid_utils.compat import uuid7
 
-from cortex.bus import COMMAND_PREFIX, Bus, Outgoing, ledger_subject
+from cortex.bus import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Outgoing, ledger_subject
 from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
 from cortex.errors import AppendConflict, ChainBroken, CortexError
 from cortex.keys import WriterKey
@@ -43,8 +43,6 @@ from events.note import Checkpoint, sign
 log = structlog.get_logger(__name__)
 
 QUEUE_GROUP: Final = "cortex-writer"
-#: Where ``cortex checkpoint`` asks for a checkpoint now.
-CHECKPOINT_SUBJECT: Final = "cortex.admin.checkpoint"
 #: JetStream accepts at most 1,000 messages in one atomic batch.
 JETSTREAM_BATCH_LIMIT: Final = 1000
 DEFAULT_MAX_BATCH: Final = JETSTREAM_BATCH_LIMIT

@@ -36,6 +36,12 @@ class Violation:
     type: str
     seq: int
     detail: str
+    #: Where, when a seq does not say it: a database, table and row.
+    location: str = ""
+
+    @property
+    def where(self) -> str:
+        return self.location or f"seq {self.seq}"
 
 
 class ChainVerifier:
@@ -52,6 +58,9 @@ class ChainVerifier:
         self.head = head
         self.last_seq = last_seq
         self.count = 0
+        #: The hash this verifier computed for the last event, and the one before it.
+        self.computed = head
+        self.computed_before = head
 
     def check(
         self, seq: int, body: bytes, prev_hash: bytes, claimed_hash: bytes
@@ -67,6 +76,7 @@ class ChainVerifier:
                 )
             )
         own = link(prev_hash, body)
+        self.computed_before, self.computed = self.computed, own
         if own != claimed_hash:
             found.append(
                 Violation(

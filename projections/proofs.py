@@ -23,6 +23,7 @@ from projections.errors import QueryError
 from projections.pool import ConnectionPool
 from projections.schema import TILE
 
+
 def _checkpoint(row: Any) -> dict[str, Any]:
     seq, size, root, head, public_key, note = row
     return {

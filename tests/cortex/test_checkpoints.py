@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from cortex.bus import Bus
-from cortex.cli_proof import request_checkpoint
 from cortex.client import Client
 from cortex.embedded import EmbeddedServer
 from cortex.errors import QueryFailed
@@ -90,19 +89,18 @@ async def test_inclusion_and_consistency_proofs_verify_offline_and_catch_edits(
 ) -> None:
     async with await Client.connect(server.url, tenant="acme") as client:
         last = await _story(client, 600)  # several tiles of 256 leaves
-        receipt = await request_checkpoint(client.bus)
-        cp = await client.query("checkpoint", min_seq=receipt["seq"])
+        cp = await client.make_checkpoint()
         assert cp["tree_size"] == last
         for seq in (2, 257, 300, last):  # inside, at and across tile edges
-            doc = await client.query("proof", event=seq)
+            doc = await client.proof(seq)
             assert check_proof(doc, verifier=cp["verifier"]).ok, seq
-        first = await client.query("checkpoint", tree_size=10)
-        consistency = await client.query("consistency", old_size=10, new_size=last)
+        first = await client.checkpoint(10)
+        consistency = await client.consistency_proof(10, last)
         assert check_proof(consistency, verifier=first["verifier"]).ok
         # Another tenant cannot get a proof of acme's event.
         async with await Client.connect(server.url, tenant="rival") as rival:
             with pytest.raises(QueryFailed) as e:
-                await rival.query("proof", event=last)
+                await rival.proof(last)
             assert e.value.code == "not_found"
     # A proof of an edited event, or with a forged root, does not verify.
     edited = {**doc, "body": doc["body"].replace('"reason":""', '"reason":"edited"')}

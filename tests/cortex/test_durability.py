@@ -77,7 +77,7 @@ async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
         assert match, line
         async with await Client.connect(match.group(1), tenant="t") as c:
             receipt = await c.register_agent("a")
-        assert receipt.seq == 1
+        assert receipt.seq == 2  # after the writer's key, recorded on first start
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
@@ -85,3 +85,4 @@ async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
             proc.kill()
             await proc.wait()
     assert (tmp_path / "d" / "store" / "jetstream").is_dir()
+    assert (tmp_path / "d" / "writer.key").stat().st_mode & 0o777 == 0o600

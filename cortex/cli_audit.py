@@ -1,0 +1,100 @@
+"""``cortex audit``: the summary table, each violation with its type and place, ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cortex.audit import AuditReport, audit_ledger
+from cortex.bus import DEFAULT_URL, Bus
+from cortex.progress import progress_bar
+
+EXIT_OK, EXIT_FAILED = 0, 1
+SHOWN = 50
+CHECKED = (
+    "chain_break",
+    "hash_mismatch",
+    "sequence_gap",
+    "duplicate_event",
+    "malformed_event",
+    "merkle_mismatch",
+    "checkpoint_signature",
+    "agent_signature",
+    "projection_mismatch",
+)
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def print_audit(report: AuditReport, as_json: bool) -> int:
+    """Print the report; the exit code (0 only when everything holds)."""
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+        return EXIT_OK if report.ok else EXIT_FAILED
+    table = Table(title="cortex audit")
+    table.add_column("checked")
+    table.add_column("count", justify="right")
+    table.add_column("violations", justify="right")
+    counts = report.counts()
+
+    def row(what: str, count: Any, *kinds: str) -> None:
+        bad = sum(counts.get(k, 0) for k in kinds)
+        table.add_row(what, f"{count:,}", f"[red]{bad:,}[/]" if bad else "[green]0[/]")
+
+    row(
+        "events: hash, chain link, seq",
+        report.events,
+        "chain_break",
+        "hash_mismatch",
+        "sequence_gap",
+    )
+    row("event ids and bodies", report.events, "duplicate_event", "malformed_event")
+    row("checkpoint roots recomputed", report.checkpoints, "merkle_mismatch")
+    row("checkpoint signatures", report.checkpoint_signatures, "checkpoint_signature")
+    row("agent signatures", report.agent_signatures, "agent_signature")
+    for p in report.projections:
+        row(f"{p.db} (rows vs a fresh replay to seq {p.seq})", p.rows, "projection_mismatch")
+    out.print(table)
+    out.print(
+        f"last seq {report.last_seq}, head {report.head[:16]}…, latest checkpoint "
+        f"{report.latest_checkpoint} events, {report.seconds:.2f} s"
+    )
+    for v in report.violations[:SHOWN]:
+        out.print(f"[red]{v.type}[/] at {escape(v.where)}: {escape(v.detail)}")
+    if len(report.violations) > SHOWN:
+        out.print(f"… and {len(report.violations) - SHOWN} more (use --json for all)")
+    out.print("[green]intact[/]" if report.ok else f"[red]{len(report.violations)} violation(s)[/]")
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def cmd_audit(args: argparse.Namespace) -> int:
+    dbs = [Path(db) for db in args.db or ()]
+    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-audit")
+    try:
+        with progress_bar("auditing", enabled=not args.json) as update:
+            report = await audit_ledger(bus, dbs=dbs, progress=update)
+    finally:
+        await bus.close()
+    return print_audit(report, args.json)
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "audit",
+        parents=[common],
+        help="check every hash, link, checkpoint and signature (and --db against a replay); "
+        "exit 1 on any violation",
+    )
+    p.add_argument(
+        "--db",
+        action="append",
+        metavar="PATH",
+        help="also compare this projection database with a fresh replay (repeatable)",
+    )
+    p.set_defaults(func=cmd_audit)
