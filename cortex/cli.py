@@ -41,7 +41,17 @@ from cortex.keys import create_key, load_key, public_hex, writer_key
 from cortex.node import ProjectionNode
 from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH, LedgerWriter
 from events.codec import decode_event
-from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast, kind_of
+from events.model import (
+    AgentRegistered,
+    CheckpointSigned,
+    Event,
+    FactDeprecated,
+    FactStored,
+    VoteCast,
+    WriterKeyAdded,
+    kind_of,
+)
+from events.proof import check_proof
 from projections.errors import ProjectionError
 
 EXIT_OK: Final = 0
@@ -88,7 +98,12 @@ def _summary(event: Event) -> tuple[str, str]:
         )
     if isinstance(event, VoteCast):
         sign = {1: "+1", -1: "-1", 0: "withdrew"}.get(event.value, str(event.value))
-        return event.agent_id, f"vote {sign} on {_short(event.fact_id)}"
+        signed = ", signed" if event.signature else ""
+        return event.agent_id, f"vote {sign} on {_short(event.fact_id)}{signed}"
+    if isinstance(event, WriterKeyAdded):
+        return "", f"writer key {event.name}"
+    if isinstance(event, CheckpointSigned):
+        return "", f"checkpoint: {event.tree_size} events, root {event.root[:12]}…"
     return "", ""
 
 
@@ -316,31 +331,45 @@ def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    """Start a throwaway server, run three agents through a short story, audit it."""
+    """Start a throwaway server, run three agents through a short story, prove and audit it."""
     with tempfile.TemporaryDirectory(prefix="cortex-demo-") as tmp:
-        async with EmbeddedServer(Path(tmp), port=-1) as server:
+        data = Path(tmp)
+        async with EmbeddedServer(data, port=-1) as server, contextlib.AsyncExitStack() as stack:
             bus = await Bus.connect(server.url, name="cortex-demo")
-            writer = LedgerWriter(bus)
+            stack.push_async_callback(bus.close)
+            writer = LedgerWriter(bus, key=writer_key(data))
             await writer.start()
-            try:
-                if not args.json:
-                    out.print(f"CORTEX demo: nats-server {server.url}, ledger in {tmp}")
-                async with await Client.connect(server.url, tenant="demo") as client:
-                    await _demo_story(client)
-                await writer.stop()
-                rows = [
-                    {"seq": s.seq, "hash": s.hash.hex(), "subject": s.subject, **_demo_row(s.body)}
-                    async for s in bus.read(1)
-                ]
-                report = await audit_ledger(bus)
-            finally:
-                await writer.stop()
-                await bus.close()
+            stack.push_async_callback(writer.stop)
+            node_bus = await Bus.connect(server.url, name="cortex-demo-node")
+            stack.push_async_callback(node_bus.close)
+            node = ProjectionNode(node_bus, data / "projection.db")
+            await node.start()
+            stack.push_async_callback(node.stop)
+            if not args.json:
+                out.print(f"CORTEX demo: nats-server {server.url}, ledger in {tmp}")
+            async with await Client.connect(server.url, tenant="demo") as client:
+                signed_vote = await _demo_story(client)
+                checkpoint = await client.make_checkpoint()
+                proof = check_proof(
+                    await client.proof(signed_vote), verifier=checkpoint["verifier"]
+                )
+            rows = [
+                {"seq": s.seq, "hash": s.hash.hex(), "subject": s.subject, **_demo_row(s.body)}
+                async for s in bus.read(1)
+            ]
+            await node.projector.wait_for(rows[-1]["seq"], timeout=10)
+            report = await audit_ledger(bus, dbs=[data / "projection.db"])
+    ok = report.ok and proof.ok
     if args.json:
-        _print_json({"events": rows, "audit": report.to_dict()})
-        return EXIT_OK if report.ok else EXIT_FAILED
+        _print_json({"events": rows, "proof": proof.to_dict(), "audit": report.to_dict()})
+        return EXIT_OK if ok else EXIT_FAILED
     _print_events(rows, title="what happened")
-    return print_audit(report, as_json=False)
+    out.print(
+        f"proof: carol's signed vote (seq {signed_vote}) is in the checkpoint of "
+        f"{checkpoint['tree_size']} events signed by {checkpoint['verifier'].split('+')[0]}: "
+        + ("[green]verified offline[/]" if proof.ok else f"[red]{proof.problems}[/]")
+    )
+    return print_audit(report, as_json=False) if proof.ok else EXIT_FAILED
 
 
 def _demo_row(body: bytes) -> dict[str, Any]:
@@ -349,9 +378,12 @@ def _demo_row(body: bytes) -> dict[str, Any]:
     return {"kind": kind_of(event), "tenant": event.tenant, "agent": agent, "what": what}
 
 
-async def _demo_story(client: Client) -> None:
-    for agent in ("alice", "bob", "carol"):
+async def _demo_story(client: Client) -> int:
+    """The story; the seq of carol's signed vote."""
+    for agent in ("alice", "bob"):
         await client.register_agent(agent)
+    # carol signs what she writes: her key is registered, and the client keeps it.
+    await client.register_agent("carol", public_key=Ed25519PrivateKey.generate())
     boils = await client.store_fact(
         "alice", "Water boils at 100 °C at sea level.", tags=["physics"], confidence=0.95
     )
@@ -365,7 +397,7 @@ async def _demo_story(client: Client) -> None:
     assert moon.fact_id
     assert capital.fact_id
     # Votes from different agents go out together: the client batches them.
-    await asyncio.gather(
+    votes = await asyncio.gather(
         client.vote("bob", boils.fact_id, 1),
         client.vote("carol", boils.fact_id, 1),
         client.vote("alice", moon.fact_id, -1, reason="spectroscopy says rock"),
@@ -376,6 +408,7 @@ async def _demo_story(client: Client) -> None:
     await client.deprecate_fact(
         "bob", moon.fact_id, reason="I was wrong", successor_id=better.fact_id
     )
+    return votes[1].seq
 
 
 # -- the parser -------------------------------------------------------------
