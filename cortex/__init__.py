@@ -1,7 +1,7 @@
 """CORTEX: shared, tamper-evident memory for teams of AI agents.
 
 The few names a user needs: the client and its receipt, the errors it
-raises, and the event types found in the ledger.
+raises, the event types found in the ledger, and the offline proof check.
 """
 
 from cortex.client import Client, Receipt
@@ -18,12 +18,22 @@ from cortex.errors import (
     Unavailable,
     UnknownReference,
 )
-from events.model import AgentRegistered, Event, FactDeprecated, FactStored, VoteCast
+from events.model import (
+    AgentRegistered,
+    CheckpointSigned,
+    Event,
+    FactDeprecated,
+    FactStored,
+    VoteCast,
+    WriterKeyAdded,
+)
+from events.proof import ProofCheck, check_proof
 
 __all__ = [
     "AgentRegistered",
     "AppendConflict",
     "ChainBroken",
+    "CheckpointSigned",
     "Client",
     "CommandRejected",
     "CortexError",
@@ -32,6 +42,7 @@ __all__ = [
     "FactStored",
     "InvalidCommand",
     "LedgerError",
+    "ProofCheck",
     "QueryFailed",
     "Receipt",
     "ServerError",
@@ -39,4 +50,6 @@ __all__ = [
     "Unavailable",
     "UnknownReference",
     "VoteCast",
+    "WriterKeyAdded",
+    "check_proof",
 ]
