@@ -55,6 +55,9 @@ class AuditReport:
     latest_checkpoint: int = 0
     agent_signatures: int = 0
     writer_keys: int = 0
+    #: The writer keys the ledger recorded (name -> public key hex), and whether pinned.
+    keys: dict[str, str] = field(default_factory=dict)
+    pinned: bool = False
     projections: list[ProjectionCheck] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
 
@@ -81,6 +84,8 @@ class AuditReport:
             "latest_checkpoint": self.latest_checkpoint,
             "agent_signatures": self.agent_signatures,
             "writer_keys": self.writer_keys,
+            "keys": self.keys,
+            "keys_pinned": self.pinned,
             "projections": [
                 {"db": p.db, "seq": p.seq, "rows": p.rows, "ok": p.ok} for p in self.projections
             ],
@@ -93,13 +98,22 @@ class AuditReport:
 
 
 async def audit_ledger(
-    bus: Bus, *, dbs: Sequence[Path] = (), progress: Progress | None = None
+    bus: Bus,
+    *,
+    dbs: Sequence[Path] = (),
+    writer_keys: Sequence[str] | None = None,
+    progress: Progress | None = None,
 ) -> AuditReport:
-    """Check the whole ledger, then each projection database against a fresh replay."""
+    """Check the whole ledger, then each projection database against a fresh replay.
+
+    ``writer_keys`` (public keys, hex) pins the keys checkpoints may be signed
+    with; without it any writer key the ledger recorded is accepted, and the
+    report lists them for a person to recognise.
+    """
     started = time.perf_counter()
-    report = AuditReport()
+    report = AuditReport(pinned=writer_keys is not None)
     total = await bus.last_seq()
-    verifier = LedgerVerifier()
+    verifier = LedgerVerifier(pinned=None if writer_keys is None else frozenset(writer_keys))
     feed = verifier.feed
     async for stored in bus.read(1, total):
         feed(stored.seq, stored.subject, stored.body, stored.prev_hash, stored.hash)
@@ -125,6 +139,7 @@ async def audit_ledger(
     report.latest_checkpoint = verifier.checkpoint_size
     report.agent_signatures = counts.agent_signatures
     report.writer_keys = counts.writer_keys
+    report.keys = {name: key for key, name in verifier.writer_keys.items()}
     for db in dbs:
         report.projections.append(await _check_projection(bus, db, report))
     report.seconds = time.perf_counter() - started

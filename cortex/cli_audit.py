@@ -14,7 +14,9 @@ from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
 from cortex.bus import DEFAULT_URL, Bus
+from cortex.errors import CortexError
 from cortex.progress import progress_bar
+from events.note import NoteError, parse_verifier_key
 
 EXIT_OK, EXIT_FAILED = 0, 1
 SHOWN = 50
@@ -61,6 +63,9 @@ def print_audit(report: AuditReport, as_json: bool) -> int:
     for p in report.projections:
         row(f"{p.db} (rows vs a fresh replay to seq {p.seq})", p.rows, "projection_mismatch")
     out.print(table)
+    trust = "pinned" if report.pinned else "recorded in the ledger, not pinned (--writer-key)"
+    for name, key in report.keys.items():
+        out.print(f"writer key {name} {key[:16]}… ({trust})")
     out.print(
         f"last seq {report.last_seq}, head {report.head[:16]}…, latest checkpoint "
         f"{report.latest_checkpoint} events, {report.seconds:.2f} s"
@@ -75,10 +80,16 @@ def print_audit(report: AuditReport, as_json: bool) -> int:
 
 async def cmd_audit(args: argparse.Namespace) -> int:
     dbs = [Path(db) for db in args.db or ()]
+    pinned = None
+    if args.writer_key:
+        try:
+            pinned = [parse_verifier_key(k)[1].hex() for k in args.writer_key]
+        except NoteError as e:
+            raise CortexError(str(e), code="invalid_field") from e
     bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-audit")
     try:
         with progress_bar("auditing", enabled=not args.json) as update:
-            report = await audit_ledger(bus, dbs=dbs, progress=update)
+            report = await audit_ledger(bus, dbs=dbs, writer_keys=pinned, progress=update)
     finally:
         await bus.close()
     return print_audit(report, args.json)
@@ -96,5 +107,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="append",
         metavar="PATH",
         help="also compare this projection database with a fresh replay (repeatable)",
+    )
+    p.add_argument(
+        "--writer-key",
+        action="append",
+        metavar="VERIFIER",
+        help="trust only checkpoints signed by this writer key (as `cortex checkpoint` "
+        "prints it; repeatable)",
     )
     p.set_defaults(func=cmd_audit)

@@ -195,7 +195,7 @@ class LedgerState:
         """Fold one appended (or about to be appended) event into the state."""
         prev_seq, prev_head = self.seq, self.head
         key = event.id.bytes
-        self.ids[key] = seq
+        self.ids.setdefault(key, seq)  # a forged duplicate never moves the original
         self.seq, self.head = seq, event_hash
         if undo is not None:
             undo.append(lambda: self._restore(key, prev_seq, prev_head))
@@ -204,10 +204,14 @@ class LedgerState:
         if seq == 1:
             self.first_hash = event_hash
         if isinstance(event, AgentRegistered):
+            # The first registration holds, as in every node and the audit: a
+            # second one can only have been forged onto the stream, and must
+            # not hand the agent (and its signing key) to whoever forged it.
             agent = (event.tenant, event.agent_id)
-            self.agents[agent] = event.public_key
-            if undo is not None:
-                undo.append(lambda: self.agents.pop(agent, None))
+            if agent not in self.agents:
+                self.agents[agent] = event.public_key
+                if undo is not None:
+                    undo.append(lambda: self.agents.pop(agent, None))
         elif isinstance(event, FactStored):
             fact = event.fact_id.bytes
             self.facts[fact] = event.tenant

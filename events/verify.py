@@ -9,12 +9,13 @@ recorded beside each), it checks:
   (``malformed_event``) and that no event id appears twice (``duplicate_event``);
 - every checkpoint: its root recomputed over the event hashes before it, its
   size, chain head and note agreeing with each other (``merkle_mismatch``);
-  its signature by a writer key recorded earlier in the ledger
-  (``checkpoint_signature``); sizes that only grow, so each checkpoint
+  its signature by a writer key recorded earlier in the ledger and, when the
+  auditor pins writer keys, one of those (``checkpoint_signature``); sizes that only grow, so each checkpoint
   extends the one before (both roots are recomputed from the same leaves,
   which is what a consistency proof would show);
 - every agent signature: an agent registered with a key must have signed each
-  of its events, with that key, over exactly that event (``agent_signature``).
+  of its events, with that key, over exactly that event (``agent_signature``);
+  the first registration of an agent holds, a second is ``malformed_event``.
 
 The Merkle tree is recomputed from the hashes the verifier computed itself,
 not from the recorded ones, so an altered body moves every later root. Most
@@ -83,8 +84,12 @@ class LedgerVerifier:
     ids: dict[bytes, int] = field(default_factory=dict)
     agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
     writer_keys: dict[str, str] = field(default_factory=dict)
+    registered: dict[tuple[str, str], int] = field(default_factory=dict)
     checkpoint_size: int = 0
     first_hash: bytes = b""
+    #: Writer keys (public key hex) the auditor trusts; None trusts any key the
+    #: ledger recorded, which anyone able to append to the stream could have added.
+    pinned: frozenset[str] | None = None
 
     def feed(self, seq: int, subject: str, body: bytes, prev: bytes, recorded: bytes) -> None:
         """Check one stored event (its subject is ``cortex.ledger.<tenant>.<kind>``)."""
@@ -138,7 +143,17 @@ class LedgerVerifier:
             self._found("malformed_event", seq, f"not a valid {env.kind} event: {e}")
             return
         if isinstance(event, AgentRegistered):
-            self.agents.setdefault((event.tenant, event.agent_id), event.public_key)
+            agent = (event.tenant, event.agent_id)
+            first = self.registered.setdefault(agent, seq)
+            if first != seq:
+                self._found(
+                    "malformed_event",
+                    seq,
+                    f"agent {event.agent_id!r} was already registered at seq {first}; the writer "
+                    "never appends a second registration",
+                )
+            else:
+                self.agents[agent] = event.public_key
         elif isinstance(event, WriterKeyAdded):
             self._writer_key(seq, event)
         elif isinstance(event, CheckpointSigned):
@@ -205,6 +220,14 @@ class LedgerVerifier:
                 "checkpoint_signature",
                 seq,
                 f"signed with key {event.public_key[:16]}…, which the ledger never recorded",
+            )
+            return
+        if self.pinned is not None and event.public_key not in self.pinned:
+            self._found(
+                "checkpoint_signature",
+                seq,
+                f"signed with writer key {name} ({event.public_key[:16]}…), which is not one "
+                "of the keys the audit was told to trust",
             )
             return
         try:

@@ -341,7 +341,9 @@ class Projector:
             await conn.execute(sql, row)
         if batch.agents:
             await conn.executemany(
-                "INSERT INTO agents (tenant, agent_id, public_key, registered_seq, registered_ts) "
+                # OR IGNORE: the first registration holds (see LedgerState.apply).
+                "INSERT OR IGNORE INTO agents"
+                " (tenant, agent_id, public_key, registered_seq, registered_ts) "
                 "VALUES (?, ?, ?, ?, ?)",
                 batch.agents,
             )
