@@ -21,12 +21,13 @@ GENESIS: Final = bytes(32)
 HASH_SIZE: Final = 32
 
 
+_blake3: Final = blake3.blake3
+
+
 def link(prev_hash: bytes, body: bytes) -> bytes:
     """The chain hash of ``body`` appended after an event whose hash is ``prev_hash``."""
-    hasher = blake3.blake3(DOMAIN)
-    hasher.update(prev_hash)
-    hasher.update(body)
-    return hasher.digest()
+    # One call on one buffer: the copy costs less than two more method calls.
+    return _blake3(DOMAIN + prev_hash + body).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,19 @@ class ChainVerifier:
         #: The hash this verifier computed for the last event, and the one before it.
         self.computed = head
         self.computed_before = head
+
+    def follows(self, seq: int, body: bytes, prev_hash: bytes, claimed_hash: bytes) -> bool:
+        """The common case in one step: if the event is the next one, links to the
+        head and hashes to what was recorded, take it and say True; otherwise
+        change nothing and say False (then ``check`` says what is wrong)."""
+        own = _blake3(DOMAIN + prev_hash + body).digest()
+        if seq != self.last_seq + 1 or own != claimed_hash or prev_hash != self.head:
+            return False
+        self.computed_before, self.computed = self.computed, own
+        self.head = claimed_hash
+        self.last_seq = seq
+        self.count += 1
+        return True
 
     def check(
         self, seq: int, body: bytes, prev_hash: bytes, claimed_hash: bytes

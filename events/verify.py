@@ -25,7 +25,6 @@ fields; only checkpoints and signed events are decoded in full.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -34,7 +33,7 @@ import msgspec
 from events import signing
 from events.chain import ChainVerifier, Violation
 from events.codec import decode_event
-from events.merkle import MerkleAccumulator, leaf_hash
+from events.merkle import MerkleAccumulator, leaf_hash, perfect_root
 from events.model import (
     EVENT_TYPES,
     SYSTEM_TENANT,
@@ -45,6 +44,9 @@ from events.model import (
 )
 from events.note import NoteError, parse_checkpoint, verify
 
+#: Leaves hashed together into a perfect subtree before they join the tree.
+_TILE_HEIGHT: Final = 8
+_TILE: Final = 1 << _TILE_HEIGHT
 _KINDS: Final = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 _OWN: Final = frozenset({"writer_key_added", "checkpoint_signed"})
 
@@ -52,7 +54,7 @@ _OWN: Final = frozenset({"writer_key_added", "checkpoint_signed"})
 class _Envelope(msgspec.Struct):
     """The few fields every event is checked on; the rest is skipped unparsed."""
 
-    id: uuid.UUID
+    id: str  # compared as text (a canonical body holds the canonical UUID form)
     kind: str
     tenant: str
     agent_id: str = ""
@@ -78,10 +80,12 @@ class LedgerVerifier:
     """Checks stored events fed in order; ``violations`` holds what was found."""
 
     chain: ChainVerifier = field(default_factory=ChainVerifier)
+    #: The Merkle tree of the event hashes: whole tiles here, the rest in ``pending``.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
+    pending: list[bytes] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     violations: list[Violation] = field(default_factory=list)
-    ids: dict[bytes, int] = field(default_factory=dict)
+    ids: dict[str, int] = field(default_factory=dict)
     agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
     writer_keys: dict[str, str] = field(default_factory=dict)
     registered: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -91,12 +95,29 @@ class LedgerVerifier:
     #: ledger recorded, which anyone able to append to the stream could have added.
     pinned: frozenset[str] | None = None
 
+    @property
+    def size(self) -> int:
+        """Events in the tree so far."""
+        return self.tree.size + len(self.pending)
+
+    def root(self) -> bytes:
+        """The Merkle root over every event hash so far."""
+        if not self.pending:
+            return self.tree.root()
+        restore = self.tree.snapshot()
+        try:
+            for event_hash in self.pending:
+                self.tree.append(leaf_hash(event_hash))
+            return self.tree.root()
+        finally:
+            restore()
+
     def feed(self, seq: int, subject: str, body: bytes, prev: bytes, recorded: bytes) -> None:
         """Check one stored event (its subject is ``cortex.ledger.<tenant>.<kind>``)."""
-        found = self.chain.check(seq, body, prev, recorded)
-        if found:
-            self.violations.extend(found)
-        own = self.chain.computed
+        chain = self.chain
+        if not chain.follows(seq, body, prev, recorded):
+            self.violations.extend(chain.check(seq, body, prev, recorded))
+        own = chain.computed
         if seq == 1:
             self.first_hash = own
         self.counts.events += 1
@@ -104,36 +125,40 @@ class LedgerVerifier:
             env = _envelope.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self._found("malformed_event", seq, f"not a valid event: {e}")
-            self.tree.append(leaf_hash(own))
-            return
-        self._envelope(seq, subject, env)
-        if env.kind in _OWN or env.signature is not None or env.kind == "agent_registered":
-            self._full(seq, body, env)
-        elif env.agent_id and self.agents.get((env.tenant, env.agent_id)):
-            self._found(
-                "agent_signature",
-                seq,
-                f"agent {env.agent_id!r} has a registered key but this event is unsigned",
-            )
-        # The checkpoint covers the events before it: append this one after.
-        self.tree.append(leaf_hash(own))
+        else:
+            kind, tenant = env.kind, env.tenant
+            if subject != f"cortex.ledger.{tenant}.{kind}" or kind not in _KINDS:
+                self._misfiled(seq, subject, env)
+            first = self.ids.setdefault(env.id, seq)
+            if first != seq:
+                self._found(
+                    "duplicate_event", seq, f"event id {env.id} was already appended at seq {first}"
+                )
+            if kind in _OWN or env.signature is not None or env.kind == "agent_registered":
+                self._full(seq, body, env)
+            elif env.agent_id and self.agents.get((env.tenant, env.agent_id)):
+                self._found(
+                    "agent_signature",
+                    seq,
+                    f"agent {env.agent_id!r} has a registered key but this event is unsigned",
+                )
+        # A checkpoint covers the events before it: this one joins the tree after.
+        pending = self.pending
+        pending.append(own)
+        if len(pending) == _TILE and self.tree.size % _TILE == 0:
+            self.tree.append_subtree(perfect_root(pending), _TILE_HEIGHT)
+            pending.clear()
 
     def _found(self, kind: str, seq: int, detail: str) -> None:
         self.violations.append(Violation(kind, seq, detail))
 
-    def _envelope(self, seq: int, subject: str, env: _Envelope) -> None:
+    def _misfiled(self, seq: int, subject: str, env: _Envelope) -> None:
         if env.kind not in _KINDS:
             self._found("malformed_event", seq, f"unknown event kind {env.kind!r}")
         expected = f"cortex.ledger.{env.tenant}.{env.kind}"
         if subject != expected:
             self._found(
                 "malformed_event", seq, f"filed under {subject} but its body says {expected}"
-            )
-        key = env.id.bytes
-        first = self.ids.setdefault(key, seq)
-        if first != seq:
-            self._found(
-                "duplicate_event", seq, f"event id {env.id} was already appended at seq {first}"
             )
 
     def _full(self, seq: int, body: bytes, env: _Envelope) -> None:
@@ -190,12 +215,11 @@ class LedgerVerifier:
         self.counts.checkpoints += 1
         if event.tenant != SYSTEM_TENANT:
             self._found("malformed_event", seq, f"a checkpoint filed under tenant {event.tenant}")
-        tree = self.tree
-        if event.tree_size != tree.size:
+        if event.tree_size != self.size:
             self._found(
                 "merkle_mismatch",
                 seq,
-                f"the checkpoint covers {event.tree_size} events but stands after {tree.size}",
+                f"the checkpoint covers {event.tree_size} events but stands after {self.size}",
             )
             return
         if event.tree_size <= self.checkpoint_size:
@@ -206,7 +230,7 @@ class LedgerVerifier:
                 f"{self.checkpoint_size}",
             )
         self.checkpoint_size = event.tree_size
-        root = tree.root()
+        root = self.root()
         if event.root != root.hex() or event.head != self.chain.computed_before.hex():
             self._found(
                 "merkle_mismatch",
