@@ -25,7 +25,7 @@ import structlog
 
 from events.chain import GENESIS, link
 from events.codec import decode_event
-from events.merkle import leaf_hash, root_from_leaf_hashes
+from events.merkle import perfect_root
 from events.model import (
     AgentRegistered,
     CheckpointSigned,
@@ -93,7 +93,7 @@ class Projector:
         self._fact_row: dict[str, int] = {}  # fact_id -> rowid (its stored seq)
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._direction: dict[str, int] = {}
-        self._tile: list[bytes] = []  # leaf hashes of the tile being filled
+        self._tile: list[bytes] = []  # event hashes of the tile being filled
 
     async def open(self) -> None:
         """Create the schema if needed and load the position and consensus book."""
@@ -117,7 +117,7 @@ class Projector:
             async with conn.execute(
                 "SELECT hash FROM event_hashes WHERE seq > ? ORDER BY seq", (start,)
             ) as cur:
-                self._tile = [leaf_hash(bytes(h)) async for (h,) in cur]
+                self._tile = [bytes(h) async for (h,) in cur]
             async with conn.execute("SELECT fact_id, agent_id, value FROM votes") as cur:
                 async for fact_id, agent_id, value in cur:
                     self._votes.setdefault(fact_id, {})[agent_id] = value
@@ -188,9 +188,9 @@ class Projector:
             head = link(head, body)
             seq = rec_seq
             tile = self._tile
-            tile.append(leaf_hash(head))
+            tile.append(head)
             if len(tile) == TILE:
-                batch.tiles.append((seq // TILE - 1, root_from_leaf_hashes(tile)))
+                batch.tiles.append((seq // TILE - 1, perfect_root(tile)))
                 tile.clear()
             event = decode_event(body)
             batch.hashes.append((seq, event.id.bytes, head))
