@@ -368,21 +368,27 @@ class Client:
         return await self.checkpoint(reply["tree_size"], min_seq=reply["seq"])
 
     async def proof(
-        self, event: int | str | uuid.UUID, *, tree_size: int | None = None
+        self,
+        event: int | str | uuid.UUID,
+        *,
+        tree_size: int | None = None,
+        min_seq: int | None = None,
     ) -> dict[str, Any]:
         """An inclusion proof of one of this tenant's events (by seq or id) against the
         latest checkpoint (or that of ``tree_size``); check it with
-        ``events.proof.check_proof``, offline."""
+        ``cortex.check_proof``, offline."""
         params: dict[str, Any] = {"event": event if isinstance(event, int) else str(event)}
         if tree_size is not None:
             params["tree_size"] = tree_size
-        result: dict[str, Any] = await self.query("proof", **params)
+        result: dict[str, Any] = await self.query("proof", min_seq=min_seq, **params)
         return result
 
-    async def consistency_proof(self, old_size: int, new_size: int) -> dict[str, Any]:
+    async def consistency_proof(
+        self, old_size: int, new_size: int, *, min_seq: int | None = None
+    ) -> dict[str, Any]:
         """Proof that the checkpoint of ``new_size`` events extends that of ``old_size``."""
         result: dict[str, Any] = await self.query(
-            "consistency", old_size=old_size, new_size=new_size
+            "consistency", min_seq=min_seq, old_size=old_size, new_size=new_size
         )
         return result
 
