@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import datetime as dt
 from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ class Projector:
                 self._tile = [bytes(h) async for (h,) in cur]
             async with conn.execute("SELECT fact_id, agent_id, value FROM votes") as cur:
                 async for fact_id, agent_id, value in cur:
-                    self._votes.setdefault(fact_id, {})[agent_id] = value
+                    self._votes.setdefault(sys.intern(fact_id), {})[agent_id] = value
             async with conn.execute(
                 "SELECT tenant, agent_id, agrees, disagrees FROM agents"
             ) as cur:
@@ -130,7 +131,8 @@ class Projector:
                 "SELECT f.rowid, f.fact_id, f.tenant, c.status"
                 " FROM facts f LEFT JOIN consensus c ON c.fact_row = f.rowid"
             ) as cur:
-                async for rowid, fact_id, tenant, status in cur:
+                async for rowid, raw_id, tenant, status in cur:
+                    fact_id = sys.intern(raw_id)
                     self._fact_tenant[fact_id] = tenant
                     self._fact_row[fact_id] = rowid
                     if status in ("verified", "rejected"):
@@ -202,7 +204,7 @@ class Projector:
             self._counts.setdefault((event.tenant, event.agent_id), [0, 0])
             batch.agents.append((event.tenant, event.agent_id, event.public_key, seq, event.ts))
         elif isinstance(event, FactStored):
-            fact_id = str(event.fact_id)
+            fact_id = sys.intern(str(event.fact_id))  # one copy for every map that keys on it
             self._fact_tenant[fact_id] = event.tenant
             self._fact_row[fact_id] = seq
             tags = _json.encode(list(event.tags)).decode()
@@ -252,7 +254,7 @@ class Projector:
             )
 
     def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
-        fact_id, tenant, agent = str(event.fact_id), event.tenant, event.agent_id
+        fact_id, tenant, agent = sys.intern(str(event.fact_id)), event.tenant, event.agent_id
         batch.history.append((seq, tenant, fact_id, agent, event.value, event.ts, event.reason))
         current = self._votes.setdefault(fact_id, {})
         settled = self._direction.get(fact_id, 0)
