@@ -23,10 +23,10 @@ from cortex.bus import Bus
 from cortex.node import records
 from events.chain import GENESIS, Violation
 from events.verify import LedgerVerifier
-from projections.errors import LedgerMismatch
+from projections.errors import LedgerMismatch, ProjectionError
 from projections.pool import ConnectionPool
 from projections.projector import Projector
-from projections.schema import DIGEST_TABLES
+from projections.schema import DIGEST_TABLES, SCHEMA_VERSION
 
 Progress = Callable[[int, int], None]
 _ROWS = 2000
@@ -150,15 +150,6 @@ def _read_only(db: Path) -> str:
     return f"file:{db.resolve()}?mode=ro"
 
 
-async def _position(db: Path) -> tuple[int, bytes] | None:
-    async with (
-        aiosqlite.connect(_read_only(db), uri=True) as conn,
-        conn.execute("SELECT seq, hash FROM position") as cur,
-    ):
-        row = await cur.fetchone()
-    return None if row is None else (int(row[0]), bytes(row[1]))
-
-
 async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> ProjectionCheck:
     check = ProjectionCheck(str(db))
 
@@ -169,21 +160,35 @@ async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> Projecti
         return check
 
     try:
-        position = await _position(db)
-    except (aiosqlite.Error, OSError) as e:
-        return mismatch("position", f"not a CORTEX read model: {e}")
-    if position is None:
-        return mismatch("position", "the database has no position: it was never projected")
-    check.seq = position[0]
-    if check.seq > report.last_seq:
-        return mismatch("position", f"at seq {check.seq}, beyond the ledger's {report.last_seq}")
-    with tempfile.TemporaryDirectory(prefix="cortex-audit-") as tmp:
-        fresh = Path(tmp) / "replay.db"
-        try:
-            await _replay(bus, fresh, check.seq)
-        except LedgerMismatch as e:
-            return mismatch("replay", f"cannot replay a broken ledger to compare: {e}")
-        await _compare(fresh, db, check, mismatch)
+        async with aiosqlite.connect(_read_only(db), uri=True) as have:
+            # One read transaction for the position and every table: a node
+            # that goes on projecting meanwhile cannot make them disagree.
+            await have.execute("BEGIN")
+            async with have.execute("SELECT seq, schema_version FROM position") as cur:
+                row = await cur.fetchone()
+            if row is None:
+                return mismatch("position", "the database has no position: never projected")
+            check.seq = int(row[0])
+            if int(row[1]) != SCHEMA_VERSION:
+                return mismatch(
+                    "position",
+                    f"schema {row[1]}, not {SCHEMA_VERSION}: rebuild it with `cortex replay`",
+                )
+            if check.seq > report.last_seq and check.seq > await bus.last_seq():
+                return mismatch(
+                    "position", f"at seq {check.seq}, beyond the ledger's {report.last_seq}"
+                )
+            with tempfile.TemporaryDirectory(prefix="cortex-audit-") as tmp:
+                fresh = Path(tmp) / "replay.db"
+                try:
+                    await _replay(bus, fresh, check.seq)
+                except LedgerMismatch as e:
+                    return mismatch("replay", f"cannot replay a broken ledger to compare: {e}")
+                except (ProjectionError, aiosqlite.Error) as e:
+                    return mismatch("replay", f"the ledger does not replay: {e}")
+                await _compare(fresh, have, check, mismatch)
+    except aiosqlite.Error as e:
+        return mismatch("database", f"cannot read it as a CORTEX read model: {e}")
     return check
 
 
@@ -205,16 +210,13 @@ async def _replay(bus: Bus, db: Path, until: int) -> None:
 
 async def _compare(
     fresh: Path,
-    audited: Path,
+    have: aiosqlite.Connection,
     check: ProjectionCheck,
     mismatch: Callable[[str, str], ProjectionCheck],
 ) -> None:
     """Walk both databases' canonical rows side by side; one report per differing table."""
     clean = True
-    async with (
-        aiosqlite.connect(_read_only(fresh), uri=True) as want,
-        aiosqlite.connect(_read_only(audited), uri=True) as have,
-    ):
+    async with aiosqlite.connect(_read_only(fresh), uri=True) as want:
         for table, sql in DIGEST_TABLES:
             async with want.execute(sql) as expected, have.execute(sql) as found:
                 row = 0

@@ -116,5 +116,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "verify-proof", parents=[common], help="check a proof document offline, no server"
     )
     p.add_argument("file")
-    p.add_argument("--key", help="the writer's verifier key (name+id+key) to pin")
+    p.add_argument(
+        "--key",
+        action="append",
+        help="a writer's verifier key (name+id+key) to trust; repeatable (each writer has one)",
+    )
     p.set_defaults(func=cmd_verify_proof)

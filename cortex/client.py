@@ -80,6 +80,15 @@ class _Call:
     future: asyncio.Future[dict[str, Any]]
 
 
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A zoned time in UTC, as the ledger keeps it: the wire format rounds offsets to
+    the minute, so a signature over a local time with an odd offset would not hold.
+    A naive time is sent as it is, for the writer to refuse."""
+    if value is None or value.tzinfo is None:
+        return value
+    return value.astimezone(dt.UTC)
+
+
 class Client:
     """An async CORTEX client bound to one tenant; see the module doc."""
 
@@ -197,8 +206,8 @@ class Client:
             confidence=confidence,
             source=source,
             meta=dict(meta or {}),
-            valid_from=valid_from,
-            valid_until=valid_until,
+            valid_from=_utc(valid_from),
+            valid_until=_utc(valid_until),
         )
         r = await self.submit(command, key=key)
         return Receipt(r.seq, r.hash, r.id, fact_id=command.fact_id)

@@ -99,5 +99,6 @@ async def consistency(pool: ConnectionPool, old_size: int, new_size: int) -> dic
         "old": old["note"],
         "new": new["note"],
         "path": [p.hex() for p in path],
-        "verifier": new["verifier"],
+        "old_verifier": old["verifier"],
+        "new_verifier": new["verifier"],
     }

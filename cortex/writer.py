@@ -185,13 +185,18 @@ class LedgerWriter:
     # -- the commit loop --------------------------------------------------
 
     async def _run(self) -> None:
+        # Keep one message of each atomic batch free for a checkpoint, or a
+        # writer under full load would never sign one.
+        limit = (
+            self.max_batch if self.key is None else min(self.max_batch, JETSTREAM_BATCH_LIMIT - 1)
+        )
         stopping = False
         while not stopping:
             first = await self._queue.get()
             if first is None:
                 break
             items = [first]
-            while len(items) < self.max_batch and not self._queue.empty():
+            while len(items) < limit and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:
                     stopping = True

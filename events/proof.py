@@ -7,13 +7,15 @@ the root of a signed checkpoint, and the checkpoint's signed note. A
 consistency proof carries two signed checkpoints and the path showing the
 newer tree extends the older one.
 
-Which key may sign checkpoints is the verifier's decision: pass the writer's
-verifier key (``cortex checkpoint`` prints it) to pin it. Without one, the
-key named in the document is used and the result says so.
+Which keys may sign checkpoints is the verifier's decision: pass the
+writers' verifier keys (``cortex checkpoint`` prints them) to pin them.
+Without them, the keys named in the document are used and the result says
+so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,16 +52,19 @@ class ProofCheck:
         }
 
 
-def _checkpoint(note: str, verifier: str, check: ProofCheck) -> tuple[int, bytes] | None:
-    """Size and root of a signed checkpoint, if its signature holds."""
-    try:
-        name, public_key = parse_verifier_key(verifier)
-        body = verify(note, name, public_key)
-        cp = parse_checkpoint(body)
-    except NoteError as e:
-        check.problems.append(f"checkpoint: {e}")
-        return None
-    return cp.tree_size, cp.root
+def _checkpoint(note: str, keys: Sequence[str], check: ProofCheck) -> tuple[int, bytes] | None:
+    """Size and root of a signed checkpoint, if it carries a good signature by one of ``keys``."""
+    problems = []
+    for key in keys:
+        try:
+            name, public_key = parse_verifier_key(key)
+            cp = parse_checkpoint(verify(note, name, public_key))
+        except NoteError as e:
+            problems.append(str(e))
+            continue
+        return cp.tree_size, cp.root
+    check.problems.append(f"checkpoint: {'; '.join(problems) or 'no key to check it with'}")
+    return None
 
 
 def _hex(value: Any, what: str) -> bytes:
@@ -69,16 +74,28 @@ def _hex(value: Any, what: str) -> bytes:
         raise NoteError(f"{what} is not hex") from e
 
 
-def check_proof(doc: dict[str, Any], *, verifier: str | None = None) -> ProofCheck:
-    """Check a proof document completely, with no server."""
+def check_proof(
+    doc: dict[str, Any], *, verifier: str | Sequence[str] | None = None
+) -> ProofCheck:
+    """Check a proof document completely, with no server.
+
+    ``verifier``: the writer key(s) to trust, as C2SP verifier keys; each
+    checkpoint must be signed by one of them (writers each have their own
+    key, so two checkpoints may be signed by two). Without it, each note is
+    checked with the key the document names for it.
+    """
     kind = str(doc.get("kind", ""))
     check = ProofCheck(kind, pinned=verifier is not None)
-    key = verifier or str(doc.get("verifier", ""))
+    pinned = [verifier] if isinstance(verifier, str) else None if verifier is None else list(verifier)
+
+    def keys(field_name: str) -> list[str]:
+        return pinned if pinned is not None else [str(doc.get(field_name, ""))]
+
     try:
         if kind == INCLUSION:
-            _check_inclusion(doc, key, check)
+            _check_inclusion(doc, keys("verifier"), check)
         elif kind == CONSISTENCY:
-            _check_consistency(doc, key, check)
+            _check_consistency(doc, keys("old_verifier"), keys("new_verifier"), check)
         else:
             check.problems.append(f"not a CORTEX proof document (kind {kind!r})")
     except (NoteError, KeyError, TypeError, ValueError) as e:
@@ -86,7 +103,7 @@ def check_proof(doc: dict[str, Any], *, verifier: str | None = None) -> ProofChe
     return check
 
 
-def _check_inclusion(doc: dict[str, Any], key: str, check: ProofCheck) -> None:
+def _check_inclusion(doc: dict[str, Any], key: Sequence[str], check: ProofCheck) -> None:
     seq, size = int(doc["seq"]), int(doc["tree_size"])
     body = str(doc["body"]).encode()
     event_hash = link(_hex(doc["prev_hash"], "prev_hash"), body)
@@ -110,9 +127,11 @@ def _check_inclusion(doc: dict[str, Any], key: str, check: ProofCheck) -> None:
         check.problems.append("the audit path does not lead to the checkpoint's root")
 
 
-def _check_consistency(doc: dict[str, Any], key: str, check: ProofCheck) -> None:
-    old = _checkpoint(str(doc["old"]), key, check)
-    new = _checkpoint(str(doc["new"]), key, check)
+def _check_consistency(
+    doc: dict[str, Any], old_keys: Sequence[str], new_keys: Sequence[str], check: ProofCheck
+) -> None:
+    old = _checkpoint(str(doc["old"]), old_keys, check)
+    new = _checkpoint(str(doc["new"]), new_keys, check)
     if old is None or new is None:
         return
     (old_size, old_root), (new_size, new_root) = old, new

@@ -190,7 +190,15 @@ class LedgerVerifier:
         if event.tenant != SYSTEM_TENANT:
             self._found("malformed_event", seq, f"a writer key filed under tenant {event.tenant}")
             return
-        self.writer_keys.setdefault(event.public_key, event.name)
+        if event.public_key in self.writer_keys:
+            self._found(
+                "malformed_event",
+                seq,
+                f"writer key {event.public_key[:16]}… was already recorded; a writer records "
+                "its key once",
+            )
+            return
+        self.writer_keys[event.public_key] = event.name
         self.counts.writer_keys += 1
 
     def _agent_signature(self, seq: int, event: Event) -> None:

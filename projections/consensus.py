@@ -107,6 +107,8 @@ def consensus_of(
                 q -= 1
                 if value == settled:
                     p -= 1
+                if p < 1 or q <= p:  # counts that never held this fact (a forged order)
+                    p, q = 1, 2
         if common % q:
             grown = math.lcm(common, q)
             scale = grown // common

@@ -240,7 +240,7 @@ class Projector:
         elif isinstance(event, WriterKeyAdded):
             batch.ledger.append(
                 (
-                    "INSERT INTO writer_keys (public_key, name, seq) VALUES (?, ?, ?)",
+                    "INSERT OR IGNORE INTO writer_keys (public_key, name, seq) VALUES (?, ?, ?)",
                     (event.public_key, event.name, seq),
                 )
             )
@@ -296,8 +296,8 @@ class Projector:
         if not value or not direction:
             return
         counts = self._counts.get(key)
-        if counts is None:
-            counts = self._counts[key] = [0, 0]
+        if counts is None:  # not a registered agent (only a forged ledger has those)
+            return
         counts[0 if value == direction else 1] += sign
         batch.counts.add(key)
 

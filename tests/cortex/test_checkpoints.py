@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import itertools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cortex.audit import audit_ledger
 from cortex.bus import Bus
 from cortex.client import Client
 from cortex.embedded import EmbeddedServer
@@ -18,7 +23,7 @@ from cortex.testing import run_cli as cortex
 from cortex.writer import LedgerWriter
 from events.codec import decode_event
 from events.merkle import MerkleAccumulator, leaf_hash
-from events.model import CheckpointSigned, WriterKeyAdded
+from events.model import CheckpointSigned, FactStored, WriterKeyAdded
 from events.note import parse_checkpoint, verify
 from events.proof import check_proof
 
@@ -130,3 +135,97 @@ async def test_cli_checkpoint_proof_and_offline_verify(
     proof_file.write_text(json.dumps(doc))
     bad = await cortex("verify-proof", str(proof_file), "--key", cp["verifier"])
     assert bad.code == 1 and "INVALID" in bad.out
+
+
+async def test_a_consistency_proof_across_two_writers_keys(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """After a fail-over the next checkpoint is signed by another writer's key: the
+    proof names both, and pinning both (not just one) verifies it."""
+    node_bus = await Bus.connect(server.url, name="node")
+    node = ProjectionNode(node_bus, tmp_path / "node.db")
+    sizes, verifiers = [], []
+    try:
+        for name in ("one", "two"):
+            w = LedgerWriter(
+                await Bus.connect(server.url, name=name), key=writer_key(tmp_path / name)
+            )
+            await w.start()
+            if name == "one":
+                await node.start()  # once the first writer has made the stream
+            async with await Client.connect(server.url, tenant="acme") as client:
+                await client.register_agent(name)
+                cp = await client.make_checkpoint()
+            sizes.append(cp["tree_size"])
+            verifiers.append(cp["verifier"])
+            await w.stop()
+            await w.bus.close()
+        async with await Client.connect(server.url, tenant="acme") as client:
+            doc = await client.consistency_proof(sizes[0], sizes[1])
+    finally:
+        await node.stop()
+        await node_bus.close()
+    assert verifiers[0] != verifiers[1]
+    assert check_proof(doc).ok  # each note against the key the document names for it
+    assert check_proof(doc, verifier=verifiers).ok
+    assert not check_proof(doc, verifier=verifiers[1]).ok
+
+
+async def test_a_writer_under_full_batches_still_checkpoints(
+    server: EmbeddedServer, bus: Bus, tmp_path: Path
+) -> None:
+    """Thousands of commands queued at once fill every batch; one message of each is
+    kept for the checkpoint, so one still comes in the first batch that reaches
+    ``checkpoint_every`` events: never more than a batch (1,000) late."""
+    w = LedgerWriter(
+        await Bus.connect(server.url, name="w"),
+        key=writer_key(tmp_path / "w"),
+        checkpoint_every=100,
+    )
+    await w.start()
+    try:
+        async with await Client.connect(server.url, tenant="acme") as client:
+            await asyncio.gather(*(client.register_agent(f"a{n}") for n in range(4000)))
+    finally:
+        await w.stop()
+        await w.bus.close()
+    events = [(s.seq, decode_event(s.body)) async for s in bus.read(1)]
+    sizes = [0] + [e.tree_size for _, e in events if isinstance(e, CheckpointSigned)]
+    assert len(sizes) > 4
+    gaps = [b - a for a, b in itertools.pairwise(sizes)] + [len(events) - sizes[-1]]
+    assert max(gaps) <= 100 + 1000
+
+
+async def test_a_signed_fact_with_an_odd_local_offset_is_accepted(
+    server: EmbeddedServer, signing_writer: LedgerWriter, bus: Bus
+) -> None:
+    """A zone offset with seconds (Amsterdam before 1937: +00:19:32) does not survive
+    the wire; the client sends world times in UTC, so the signature still holds."""
+    key = Ed25519PrivateKey.generate()
+    zone = dt.timezone(dt.timedelta(minutes=19, seconds=32))
+    async with await Client.connect(server.url, tenant="acme") as client:
+        await client.register_agent("ann", public_key=key)
+        when = dt.datetime(1930, 5, 1, 12, 0, tzinfo=zone)
+        receipt = await client.store_fact("ann", "tulips", valid_from=when)
+    event = decode_event((await bus.get(receipt.seq)).body)
+    assert isinstance(event, FactStored) and event.valid_from == when
+
+
+async def test_auditing_a_node_database_while_it_projects_is_clean(
+    server: EmbeddedServer, node: ProjectionNode, bus: Bus
+) -> None:
+    """The database's position and tables are read in one snapshot, so writes landing
+    during the audit are never mistaken for tampering."""
+    async with await Client.connect(server.url, tenant="acme") as client:
+        await _story(client, 5)
+
+        async def keep_writing() -> None:
+            for n in range(300):
+                await client.register_agent(f"w{n}")
+
+        writing = asyncio.create_task(keep_writing())
+        reports = []
+        while not writing.done():
+            reports.append(await audit_ledger(bus, dbs=[node.db]))
+        await writing
+    assert reports and all(r.ok for r in reports), [r.violations for r in reports]

@@ -173,3 +173,9 @@ def test_an_event_filed_under_another_tenant_is_malformed() -> None:
     seq, subject, body, prev, h = ledger.stored[3]
     ledger.stored[3] = (seq, subject.replace(".acme.", ".rival."), body, prev, h)
     assert found(run(ledger.stored)) == [("malformed_event", 4)]
+
+
+def test_a_writer_key_recorded_twice_is_named() -> None:
+    ledger, _, _ = story()
+    ledger.writer_key()
+    assert found(run(ledger.stored)) == [("malformed_event", 9)]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from pathlib import Path
 
 import pytest
 
+from events.codec import encode
+from events.model import WriterKeyAdded
 from projections import queries
 from projections.digest import digest
 from projections.errors import LedgerMismatch
@@ -251,3 +254,24 @@ async def test_ledger_time_and_world_time_combine(
         pool, "acme", include_deprecated=True, valid_at=dt.datetime(2010, 1, 1, tzinfo=dt.UTC)
     )
     assert ids(in_2010) == [str(old)]
+
+
+async def test_events_only_a_forger_could_append_do_not_stop_the_projector(
+    projected: tuple[ConnectionPool, Projector],
+) -> None:
+    """A second registration of an agent or of a writer key, and a vote by an agent
+    never registered: the first registration holds and projecting goes on."""
+    pool, projector = projected
+    ledger = LedgerBuilder()
+    ledger.agent("ann")
+    fact = ledger.fact("ann", "x")
+    ledger.agent("ann")
+    ledger.vote("ghost", fact, 1)
+    ledger.vote("ann", fact, 1)
+    key = WriterKeyAdded(id=uuid.uuid4(), tenant="_cortex", ts=0, name="w", public_key="ab" * 32)
+    for _ in range(2):
+        ledger.records.append((len(ledger.records) + 1, encode(key)))
+    await projector.apply(ledger.records)
+    assert projector.seq == len(ledger.records)
+    c = await queries.consensus_of(pool, "acme", fact)
+    assert c is not None and c["votes_for"] == 2
