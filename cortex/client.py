@@ -86,7 +86,10 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     A naive time is sent as it is, for the writer to refuse."""
     if value is None or value.tzinfo is None:
         return value
-    return value.astimezone(dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except (OverflowError, ValueError) as e:
+        raise InvalidCommand(f"{value} cannot be expressed in UTC", code="invalid_field") from e
 
 
 class Client:
