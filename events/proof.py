@@ -74,9 +74,7 @@ def _hex(value: Any, what: str) -> bytes:
         raise NoteError(f"{what} is not hex") from e
 
 
-def check_proof(
-    doc: dict[str, Any], *, verifier: str | Sequence[str] | None = None
-) -> ProofCheck:
+def check_proof(doc: dict[str, Any], *, verifier: str | Sequence[str] | None = None) -> ProofCheck:
     """Check a proof document completely, with no server.
 
     ``verifier``: the writer key(s) to trust, as C2SP verifier keys; each
@@ -86,7 +84,9 @@ def check_proof(
     """
     kind = str(doc.get("kind", ""))
     check = ProofCheck(kind, pinned=verifier is not None)
-    pinned = [verifier] if isinstance(verifier, str) else None if verifier is None else list(verifier)
+    pinned = (
+        [verifier] if isinstance(verifier, str) else None if verifier is None else list(verifier)
+    )
 
     def keys(field_name: str) -> list[str]:
         return pinned if pinned is not None else [str(doc.get(field_name, ""))]
