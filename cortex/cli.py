@@ -113,6 +113,7 @@ def _summary(event: Event) -> tuple[str, str]:
 async def cmd_up(args: argparse.Namespace) -> int:
     """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
     data = Path(args.data)
+    writer: LedgerWriter | None = None
     async with contextlib.AsyncExitStack() as stack:
         url = args.nats
         if not url:
@@ -141,6 +142,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
             f", durability {args.durability}" if not args.nats else ", external server"
         )
         out.print(f"CORTEX is up: serving {url} ({where}; {args.role}). Ctrl-C to stop.")
+        if writer is not None and writer.key is not None:
+            out.print(
+                f"checkpoints are signed by {escape(writer.key.verifier)} "
+                "(give it to auditors: cortex audit --writer-key …)"
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
