@@ -99,8 +99,10 @@ SMALL_RUNS: Final = 5
 CHECKPOINT_EVERY: Final = DEFAULT_CHECKPOINT_EVERY
 #: Commands per staged batch: with its checkpoint, one full atomic batch.
 COMMANDS_PER_BATCH: Final = JETSTREAM_BATCH_LIMIT - 1
-#: Every KEYED_EVERY-th agent registers a key and signs everything it sends.
+#: Every KEYED_EVERY-th agent registers a key and signs everything it sends
+#: (``--keyed-every``; 0: no agent signs).
 KEYED_EVERY: Final = 10
+_keyed_every = KEYED_EVERY
 
 # The bars.
 MAX_AUDIT_RATIO: Final = 1.5
@@ -244,7 +246,7 @@ async def build(bus: Bus, events: int, future: asyncio.Future[Result]) -> Built:
     keys: dict[tuple[str, str], Ed25519PrivateKey] = {
         (tenant.name, agent): _key(f"bench-agent/{tenant.name}/{agent}")
         for n, (tenant, agent) in enumerate(registrations)
-        if n % KEYED_EVERY == KEYED_EVERY // 2
+        if _keyed_every and n % _keyed_every == _keyed_every // 2
     }
     signed_ids: set[str] = set()
     batches: list[list[Outgoing]] = []
@@ -758,9 +760,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         DEFAULT_EVENTS,
         f"events in the generated ledger (default {DEFAULT_EVENTS:,})",
     )
+    args_parser.add_argument(
+        "--keyed-every",
+        type=int,
+        default=KEYED_EVERY,
+        help=f"every K-th agent signs what it writes (default {KEYED_EVERY}; 0: none)",
+    )
     args = args_parser.parse_args(argv)
     if args.events < 1:
         args_parser.error("--events must be at least 1")
+    if args.keyed_every < 0:
+        args_parser.error("--keyed-every must be 0 or more")
+    global _keyed_every  # noqa: PLW0603 - one setting for the whole run
+    _keyed_every = args.keyed_every
     return run_main(
         lambda: measure(args.events),
         as_json=args.json,
