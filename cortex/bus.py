@@ -121,6 +121,41 @@ class _Client(NatsClient):
     _parse_header_lines = staticmethod(_header_lines)
 
 
+class _Arrivals:
+    """Messages delivered to a reader's inbox, in order; bounded by the pulls' batches."""
+
+    def __init__(self) -> None:
+        self._msgs: collections.deque[Msg] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def deliver(self, msg: Msg) -> None:
+        self._msgs.append(msg)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def next(self, timeout: float) -> Msg:
+        """The next message; TimeoutError if none comes within ``timeout`` seconds."""
+        if not self._msgs:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, timeout)
+            finally:
+                self._waiter = None
+        return self._msgs.popleft()
+
+
+def _stored(msg: Msg) -> StoredEvent:
+    seq = _stream_seq(msg)
+    headers = msg.headers
+    return StoredEvent(
+        seq=seq,
+        subject=msg.subject,
+        body=msg.data,
+        prev_hash=_hash_header(headers, HDR_PREV, seq),
+        hash=_hash_header(headers, HDR_HASH, seq),
+    )
+
+
 def _stream_seq(msg: Msg) -> int:
     """The stream seq from a consumer delivery's reply subject, without building
     nats-py's metadata objects (``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>…``,
@@ -293,22 +328,17 @@ class Bus:
             raise LedgerError(f"JetStream stored the batch unexpectedly: {ack}")
         return seq
 
-    async def read(
-        self, start_seq: int = 1, end_seq: int | None = None
+    def read(self, start_seq: int = 1, end_seq: int | None = None) -> AsyncIterator[StoredEvent]:
+        """Stored events from ``start_seq`` to ``end_seq`` (default: the end when it starts)."""
+        return self._consume(start_seq, end_seq, to_end=end_seq is None)
+
+    def follow(self, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Stored events from ``start_seq`` on, then each new one as it is appended."""
+        return self._consume(start_seq, None, to_end=False)
+
+    async def _consume(
+        self, start_seq: int, end: int | None, *, to_end: bool
     ) -> AsyncIterator[StoredEvent]:
-        """Yield stored events from ``start_seq`` to ``end_seq`` (default: the current end)."""
-        end = await self.last_seq() if end_seq is None else end_seq
-        if start_seq > end:
-            return
-        async for event in self._consume(start_seq, end):
-            yield event
-
-    async def follow(self, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        """Yield stored events from ``start_seq`` on, then each new one as it is appended."""
-        async for event in self._consume(start_seq, None):
-            yield event
-
-    async def _consume(self, start_seq: int, end: int | None) -> AsyncIterator[StoredEvent]:
         """Read in order through an ephemeral pull consumer, one pull request at a time.
 
         The server sends only what was asked for (``_PULL_BATCH`` at most), so
@@ -317,27 +347,19 @@ class Bus:
         control on arrival, not on processing, so a slow reader's backlog grows
         until nats-py drops messages as a slow consumer. ``fetch`` is bounded
         but creates a task per message; raw pull requests on an inbox cost a
-        round trip per batch and nothing per message.
+        round trip per batch and nothing per message. (One generator, not one
+        wrapped in another, and a deque rather than an ``asyncio.Queue``: each
+        costs a reader of a million events seconds.)
         """
-        info = await self.js.add_consumer(
-            STREAM,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=start_seq,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=60.0,
-                mem_storage=True,
-                num_replicas=1,
-            ),
-        )
-        queue: asyncio.Queue[Msg] = asyncio.Queue()
-
-        async def deliver(msg: Msg) -> None:
-            queue.put_nowait(msg)  # bounded by the pull request's batch size
-
+        if to_end:
+            end = await self.last_seq()
+        if end is not None and start_seq > end:
+            return
+        consumer = await self._reader(start_seq)
+        arrived = _Arrivals()
         inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox, cb=deliver)
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{info.name}"
+        sub = await self.nc.subscribe(inbox, cb=arrived.deliver)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{consumer}"
         expires_ns = int(_PULL_EXPIRES_S * 1e9)
         # Two pull requests in flight, so the next batch is on its way while
         # this one is read. The server serves (and expires) them in order.
@@ -354,11 +376,7 @@ class Bus:
                     await self.nc.publish(next_subject, request, reply=inbox)
                     pending.append(want)
                 try:
-                    msg = (
-                        queue.get_nowait()
-                        if not queue.empty()
-                        else await asyncio.wait_for(queue.get(), _PULL_EXPIRES_S + self.timeout)
-                    )
+                    msg = await arrived.next(_PULL_EXPIRES_S + self.timeout)
                 except TimeoutError as e:
                     raise Unavailable(f"reading {STREAM} stalled after seq {seq}") from e
                 status = (msg.headers or {}).get("Status") if not msg.data else None
@@ -371,20 +389,29 @@ class Bus:
                 pending[0] -= 1
                 if pending[0] == 0:
                     pending.popleft()
-                seq = _stream_seq(msg)
-                headers = msg.headers
-                yield StoredEvent(
-                    seq=seq,
-                    subject=msg.subject,
-                    body=msg.data,
-                    prev_hash=_hash_header(headers, HDR_PREV, seq),
-                    hash=_hash_header(headers, HDR_HASH, seq),
-                )
+                stored = _stored(msg)
+                seq = stored.seq
+                yield stored
         finally:
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error):
                 await sub.unsubscribe()
             with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
-                await self.js.delete_consumer(STREAM, info.name)
+                await self.js.delete_consumer(STREAM, consumer)
+
+    async def _reader(self, start_seq: int) -> str:
+        """An ephemeral, unacknowledged pull consumer from ``start_seq``; its name."""
+        info = await self.js.add_consumer(
+            STREAM,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start_seq,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,
+                mem_storage=True,
+                num_replicas=1,
+            ),
+        )
+        return str(info.name)
 
     # -- requests ---------------------------------------------------------
 
