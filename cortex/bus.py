@@ -104,17 +104,17 @@ async def _log_nats_error(e: Exception) -> None:
 
 
 def _header_lines(raw: bytes) -> dict[str, str]:
-    """``Name: Value`` lines to a dict, split and decoded once per line.
+    """``Name: Value`` lines to a dict, the block decoded once.
 
     nats-py's own parser also tests every character of every header name
     for whitespace, which cost a ledger read half its time (five header
     lines per event). Names come from our own writer and nats-server.
     """
     out: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
+    for line in raw.decode("utf-8", "replace").split("\r\n"):
+        name, sep, value = line.partition(":")
         if sep:
-            out[name.strip().decode("ascii", "replace")] = value.strip().decode("utf-8", "replace")
+            out[name.strip()] = value.strip()
     return out
 
 
