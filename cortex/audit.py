@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from cortex.bus import Bus
+from cortex.bus import Bus, StoredEvent
 from cortex.node import records
 from events.chain import GENESIS, Violation
 from events.verify import LedgerVerifier
@@ -30,6 +30,7 @@ from projections.schema import DIGEST_TABLES, SCHEMA_VERSION
 
 Progress = Callable[[int, int], None]
 _ROWS = 2000
+_CHUNK = 1000  # events verified at a time, between progress reports
 
 
 @dataclass(slots=True)
@@ -114,11 +115,17 @@ async def audit_ledger(
     report = AuditReport(pinned=writer_keys is not None)
     total = await bus.last_seq()
     verifier = LedgerVerifier(pinned=None if writer_keys is None else frozenset(writer_keys))
-    feed = verifier.feed
+    chunk: list[StoredEvent] = []
     async for stored in bus.read(1, total):
-        feed(stored.seq, stored.subject, stored.body, stored.prev_hash, stored.hash)
-        if progress is not None and (stored.seq % 1000 == 0 or stored.seq == total):
-            progress(stored.seq, total)
+        chunk.append(stored)
+        if len(chunk) == _CHUNK:
+            verifier.feed_many(chunk)
+            chunk.clear()
+            if progress is not None:
+                progress(stored.seq, total)
+    verifier.feed_many(chunk)
+    if progress is not None:
+        progress(verifier.chain.last_seq, total)
     chain = verifier.chain
     report.violations = verifier.violations
     if chain.last_seq != total:

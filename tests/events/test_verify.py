@@ -96,10 +96,28 @@ def story() -> tuple[Ledger, Ed25519PrivateKey, uuid.UUID]:
     return ledger, agent_key, fact
 
 
+@dataclass(frozen=True)
+class _Event:
+    seq: int
+    subject: str
+    body: bytes
+    prev_hash: bytes
+    hash: bytes
+
+
 def run(stored: list[Stored]) -> LedgerVerifier:
+    """Feed one event at a time, and all at once: both must find the same."""
     verifier = LedgerVerifier()
     for record in stored:
         verifier.feed(*record)
+    many = LedgerVerifier()
+    many.feed_many(_Event(*record) for record in stored)
+    assert many.violations == verifier.violations
+    assert (many.root(), many.size, many.counts) == (
+        verifier.root(),
+        verifier.size,
+        verifier.counts,
+    )
     return verifier
 
 
