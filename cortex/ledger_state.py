@@ -199,7 +199,6 @@ class LedgerState:
         self.seq, self.head = seq, event_hash
         if undo is not None:
             undo.append(lambda: self._restore(key, prev_seq, prev_head))
-            undo.append(self.tree.snapshot())
         self.tree.append(leaf_hash(event_hash))
         if seq == 1:
             self.first_hash = event_hash
@@ -241,6 +240,11 @@ class LedgerState:
 
     def _checkpointed(self, size: int, seq: int, root: str) -> None:
         self.checkpoint_size, self.checkpoint_seq, self.checkpoint_root = size, seq, root
+
+    def begin(self, undo: Undo) -> None:
+        """Start an undo log: the tree is put back once, as it is now (``apply``
+        records everything else, event by event)."""
+        undo.append(self.tree.snapshot())
 
     def _restore(self, key: bytes, seq: int, head: bytes) -> None:
         self.ids.pop(key, None)

@@ -254,6 +254,7 @@ class LedgerWriter:
         the earlier event a duplicate id refers to), and whether a refusal
         might only reflect a stale view of the ledger.
         """
+        self.state.begin(undo)
         outgoing: list[Outgoing] = []
         results: list[Result | int] = []
         behind = False

@@ -13,7 +13,11 @@ from cortex.audit import audit_ledger
 from cortex.bus import Bus
 from cortex.client import Client, Receipt, new_id
 from cortex.embedded import EmbeddedServer
+from cortex.ledger_state import LedgerState, Undo
 from cortex.writer import LedgerWriter
+from events.chain import GENESIS, link
+from events.codec import decode_event
+from projections.testing import LedgerBuilder
 
 
 async def _start_writer(url: str, **options: Any) -> LedgerWriter:
@@ -198,3 +202,27 @@ async def test_a_command_that_cannot_be_recorded_does_not_jam_the_writer(
     later = await client.store_fact("a", "the writer still works")
     assert later.seq == 4
     assert (await audit_ledger(bus)).ok
+
+
+def test_a_refused_batch_leaves_the_state_and_its_merkle_tree_as_they_were() -> None:
+    """What the writer folds in for a batch JetStream refuses is rolled back in
+    full: head, ids, agents and the tree its next checkpoint is computed from."""
+    state = LedgerState()
+    ledger = LedgerBuilder()
+    ledger.agent("ann")
+    ledger.agent("bob")
+    ledger.agent("cy")
+    head = GENESIS
+    hashes = []
+    for _seq, body in ledger.records:
+        head = link(head, body)
+        hashes.append(head)
+    state.apply(decode_event(ledger.records[0][1]), 1, hashes[0])
+    before = (state.seq, state.head, state.tree.root(), dict(state.agents), dict(state.ids))
+    undo: Undo = []
+    state.begin(undo)
+    for (seq, body), h in zip(ledger.records[1:], hashes[1:], strict=True):
+        state.apply(decode_event(body), seq, h, undo)
+    assert state.tree.size == 3
+    LedgerState.rollback(undo)
+    assert (state.seq, state.head, state.tree.root(), dict(state.agents), dict(state.ids)) == before
