@@ -332,9 +332,7 @@ async def _check_ledger(url: str, seqs: Sequence[int]) -> int:
     bus = await Bus.connect(url, name="bench-check")
     try:
         last = await bus.last_seq()
-        agents = {
-            s.seq async for s in bus.read(1, last) if not s.subject.startswith(_OWN_SUBJECTS)
-        }
+        agents = {s.seq async for s in bus.read(1, last) if not s.subject.startswith(_OWN_SUBJECTS)}
     finally:
         await bus.close()
     if agents != set(seqs):
