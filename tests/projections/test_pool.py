@@ -29,15 +29,19 @@ async def pool(tmp_path: Path) -> AsyncIterator[ConnectionPool]:
         yield p
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the loop run until predicate holds; fail the test if it never does."""
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - the pool's counters have no event to await
-            await asyncio.sleep(0.001)
+async def hold(
+    lease: Callable[[], Lease],
+    acquired: asyncio.Event,
+    release: asyncio.Event,
+    asking: asyncio.Event | None = None,
+) -> None:
+    """Hold a connection from ``lease()`` until ``release`` is set.
 
-
-async def hold(lease: Callable[[], Lease], acquired: asyncio.Event, release: asyncio.Event) -> None:
-    """Hold a connection from ``lease()`` until ``release`` is set."""
+    ``asking`` is set just before the lease is asked for: whoever waits on it
+    runs again only once this task is queued in the pool (or holds a connection).
+    """
+    if asking is not None:
+        asking.set()
     async with lease():
         acquired.set()
         await asyncio.wait_for(release.wait(), 10)
@@ -92,8 +96,12 @@ async def test_readers_run_at_once_up_to_the_limit_then_wait_then_time_out(
     assert pool.stats().readers_in_use == READERS
     assert pool.stats().waits == 0
 
-    late = asyncio.create_task(hold(lambda: pool.reader(timeout=5), asyncio.Event(), release))
-    await until(lambda: pool.stats().waits == 1)
+    asking = asyncio.Event()
+    late = asyncio.create_task(
+        hold(lambda: pool.reader(timeout=5), asyncio.Event(), release, asking)
+    )
+    await asyncio.wait_for(asking.wait(), 5)
+    assert pool.stats().waits == 1
     assert not late.done()
 
     with pytest.raises(
@@ -201,11 +209,13 @@ async def test_close_waits_for_holders_and_wakes_waiters(pool: ConnectionPool) -
     held = asyncio.Event()
     holder = asyncio.create_task(hold(pool.writer, held, release))
     await asyncio.wait_for(held.wait(), 5)
+    asking = [asyncio.Event(), asyncio.Event()]
     waiters = [
-        asyncio.create_task(hold(lambda: pool.writer(timeout=10), asyncio.Event(), release))
-        for _ in range(2)
+        asyncio.create_task(hold(lambda: pool.writer(timeout=10), asyncio.Event(), release, a))
+        for a in asking
     ]
-    await until(lambda: pool.stats().waits == 2)
+    await asyncio.wait_for(asyncio.gather(*(a.wait() for a in asking)), 5)
+    assert pool.stats().waits == 2
 
     closing = asyncio.create_task(pool.close(timeout=10))
     for waiter in waiters:
@@ -220,15 +230,16 @@ async def test_close_waits_for_holders_and_wakes_waiters(pool: ConnectionPool) -
 async def test_close_gives_up_on_a_stuck_holder_and_closes_anyway(pool: ConnectionPool) -> None:
     """A holder that never returns cannot keep the node from shutting down."""
     got: list[aiosqlite.Connection] = []
-    never = asyncio.Event()
+    holding, never = asyncio.Event(), asyncio.Event()
 
     async def stuck() -> None:
         async with pool.reader() as conn:
             got.append(conn)
+            holding.set()
             await asyncio.wait_for(never.wait(), 30)
 
     task = asyncio.create_task(stuck())
-    await until(lambda: bool(got))
+    await asyncio.wait_for(holding.wait(), 5)
     await asyncio.wait_for(pool.close(timeout=0.1), 5)
     with pytest.raises(ValueError, match=CLOSED):
         await got[0].execute("SELECT 1")
@@ -248,15 +259,18 @@ async def test_cancelled_holder_returns_its_connection_rolled_back(pool: Connect
             inserted.set()
             await asyncio.wait_for(asyncio.Event().wait(), 30)
 
-    async def cancelled_query() -> None:
+    async def cancelled_query(queried: asyncio.Event) -> None:
         async with pool.reader() as conn:
             await conn.execute_fetchall("SELECT * FROM t")
+            queried.set()
             await asyncio.wait_for(asyncio.Event().wait(), 30)
 
     batch = asyncio.create_task(cancelled_batch())
-    queries = [asyncio.create_task(cancelled_query()) for _ in range(READERS)]
+    queried = [asyncio.Event() for _ in range(READERS)]
+    queries = [asyncio.create_task(cancelled_query(q)) for q in queried]
     await asyncio.wait_for(inserted.wait(), 5)
-    await until(lambda: pool.stats().readers_in_use == READERS)
+    await asyncio.wait_for(asyncio.gather(*(q.wait() for q in queried)), 5)
+    assert pool.stats().readers_in_use == READERS
     for task in (batch, *queries):
         task.cancel()
     results = await asyncio.gather(batch, *queries, return_exceptions=True)
