@@ -737,19 +737,7 @@ def print_table(report: Report, console: Console) -> None:
             notes[name],
         )
     console.print(table)
-    print_bars(console, report.bars, _measured)
-
-
-def _measured(b: Bar) -> str:
-    if b.unit == "%":
-        return f"{b.value:.0%}"
-    if b.unit == "x":
-        return f"{b.value:.2f}x"
-    if b.unit == "ms":
-        return f"{b.value:,.0f} ms"
-    if b.unit == "bool":
-        return "yes" if b.passed else "no"
-    return f"{b.value:,.0f}/s"
+    print_bars(console, report.bars)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

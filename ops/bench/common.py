@@ -224,7 +224,24 @@ def bars_json(bars: Sequence[Bar]) -> list[dict[str, Any]]:
     ]
 
 
-def print_bars(console: Console, bars: Sequence[Bar], measured: Callable[[Bar], str]) -> None:
+def by_unit(b: Bar) -> str:
+    """A bar's measured value as its ``unit`` reads (events per second when it has none)."""
+    if b.unit == "%":
+        return f"{b.value:.0%}"
+    if b.unit == "x":
+        return f"{b.value:.2f}x"
+    if b.unit == "ms":
+        return f"{b.value:,.0f} ms"
+    if b.unit == "MB":
+        return f"{b.value:,.0f} MB"
+    if b.unit == "bool":
+        return "yes" if b.passed else "no"
+    return f"{b.value:,.0f}/s"
+
+
+def print_bars(
+    console: Console, bars: Sequence[Bar], measured: Callable[[Bar], str] = by_unit
+) -> None:
     """The bars table; a mode column when the bars have modes."""
     with_mode = any(b.mode is not None for b in bars)
     table = Table(title="bars", show_header=True)

@@ -598,17 +598,7 @@ def print_table(report: Report, console: Console) -> None:
     else:
         verdict = "[red bold]DIFFER: determinism bug[/]"
     console.print(f"projector / baseline = {report.ratio:.0%}; digests {verdict}")
-    print_bars(console, report.bars, _measured)
-
-
-def _measured(b: Bar) -> str:
-    if b.unit == "%":
-        return f"{b.value:.0%}"
-    if b.unit == "MB":
-        return f"{b.value:,.0f} MB"
-    if b.unit == "bool":
-        return "yes" if b.passed else "no"
-    return f"{b.value:,.0f}/s"
+    print_bars(console, report.bars)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
