@@ -1,13 +1,21 @@
-"""Running the ``cortex`` command as a user does, for tests: a real process, real exit codes."""
+"""For tests: the ``cortex`` command run as a user runs it (a real process, real exit
+codes), and a writer or a node started and stopped around a block."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from cortex.bus import Bus
+from cortex.node import ProjectionNode
+from cortex.writer import LedgerWriter
 
 
 @dataclass
@@ -41,3 +49,29 @@ async def run_cli(*args: str, timeout: float = 60) -> Run:
         raise
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+@contextlib.asynccontextmanager
+async def running_writer(url: str, **options: Any) -> AsyncIterator[LedgerWriter]:
+    """A started writer on its own connection, as `cortex up` runs it; stopped after."""
+    bus = await Bus.connect(url, name="writer")
+    writer = LedgerWriter(bus, **options)
+    try:
+        await writer.start()
+        yield writer
+    finally:
+        await writer.stop()
+        await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def running_node(url: str, db: Path) -> AsyncIterator[ProjectionNode]:
+    """A started node (projector and queries) on its own connection; stopped after."""
+    bus = await Bus.connect(url, name="node")
+    node = ProjectionNode(bus, db)
+    try:
+        await node.start()
+        yield node
+    finally:
+        await node.stop()
+        await bus.close()

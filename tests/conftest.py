@@ -11,6 +11,7 @@ from cortex.bus import Bus
 from cortex.client import Client
 from cortex.embedded import EmbeddedServer
 from cortex.keys import writer_key
+from cortex.testing import running_writer
 from cortex.writer import LedgerWriter
 from projections.pool import ConnectionPool
 from projections.projector import Projector
@@ -34,23 +35,17 @@ async def bus(server: EmbeddedServer) -> AsyncIterator[Bus]:
 @pytest.fixture
 async def writer(server: EmbeddedServer) -> AsyncIterator[LedgerWriter]:
     """A running writer on its own connection, as `cortex up` runs it."""
-    b = await Bus.connect(server.url, name="writer")
-    w = LedgerWriter(b)
-    await w.start()
-    yield w
-    await w.stop()
-    await b.close()
+    async with running_writer(server.url) as w:
+        yield w
 
 
 @pytest.fixture
 async def signing_writer(server: EmbeddedServer) -> AsyncIterator[LedgerWriter]:
     """A writer with its key in the data folder, checkpointing every 10 events."""
-    b = await Bus.connect(server.url, name="writer")
-    w = LedgerWriter(b, key=writer_key(server.data_dir), checkpoint_every=10)
-    await w.start()
-    yield w
-    await w.stop()
-    await b.close()
+    async with running_writer(
+        server.url, key=writer_key(server.data_dir), checkpoint_every=10
+    ) as w:
+        yield w
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from cortex.errors import QueryFailed
 from cortex.keys import writer_key
 from cortex.node import ProjectionNode
 from cortex.testing import run_cli as cortex
+from cortex.testing import running_node, running_writer
 from cortex.writer import LedgerWriter
 from events.codec import decode_event
 from events.merkle import MerkleAccumulator, leaf_hash
@@ -32,12 +33,8 @@ from events.proof import check_proof
 async def node(
     server: EmbeddedServer, signing_writer: LedgerWriter, tmp_path: Path
 ) -> AsyncIterator[ProjectionNode]:
-    bus = await Bus.connect(server.url, name="node")
-    n = ProjectionNode(bus, tmp_path / "node.db")
-    await n.start()
-    yield n
-    await n.stop()
-    await bus.close()
+    async with running_node(server.url, tmp_path / "node.db") as n:
+        yield n
 
 
 async def _story(client: Client, votes: int) -> int:
@@ -80,10 +77,8 @@ async def test_a_writer_restart_keeps_its_key_and_does_not_record_it_twice(
     server: EmbeddedServer, bus: Bus
 ) -> None:
     for _ in range(2):
-        w = LedgerWriter(await Bus.connect(server.url, name="w"), key=writer_key(server.data_dir))
-        await w.start()
-        await w.stop()
-        await w.bus.close()
+        async with running_writer(server.url, key=writer_key(server.data_dir)):
+            pass
     kinds = [type(decode_event(s.body)) async for s in bus.read(1)]
     assert kinds == [WriterKeyAdded]
     assert (server.data_dir / "writer.key").stat().st_mode & 0o777 == 0o600
@@ -147,19 +142,14 @@ async def test_a_consistency_proof_across_two_writers_keys(
     sizes, verifiers = [], []
     try:
         for name in ("one", "two"):
-            w = LedgerWriter(
-                await Bus.connect(server.url, name=name), key=writer_key(tmp_path / name)
-            )
-            await w.start()
-            if name == "one":
-                await node.start()  # once the first writer has made the stream
-            async with await Client.connect(server.url, tenant="acme") as client:
-                await client.register_agent(name)
-                cp = await client.make_checkpoint()
+            async with running_writer(server.url, key=writer_key(tmp_path / name)):
+                if name == "one":
+                    await node.start()  # once the first writer has made the stream
+                async with await Client.connect(server.url, tenant="acme") as client:
+                    await client.register_agent(name)
+                    cp = await client.make_checkpoint()
             sizes.append(cp["tree_size"])
             verifiers.append(cp["verifier"])
-            await w.stop()
-            await w.bus.close()
         async with await Client.connect(server.url, tenant="acme") as client:
             doc = await client.consistency_proof(sizes[0], sizes[1])
     finally:
@@ -177,18 +167,11 @@ async def test_a_writer_under_full_batches_still_checkpoints(
     """Thousands of commands queued at once fill every batch; one message of each is
     kept for the checkpoint, so one still comes in the first batch that reaches
     ``checkpoint_every`` events: never more than a batch (1,000) late."""
-    w = LedgerWriter(
-        await Bus.connect(server.url, name="w"),
-        key=writer_key(tmp_path / "w"),
-        checkpoint_every=100,
-    )
-    await w.start()
-    try:
-        async with await Client.connect(server.url, tenant="acme") as client:
-            await asyncio.gather(*(client.register_agent(f"a{n}") for n in range(4000)))
-    finally:
-        await w.stop()
-        await w.bus.close()
+    async with (
+        running_writer(server.url, key=writer_key(tmp_path / "w"), checkpoint_every=100),
+        await Client.connect(server.url, tenant="acme") as client,
+    ):
+        await asyncio.gather(*(client.register_agent(f"a{n}") for n in range(4000)))
     events = [(s.seq, decode_event(s.body)) async for s in bus.read(1)]
     sizes = [0] + [e.tree_size for _, e in events if isinstance(e, CheckpointSigned)]
     assert len(sizes) > 4

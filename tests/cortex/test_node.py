@@ -19,6 +19,7 @@ from cortex.client import Client
 from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import QueryFailed
 from cortex.node import ProjectionNode
+from cortex.testing import running_node
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
 from events.codec import decode_event
@@ -34,12 +35,8 @@ from projections.testing import LedgerBuilder
 async def node(
     server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
 ) -> AsyncIterator[ProjectionNode]:
-    bus = await Bus.connect(server.url, name="node")
-    n = ProjectionNode(bus, tmp_path / "node1.db")
-    await n.start()
-    yield n
-    await n.stop()
-    await bus.close()
+    async with running_node(server.url, tmp_path / "node1.db") as n:
+        yield n
 
 
 async def _append(bus: Bus, builder: LedgerBuilder) -> int:
