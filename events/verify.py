@@ -29,11 +29,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-import blake3
 import msgspec
 
 from events import signing
-from events.chain import DOMAIN, ChainVerifier, Violation
+from events.chain import ChainVerifier, Violation
 from events.codec import decode_event
 from events.merkle import MerkleAccumulator, leaf_hash, perfect_root
 from events.model import (
@@ -49,7 +48,6 @@ from events.note import NoteError, parse_checkpoint, verify
 #: Leaves hashed together into a perfect subtree before they join the tree.
 _TILE_HEIGHT: Final = 8
 _TILE: Final = 1 << _TILE_HEIGHT
-_blake3: Final = blake3.blake3
 _KINDS: Final = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 _OWN: Final = frozenset({"writer_key_added", "checkpoint_signed"})
 
@@ -131,48 +129,10 @@ class LedgerVerifier:
             restore()
 
     def feed_many(self, stored: Iterable[Stored]) -> None:
-        """``feed`` for many events, in order: the same checks, the good path inlined
-        (a chain link that holds and a well-formed envelope); anything else goes
-        through ``feed``, which says what is wrong."""
-        chain, ids, pending, agents, counts = (
-            self.chain,
-            self.ids,
-            self.pending,
-            self.agents,
-            self.counts,
-        )
-        decode, hasher = _envelope.decode, _blake3
+        """``feed`` each of ``stored``, in order."""
+        feed = self.feed
         for event in stored:
-            seq, body, prev, recorded = event.seq, event.body, event.prev_hash, event.hash
-            own = hasher(DOMAIN + prev + body).digest()
-            if seq != chain.last_seq + 1 or own != recorded or prev != chain.head or seq == 1:
-                self.feed(seq, event.subject, body, prev, recorded)
-                continue
-            try:
-                env = decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                self.feed(seq, event.subject, body, prev, recorded)
-                continue
-            chain.computed_before, chain.computed = chain.computed, own
-            chain.head, chain.last_seq = recorded, seq
-            chain.count += 1
-            counts.events += 1
-            kind, tenant = env.kind, env.tenant
-            if event.subject != f"cortex.ledger.{tenant}.{kind}" or kind not in _KINDS:
-                self._misfiled(seq, event.subject, env)
-            first = ids.setdefault(env.id, seq)
-            if first != seq:
-                self._found(
-                    "duplicate_event", seq, f"event id {env.id} was already appended at seq {first}"
-                )
-            if kind in _OWN or env.signature is not None or kind == "agent_registered":
-                self._full(seq, body, env)
-            elif env.agent_id and agents.get((tenant, env.agent_id)):
-                self._unsigned(seq, env)
-            pending.append(own)
-            if len(pending) == _TILE and self.tree.size % _TILE == 0:
-                self.tree.append_subtree(perfect_root(pending), _TILE_HEIGHT)
-                pending.clear()
+            feed(event.seq, event.subject, event.body, event.prev_hash, event.hash)
 
     def feed(self, seq: int, subject: str, body: bytes, prev: bytes, recorded: bytes) -> None:
         """Check one stored event (its subject is ``cortex.ledger.<tenant>.<kind>``)."""
