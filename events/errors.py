@@ -1,0 +1,172 @@
+"""Every error CORTEX shows a user, as one tree, and every stable code it can carry.
+
+    CortexError
+    ├── CommandRejected          the writer refused a command; nothing appended
+    │   ├── InvalidCommand       malformed, unknown kind, bad field, too large, bad vote
+    │   ├── UnknownReference     the agent or fact it names does not exist in the tenant
+    │   └── StateConflict        it contradicts the ledger (already registered, deprecated…)
+    ├── LedgerError              the ledger itself is unusable (missing, misconfigured, broken)
+    │   ├── ChainBroken          a stored event does not link to the one before it
+    │   ├── AppendConflict       another writer appended first; re-read the head and retry
+    │   └── LedgerMismatch       a read model does not follow the ledger it is fed
+    ├── QueryFailed              a read was malformed, unknown, or min_seq was not reached in time
+    ├── PoolError                the read model's connection pool cannot serve
+    │   ├── PoolTimeout          no connection came free within the acquire timeout
+    │   └── PoolClosed           the pool is closed (or was never opened)
+    ├── Unavailable              no server, writer or node answered in time
+    └── ServerError              the embedded nats-server could not be found or started
+
+Each carries a stable ``code`` (and ``seq`` or ``in_use`` where they help),
+listed with its meaning in ``CODES``: scripts and other front doors match on
+codes, never on messages. Errors from nats-py, sqlite3 and the process layer
+are translated where they enter, with ``raise … from``. This module is pure
+(no I/O) so that every layer, from events/ up, raises from the same tree.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+
+class CortexError(Exception):
+    """Base of every error CORTEX raises on purpose."""
+
+    code: str = "error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class CommandRejected(CortexError):
+    """The writer refused a command; the ledger is unchanged."""
+
+    code = "rejected"
+
+
+class InvalidCommand(CommandRejected):
+    code = "invalid_field"
+
+
+class UnknownReference(CommandRejected):
+    code = "unknown_fact"
+
+
+class StateConflict(CommandRejected):
+    code = "conflict"
+
+
+class LedgerError(CortexError):
+    code = "ledger_error"
+
+
+class ChainBroken(LedgerError):
+    code = "chain_break"
+
+    def __init__(self, message: str, *, seq: int) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+class AppendConflict(LedgerError):
+    code = "append_conflict"
+
+
+class LedgerMismatch(LedgerError):
+    """The database was built from another ledger, was altered, or was fed out of order.
+
+    Nothing is applied; the remedy is to rebuild it with ``cortex replay``.
+    """
+
+    code = "ledger_mismatch"
+
+
+class QueryFailed(CortexError):
+    """A query was refused (unknown op, bad parameters) or timed out waiting for min_seq."""
+
+    code = "invalid_query"
+
+
+class PoolError(CortexError):
+    """The connection pool cannot hand out a working connection."""
+
+    code = "pool_error"
+
+
+class PoolTimeout(PoolError):
+    """Every connection of the kind asked for stayed busy for the whole acquire timeout."""
+
+    code = "pool_timeout"
+
+    def __init__(self, message: str, *, in_use: int, size: int) -> None:
+        super().__init__(message)
+        self.in_use = in_use
+        self.size = size
+
+
+class PoolClosed(PoolError):
+    """The pool was closed (or not yet opened); it hands out nothing."""
+
+    code = "pool_closed"
+
+
+class Unavailable(CortexError):
+    code = "unavailable"
+
+
+class ServerError(CortexError):
+    code = "server_error"
+
+
+#: Every stable code an error can carry: its class (what a client raises for
+#: it) and what it means. ``tests/test_codes.py`` checks that the code base
+#: produces exactly these.
+CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
+    # commands, refused by the writer (or the client, before sending)
+    "malformed": (InvalidCommand, "not JSON, or not the shape a command or query has"),
+    "unknown_kind": (InvalidCommand, "no command of that kind"),
+    "invalid_field": (InvalidCommand, "a field has the wrong type, pattern or range"),
+    "too_large": (InvalidCommand, "content, meta, a batch or a request is over its limit"),
+    "invalid_vote": (InvalidCommand, "a vote is +1, -1 or 0"),
+    "reserved_tenant": (InvalidCommand, "tenants starting with _ belong to the ledger"),
+    "signature_required": (InvalidCommand, "the agent (or the ledger) requires a signature"),
+    "bad_signature": (InvalidCommand, "the signature does not hold for this command"),
+    "bad_key": (InvalidCommand, "a key file cannot be read or written"),
+    "unknown_agent": (UnknownReference, "the agent is not registered in this tenant"),
+    "unknown_fact": (UnknownReference, "no such fact in this tenant"),
+    "agent_exists": (StateConflict, "the agent is already registered in this tenant"),
+    "fact_exists": (StateConflict, "a fact with this id already exists"),
+    "already_deprecated": (StateConflict, "the fact is already deprecated"),
+    "id_reused": (StateConflict, "the event id was used for a different command"),
+    "no_key": (StateConflict, "the writer has no key to sign checkpoints with"),
+    "no_checkpoint": (StateConflict, "the ledger is empty: nothing to checkpoint"),
+    "busy": (Unavailable, "the writer's batch was full; ask again"),
+    # the ledger
+    "ledger_error": (LedgerError, "the ledger stream is missing, misconfigured or refused"),
+    "chain_break": (ChainBroken, "a stored event does not link to the one before it"),
+    "append_conflict": (AppendConflict, "another writer appended first"),
+    "ledger_mismatch": (LedgerMismatch, "a database does not follow this ledger"),
+    # queries
+    "invalid_query": (QueryFailed, "a query parameter is missing, unknown or out of range"),
+    "unknown_op": (QueryFailed, "no query of that name"),
+    "not_found": (QueryFailed, "no such event (in this tenant)"),
+    "not_checkpointed": (QueryFailed, "the event is after the latest checkpoint"),
+    "timeout": (QueryFailed, "the node did not reach min_seq in time"),
+    # the read model and the process
+    "pool_error": (PoolError, "the read model's connections cannot serve"),
+    "pool_timeout": (PoolTimeout, "no read model connection came free in time"),
+    "pool_closed": (PoolClosed, "the read model is closed"),
+    "unavailable": (Unavailable, "no server, writer or node answered in time"),
+    "server_error": (ServerError, "the embedded nats-server could not start"),
+    "internal": (CortexError, "a bug: the reply says what failed"),
+}
+
+
+def error_for(code: str, message: str) -> CortexError:
+    """The exception for an error reply with ``code``, as any front door raises it."""
+    cls, _meaning = CODES.get(code, (CortexError, ""))
+    if cls in (ChainBroken, PoolTimeout):  # their extra fields are not on the wire
+        cls = LedgerError if cls is ChainBroken else PoolError
+    return cls(message, code=code)
