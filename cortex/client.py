@@ -33,11 +33,11 @@ from cortex.errors import CortexError, InvalidCommand, QueryFailed, Unavailable,
 from events import signing
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
+from events.limits import MAX_REQUEST_BYTES
 from events.note import raw_public
+from events.rules import check_shape, utc
 
 DEFAULT_TENANT: Final = "default"
-#: Stay well under NATS's default 1 MiB max payload per request.
-_MAX_REQUEST_BYTES: Final = 768 * 1024
 _reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, Any])
 
 
@@ -78,18 +78,6 @@ class _Call:
     command: Command
     body: bytes
     future: asyncio.Future[dict[str, Any]]
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A zoned time in UTC, as the ledger keeps it: the wire format rounds offsets to
-    the minute, so a signature over a local time with an odd offset would not hold.
-    A naive time is sent as it is, for the writer to refuse."""
-    if value is None or value.tzinfo is None:
-        return value
-    try:
-        return value.astimezone(dt.UTC)
-    except (OverflowError, ValueError) as e:
-        raise InvalidCommand(f"{value} cannot be expressed in UTC", code="invalid_field") from e
 
 
 class Client:
@@ -209,8 +197,8 @@ class Client:
             confidence=confidence,
             source=source,
             meta=dict(meta or {}),
-            valid_from=_utc(valid_from),
-            valid_until=_utc(valid_until),
+            valid_from=utc(valid_from, what="valid_from"),
+            valid_until=utc(valid_until, what="valid_until"),
         )
         r = await self.submit(command, key=key)
         return Receipt(r.seq, r.hash, r.id, fact_id=command.fact_id)
@@ -276,12 +264,15 @@ class Client:
         The command is signed first if a key is given or known for its agent
         (see ``sign``).
         """
+        refused = check_shape(command)
+        if refused is not None:  # what the writer would answer, without the round trip
+            raise refused.error()
         command = self.sign(command, key)
         body = encode(command)
-        if len(body) > _MAX_REQUEST_BYTES:
+        if len(body) > MAX_REQUEST_BYTES:
             raise InvalidCommand(
                 f"command is {len(body)} bytes encoded; "
-                f"requests are limited to {_MAX_REQUEST_BYTES}",
+                f"requests are limited to {MAX_REQUEST_BYTES}",
                 code="too_large",
             )
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -424,7 +415,7 @@ class Client:
                     call = await self._next_call(remaining)
                     if call is None:
                         break
-                if size + len(call.body) + 1 > _MAX_REQUEST_BYTES:
+                if size + len(call.body) + 1 > MAX_REQUEST_BYTES:
                     self._carry = call  # opens the next request
                     break
                 batch.append(call)

@@ -9,17 +9,16 @@ a batch reply is an array of them in request order.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
 
-from cortex.ledger_state import Refusal, check_shape
-from events.commands import COMMAND_TYPES, MAX_BATCH, AnyCommand, Command
+from events.commands import COMMAND_TYPES, AnyCommand, Command
+from events.limits import MAX_BATCH
+from events.rules import Refusal, check_shape, check_tenant
 
 BATCH_KIND: Final = "batch"
-_TENANT: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _raw_list: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _whole_batch: Final = msgspec.json.Decoder(list[AnyCommand])
 _decoders: Final = {kind: msgspec.json.Decoder(cls) for kind, cls in COMMAND_TYPES.items()}
@@ -82,10 +81,9 @@ def parse(subject: str, data: bytes) -> Request | Result:
     if len(parts) != 4:
         return error("malformed", f"commands go to cortex.cmd.<tenant>.<kind>, not {subject}")
     tenant, kind = parts[2], parts[3]
-    if not _TENANT.match(tenant):
-        return error("invalid_field", f"tenant {tenant!r} must be 1-64 of A-Z a-z 0-9 _ -")
-    if tenant.startswith("_"):
-        return error("reserved_tenant", f"tenant {tenant!r} is reserved for the ledger itself")
+    refused = check_tenant(tenant)
+    if refused is not None:
+        return error(refused.code, refused.message)
     if kind != BATCH_KIND:
         return Request(tenant, False, [_decode_one(kind, data)])
     try:

@@ -10,26 +10,13 @@ refuses leaves the state exactly as it was.
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
 
-import msgspec
-
-from events import signing
+from events import rules
 from events.chain import GENESIS
-from events.commands import (
-    MAX_CONTENT_BYTES,
-    MAX_META_BYTES,
-    VOTE_VALUES,
-    CastVote,
-    Command,
-    DeprecateFact,
-    RegisterAgent,
-    StoreFact,
-)
+from events.commands import Command
 from events.merkle import MerkleAccumulator, leaf_hash
 from events.model import (
     AgentRegistered,
@@ -39,49 +26,7 @@ from events.model import (
     FactStored,
     WriterKeyAdded,
 )
-
-_meta_encoder: Final = msgspec.json.Encoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """Why a command cannot be appended: a stable code and a sentence for people."""
-
-    code: str
-    message: str
-    #: True when the refusal depends on the ledger's state, so a writer that
-    #: is behind the stream must catch up and judge again before answering.
-    stateful: bool = False
-
-
-def check_shape(command: Command) -> Refusal | None:
-    """Checks that need no ledger state: sizes and vote values."""
-    if isinstance(command, StoreFact):
-        size = len(command.content.encode())
-        if size > MAX_CONTENT_BYTES:
-            return Refusal(
-                "too_large", f"content is {size} bytes; the limit is {MAX_CONTENT_BYTES} bytes"
-            )
-        if not command.content.strip():
-            return Refusal("invalid_field", "content is empty")
-        meta_size = len(_meta_encoder.encode(command.meta))
-        if meta_size > MAX_META_BYTES:
-            return Refusal("too_large", f"meta is {meta_size} bytes; the limit is {MAX_META_BYTES}")
-        for name in ("valid_from", "valid_until"):
-            value = getattr(command, name)
-            try:
-                value is None or value.astimezone(dt.UTC)
-            except (OverflowError, ValueError):
-                return Refusal("invalid_field", f"{name} {value} cannot be expressed in UTC")
-        if command.valid_from and command.valid_until and command.valid_until < command.valid_from:
-            return Refusal("invalid_field", "valid_until is before valid_from")
-    elif isinstance(command, CastVote) and command.value not in VOTE_VALUES:
-        return Refusal(
-            "invalid_vote",
-            f"a vote is +1, -1 or 0 (to withdraw), not {command.value}",
-        )
-    return None
-
+from events.rules import Refusal
 
 Undo = list[Callable[[], object]]
 
@@ -114,82 +59,7 @@ class LedgerState:
 
     def check(self, command: Command, tenant: str) -> Refusal | None:
         """Whether ``command`` may be appended for ``tenant`` given the ledger so far."""
-        if isinstance(command, RegisterAgent):
-            if (tenant, command.agent_id) in self.agents:
-                return Refusal(
-                    "agent_exists",
-                    f"agent {command.agent_id!r} is already registered in tenant {tenant!r}",
-                )
-            if self.require_signatures and command.public_key is None:
-                return Refusal(
-                    "signature_required",
-                    "this ledger requires signatures: register the agent with a public key",
-                )
-            return None
-        agent_id: str = getattr(command, "agent_id", "")
-        if (tenant, agent_id) not in self.agents:
-            return Refusal(
-                "unknown_agent",
-                f"agent {agent_id!r} is not registered in tenant {tenant!r}",
-                stateful=True,
-            )
-        return self._check_signature(command, tenant, agent_id) or self._check_target(
-            command, tenant
-        )
-
-    def _check_signature(self, command: Command, tenant: str, agent_id: str) -> Refusal | None:
-        key = self.agents[(tenant, agent_id)]
-        signature: str | None = getattr(command, "signature", None)
-        if key is None:
-            if signature is not None:
-                return Refusal(
-                    "bad_signature",
-                    f"agent {agent_id!r} has no registered key to check a signature against",
-                )
-            if self.require_signatures:
-                return Refusal(
-                    "signature_required",
-                    f"this ledger requires signatures and agent {agent_id!r} has no key",
-                )
-            return None
-        if signature is None:
-            return Refusal(
-                "signature_required", f"agent {agent_id!r} has a key: its commands must be signed"
-            )
-        if not signing.check(key, signature, signing.command_bytes(command, tenant)):
-            return Refusal(
-                "bad_signature",
-                f"the signature is not agent {agent_id!r}'s signature of this command "
-                "(a signature binds the tenant, the id and every field)",
-            )
-        return None
-
-    def _check_target(self, command: Command, tenant: str) -> Refusal | None:
-        if isinstance(command, StoreFact):
-            if command.fact_id.bytes in self.facts:
-                return Refusal("fact_exists", f"fact {command.fact_id} already exists")
-            return None
-        if isinstance(command, DeprecateFact | CastVote):
-            refusal = self._check_fact(command.fact_id, tenant)
-            if refusal is not None:
-                return refusal
-        if isinstance(command, DeprecateFact):
-            if command.fact_id.bytes in self.deprecated:
-                return Refusal(
-                    "already_deprecated", f"fact {command.fact_id} is already deprecated"
-                )
-            if command.successor_id is not None:
-                if command.successor_id == command.fact_id:
-                    return Refusal("invalid_field", "a fact cannot succeed itself")
-                return self._check_fact(command.successor_id, tenant)
-        return None
-
-    def _check_fact(self, fact_id: uuid.UUID, tenant: str) -> Refusal | None:
-        # Another tenant's fact is reported exactly like a missing one: its
-        # existence is not this tenant's business.
-        if self.facts.get(fact_id.bytes) != tenant:
-            return Refusal("unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True)
-        return None
+        return rules.judge(self, command, tenant)
 
     def apply(self, event: Event, seq: int, event_hash: bytes, undo: Undo | None = None) -> None:
         """Fold one appended (or about to be appended) event into the state."""

@@ -33,12 +33,13 @@ from cortex.bus import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Outgoing, ledger
 from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
 from cortex.errors import AppendConflict, ChainBroken, CortexError
 from cortex.keys import WriterKey
-from cortex.ledger_state import LedgerState, Refusal, Undo
+from cortex.ledger_state import LedgerState, Undo
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import Command, to_event
 from events.model import SYSTEM_TENANT, CheckpointSigned, Event, WriterKeyAdded, kind_of
 from events.note import Checkpoint, sign
+from events.rules import Refusal
 
 log = structlog.get_logger(__name__)
 

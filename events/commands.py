@@ -33,14 +33,6 @@ from events.model import (
     WorldTime,
 )
 
-#: Largest fact content the writer accepts, in UTF-8 bytes.
-MAX_CONTENT_BYTES: Final = 64 * 1024
-#: Largest encoded ``meta`` object, in bytes.
-MAX_META_BYTES: Final = 8 * 1024
-#: Largest number of commands in one batch request.
-MAX_BATCH: Final = 1000
-VOTE_VALUES: Final = frozenset({-1, 0, 1})
-
 
 class Command(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", forbid_unknown_fields=True

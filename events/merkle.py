@@ -30,7 +30,14 @@ __all__ = [
     "consistency_proof",
     "verify_consistency",
     "MerkleAccumulator",
+    "TILE",
+    "TILE_HEIGHT",
 ]
+
+#: Tile geometry, one place for all: leaves are hashed a tile at a time into a
+#: perfect subtree (the audit), and nodes store one root per complete tile (proofs).
+TILE_HEIGHT = 8
+TILE = 1 << TILE_HEIGHT
 
 HashFn = Callable[[bytes], bytes]
 

@@ -14,18 +14,24 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from events import limits
+
 SCHEMA_VERSION: Final = 1
 
 #: An agent's id: a short, printable name chosen by its operator.
-AgentId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@:-]+$")]
+AgentId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=limits.MAX_NAME, pattern=limits.AGENT_PATTERN)
+]
 #: A tenant is a NATS subject token, so it may not contain dots or wildcards.
-Tenant = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Tags = Annotated[tuple[Tag, ...], msgspec.Meta(max_length=32)]
-FactType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Tenant = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=limits.MAX_NAME, pattern=limits.TENANT_PATTERN)
+]
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NAME)]
+Tags = Annotated[tuple[Tag, ...], msgspec.Meta(max_length=limits.MAX_TAGS)]
+FactType = Annotated[str, msgspec.Meta(min_length=1, max_length=limits.MAX_NAME)]
 Confidence = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-Source = Annotated[str, msgspec.Meta(max_length=1024)]
-Reason = Annotated[str, msgspec.Meta(max_length=1024)]
+Source = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT)]
+Reason = Annotated[str, msgspec.Meta(max_length=limits.MAX_TEXT)]
 #: An Ed25519 public key, 32 bytes as lowercase hex.
 PublicKey = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 WorldTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
@@ -38,7 +44,7 @@ KeyName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[
 
 #: The tenant of the ledger's own events (writer keys, checkpoints). Agents'
 #: commands can never name it: tenants that start with "_" are reserved.
-SYSTEM_TENANT: Final = "_cortex"
+SYSTEM_TENANT: Final = limits.RESERVED_TENANT_PREFIX + "cortex"
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):

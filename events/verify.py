@@ -34,7 +34,7 @@ import msgspec
 from events import signing
 from events.chain import ChainVerifier, Violation
 from events.codec import decode_event
-from events.merkle import MerkleAccumulator, leaf_hash, perfect_root
+from events.merkle import TILE, TILE_HEIGHT, MerkleAccumulator, leaf_hash, perfect_root
 from events.model import (
     EVENT_TYPES,
     SYSTEM_TENANT,
@@ -45,9 +45,6 @@ from events.model import (
 )
 from events.note import NoteError, parse_checkpoint, verify
 
-#: Leaves hashed together into a perfect subtree before they join the tree.
-_TILE_HEIGHT: Final = 8
-_TILE: Final = 1 << _TILE_HEIGHT
 _KINDS: Final = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 _OWN: Final = frozenset({"writer_key_added", "checkpoint_signed"})
 
@@ -163,8 +160,8 @@ class LedgerVerifier:
         # A checkpoint covers the events before it: this one joins the tree after.
         pending = self.pending
         pending.append(own)
-        if len(pending) == _TILE and self.tree.size % _TILE == 0:
-            self.tree.append_subtree(perfect_root(pending), _TILE_HEIGHT)
+        if len(pending) == TILE and self.tree.size % TILE == 0:
+            self.tree.append_subtree(perfect_root(pending), TILE_HEIGHT)
             pending.clear()
 
     def _unsigned(self, seq: int, env: _Envelope) -> None:

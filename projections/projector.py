@@ -26,7 +26,7 @@ import structlog
 
 from events.chain import GENESIS, link
 from events.codec import decode_event
-from events.merkle import perfect_root
+from events.merkle import TILE, perfect_root
 from events.model import (
     AgentRegistered,
     CheckpointSigned,
@@ -39,7 +39,7 @@ from events.model import (
 from projections.consensus import Consensus, consensus_of
 from projections.errors import LedgerMismatch
 from projections.pool import ConnectionPool
-from projections.schema import DDL, SCHEMA_VERSION, TILE
+from projections.schema import DDL, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from events.merkle import consistency_path, inclusion_path, leaf_hash, node_hash
+from events.merkle import TILE, consistency_path, inclusion_path, leaf_hash, node_hash
 from projections.errors import QueryError
 from projections.pool import ConnectionPool
-from projections.schema import TILE
 
 
 def _checkpoint(row: Any) -> dict[str, Any]:

@@ -121,9 +121,6 @@ CREATE VIRTUAL TABLE IF NOT EXISTS facts_fts USING fts5 (
 );
 """
 
-#: Leaves per stored Merkle tile.
-TILE: Final = 256
-
 #: Tables in digest order, each with the ORDER BY that makes its rows canonical.
 DIGEST_TABLES: Final = (
     ("position", "SELECT seq, hash, schema_version FROM position"),

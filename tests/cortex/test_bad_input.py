@@ -12,7 +12,7 @@ from cortex.bus import Bus, command_subject
 from cortex.client import Client, new_id
 from cortex.errors import CommandRejected, InvalidCommand, StateConflict, UnknownReference
 from cortex.writer import LedgerWriter
-from events.commands import MAX_CONTENT_BYTES
+from events.limits import MAX_CONTENT_BYTES
 
 
 async def _raw(bus: Bus, kind: str, payload: bytes, tenant: str = "acme") -> Any:
