@@ -11,37 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from cortex import proofs
 from cortex.bus import Bus
-from cortex.errors import CortexError
 from events.chain import link
-from projections import queries
+from events.limits import MAX_WAIT_S
 from projections.cache import ReadCache
-from projections.digest import digest
-from projections.errors import LedgerMismatch, ProjectionError, QueryError
+from projections.errors import LedgerMismatch, ProjectionError
 from projections.pool import ConnectionPool
 from projections.projector import Projector, Record
+from projections.service import ReadService
 
 log = structlog.get_logger(__name__)
 
 QUERY_PREFIX: Final = "cortex.query"
 QUEUE_GROUP: Final = "cortex-query"
-#: Longest a read may wait for ``min_seq`` (read-your-writes).
-MAX_WAIT_S: Final = 30.0
-DEFAULT_WAIT_S: Final = 5.0
 HEALTH_CHECK_S: Final = 30.0
 _encoder: Final = msgspec.json.Encoder()
-_params: Final = msgspec.json.Decoder(dict[str, Any])
 
 
 async def records(
@@ -100,19 +93,7 @@ class ProjectionNode:
         self._health: asyncio.Task[None] | None = None
         self._queries: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
-        self._ops: dict[str, Callable[[str, dict[str, Any]], Awaitable[Any]]] = {
-            "get_fact": self._get_fact,
-            "consensus": self._consensus,
-            "facts": self._facts,
-            "search": self._search,
-            "history": self._history,
-            "agents": self._agents,
-            "status": self._status,
-            "digest": self._digest,
-            "checkpoint": self._checkpoint,
-            "proof": self._proof,
-            "consistency": self._consistency,
-        }
+        self.service = ReadService(self.pool, self.projector, self.cache, ledger=bus, db=db)
 
     async def start(self) -> None:
         self.db.parent.mkdir(parents=True, exist_ok=True)
@@ -178,152 +159,18 @@ class ProjectionNode:
         task.add_done_callback(self._queries.discard)
 
     async def _reply(self, msg: Msg) -> None:
-        try:
-            tenant, op, params = _parse_query(msg.subject, msg.data)
-            reply: dict[str, Any] = {"result": await self.answer(tenant, op, params)}
-        except (ProjectionError, CortexError) as e:
-            reply = {"error": {"code": e.code, "message": str(e)}}
-        except Exception as e:  # a query must never take the node down
-            log.exception("query_failed", subject=msg.subject)
-            reply = {"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}
+        parts = msg.subject.split(".")
+        if len(parts) == 4:
+            reply = await self.service.respond(parts[2], parts[3], msg.data)
+        else:
+            reply = _encoder.encode(
+                {
+                    "error": {
+                        "code": "malformed",
+                        "message": f"queries go to cortex.query.<tenant>.<op>, not {msg.subject}",
+                    }
+                }
+            )
         if msg.reply:
             with contextlib.suppress(Exception):
-                await msg.respond(_encoder.encode(reply))
-
-    async def answer(self, tenant: str, op: str, params: dict[str, Any]) -> Any:
-        """Answer one query, after waiting (bounded) for ``min_seq`` if given."""
-        handler = self._ops.get(op)
-        if handler is None:
-            raise QueryError(f"unknown query {op!r}; known: {sorted(self._ops)}", code="unknown_op")
-        min_seq = params.pop("min_seq", None)
-        wait = params.pop("timeout", DEFAULT_WAIT_S)
-        if min_seq is not None:
-            if not isinstance(min_seq, int) or not isinstance(wait, int | float) or wait < 0:
-                raise QueryError("min_seq must be an integer and timeout a number of seconds")
-            if not await self.projector.wait_for(min_seq, timeout=min(float(wait), MAX_WAIT_S)):
-                raise QueryError(
-                    f"this node has applied the ledger up to seq {self.projector.seq}; "
-                    f"min_seq {min_seq} was not reached within {min(float(wait), MAX_WAIT_S)} s",
-                    code="timeout",
-                )
-        try:
-            return await handler(tenant, params)
-        except TypeError as e:
-            raise QueryError(f"bad parameters for {op}: {e}") from e
-        except KeyError as e:
-            raise QueryError(f"{op} needs the parameter {e}") from e
-
-    async def _cached(
-        self, op: str, tenant: str, fact_id: Any, read: Callable[[], Awaitable[Any]]
-    ) -> Any:
-        key = (op, tenant, queries.canonical_fact_id(fact_id))
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        generation = self.cache.generation
-        value = await read()
-        self.cache.put(key, value, read_at=generation)
-        return value
-
-    async def _get_fact(self, tenant: str, p: dict[str, Any]) -> Any:
-        fact_id = p.pop("fact_id")
-        _no_more(p)
-        return await self._cached(
-            "fact", tenant, fact_id, lambda: queries.get_fact(self.pool, tenant, fact_id)
-        )
-
-    async def _consensus(self, tenant: str, p: dict[str, Any]) -> Any:
-        fact_id = p.pop("fact_id")
-        _no_more(p)
-        return await self._cached(
-            "consensus", tenant, fact_id, lambda: queries.consensus_of(self.pool, tenant, fact_id)
-        )
-
-    async def _facts(self, tenant: str, p: dict[str, Any]) -> Any:
-        valid_at = p.pop("valid_at", None)
-        if valid_at is not None:
-            valid_at = _parse_time(valid_at)
-        return await queries.list_facts(self.pool, tenant, valid_at=valid_at, **p)
-
-    async def _search(self, tenant: str, p: dict[str, Any]) -> Any:
-        return await queries.search(self.pool, tenant, **p)
-
-    async def _history(self, tenant: str, p: dict[str, Any]) -> Any:
-        return await queries.history(self.pool, tenant, **p)
-
-    async def _agents(self, tenant: str, p: dict[str, Any]) -> Any:
-        _no_more(p)
-        return await queries.agents(self.pool, tenant)
-
-    async def _status(self, tenant: str, p: dict[str, Any]) -> Any:
-        _no_more(p)
-        return self.status()
-
-    async def _digest(self, tenant: str, p: dict[str, Any]) -> Any:
-        _no_more(p)
-        return {"seq": self.projector.seq, "digest": await digest(self.pool)}
-
-    async def _checkpoint(self, tenant: str, p: dict[str, Any]) -> Any:
-        tree_size = p.pop("tree_size", None)
-        _no_more(p)
-        return await proofs.checkpoint(self.pool, _size(tree_size))
-
-    async def _proof(self, tenant: str, p: dict[str, Any]) -> Any:
-        event, tree_size = p.pop("event"), p.pop("tree_size", None)
-        _no_more(p)
-        return await proofs.inclusion(self.pool, self.bus, tenant, event, _size(tree_size))
-
-    async def _consistency(self, tenant: str, p: dict[str, Any]) -> Any:
-        old, new = p.pop("old_size"), p.pop("new_size")
-        _no_more(p)
-        return await proofs.consistency(self.pool, _size(old) or 0, _size(new) or 0)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "seq": self.projector.seq,
-            "head": self.projector.head.hex(),
-            "applied": self.projector.applied,
-            "db": str(self.db),
-            "pool": vars_of(self.pool.stats()),
-            "cache": vars_of(self.cache.stats()),
-        }
-
-
-def _parse_query(subject: str, data: bytes) -> tuple[str, str, dict[str, Any]]:
-    parts = subject.split(".")
-    if len(parts) != 4:
-        raise QueryError(
-            f"queries go to cortex.query.<tenant>.<op>, not {subject}", code="malformed"
-        )
-    try:
-        params = _params.decode(data) if data.strip() else {}
-    except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise QueryError(f"a query is a JSON object: {e}", code="malformed") from e
-    return parts[2], parts[3], params
-
-
-def vars_of(value: Any) -> dict[str, Any]:
-    return {name: getattr(value, name) for name in value.__dataclass_fields__}
-
-
-def _size(value: Any) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise QueryError(f"a tree size is a positive whole number, not {value!r}")
-    return value
-
-
-def _no_more(params: dict[str, Any]) -> None:
-    if params:
-        raise QueryError(f"unknown parameters: {sorted(params)}")
-
-
-def _parse_time(value: Any) -> dt.datetime:
-    if not isinstance(value, str):
-        raise QueryError("valid_at is an ISO 8601 date-time string")
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as e:
-        raise QueryError(f"valid_at {value!r} is not an ISO 8601 date-time") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+                await msg.respond(reply)

@@ -154,6 +154,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "not_found": (QueryFailed, "no such event (in this tenant)"),
     "not_checkpointed": (QueryFailed, "the event is after the latest checkpoint"),
     "timeout": (QueryFailed, "the node did not reach min_seq in time"),
+    "not_yet": (QueryFailed, "the node has not applied that many events yet"),
     # the read model and the process
     "pool_error": (PoolError, "the read model's connections cannot serve"),
     "pool_timeout": (PoolTimeout, "no read model connection came free in time"),

@@ -16,10 +16,17 @@ to be trusted.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import uuid
+from typing import Any, Protocol
 
+import msgspec
+
+from events.codec import decode_event
+from events.errors import QueryFailed
 from events.merkle import TILE, consistency_path, inclusion_path, leaf_hash, node_hash
-from projections.errors import QueryError
+from events.note import verifier_key
+from events.operations import Checkpoint, ConsistencyProof, InclusionProof
+from events.proof import CONSISTENCY, INCLUSION
 from projections.pool import ConnectionPool
 
 
@@ -59,7 +66,7 @@ async def checkpoint(pool: ConnectionPool, *, tree_size: int | None = None) -> d
         row = await cur.fetchone()
     if row is None:
         what = "no checkpoint yet" if tree_size is None else f"no checkpoint of size {tree_size}"
-        raise QueryError(f"{what} on this node", code="no_checkpoint")
+        raise QueryFailed(f"{what} on this node", code="no_checkpoint")
     return _checkpoint(row)
 
 
@@ -74,7 +81,7 @@ class _Tree:
         if hi - lo == 1:
             event_hash = self.leaves.get(lo)
             if event_hash is None:
-                raise QueryError(f"leaf {lo} is not loaded", code="internal")
+                raise QueryFailed(f"leaf {lo} is not loaded", code="internal")
             return leaf_hash(event_hash)
         if hi - lo == TILE and lo % TILE == 0 and lo // TILE in self.tiles:
             return self.tiles[lo // TILE]
@@ -89,7 +96,7 @@ async def _load(pool: ConnectionPool, size: int, edges: set[int]) -> _Tree:
             row = await cur.fetchone()
         applied = int(row[0] or 0) if row else 0
         if size > applied:
-            raise QueryError(
+            raise QueryFailed(
                 f"this node has applied {applied} events; the tree of {size} is ahead of it",
                 code="not_yet",
             )
@@ -131,7 +138,7 @@ async def writer_key(pool: ConnectionPool, public_key: str) -> str | None:
 async def inclusion(pool: ConnectionPool, seq: int, tree_size: int) -> list[bytes]:
     """The audit path of the event at ``seq`` in the tree of ``tree_size`` events."""
     if not 1 <= seq <= tree_size:
-        raise QueryError(f"seq {seq} is not in a tree of {tree_size} events", code="invalid_query")
+        raise QueryFailed(f"seq {seq} is not in a tree of {tree_size} events", code="invalid_query")
     tree = await _load(pool, tree_size, {seq - 1, tree_size - 1})
     return inclusion_path(seq - 1, tree_size, tree.subtree)
 
@@ -139,8 +146,117 @@ async def inclusion(pool: ConnectionPool, seq: int, tree_size: int) -> list[byte
 async def consistency(pool: ConnectionPool, old_size: int, new_size: int) -> list[bytes]:
     """The proof that the tree of ``new_size`` events extends the tree of ``old_size``."""
     if not 1 <= old_size <= new_size:
-        raise QueryError(
+        raise QueryFailed(
             f"no consistency proof from {old_size} to {new_size} events", code="invalid_query"
         )
     tree = await _load(pool, new_size, {old_size - 1, new_size - 1})
     return consistency_path(old_size, new_size, tree.subtree)
+
+
+# -- proof documents ---------------------------------------------------------
+#
+# What a node answers to ``checkpoint``, ``proof`` and ``consistency`` queries:
+# its stored hashes plus the event's bytes from the ledger, as documents that
+# ``events.proof.check_proof`` verifies offline. An event is named by seq or
+# by id, and only within the asking tenant: another tenant's event is "not
+# found", like an unknown one. Checkpoints are ledger-wide.
+
+
+class StoredBody(Protocol):
+    """An event as the ledger stores it: its bytes and its chain links."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def prev_hash(self) -> bytes: ...
+    @property
+    def hash(self) -> bytes: ...
+
+
+class EventLookup(Protocol):
+    """Where the event bytes of a proof come from (the ledger, or a copy of it)."""
+
+    async def get(self, seq: int) -> StoredBody: ...
+
+
+async def signed_checkpoint(pool: ConnectionPool, tree_size: int | None = None) -> Checkpoint:
+    """The latest checkpoint (or the one of ``tree_size``) with its verifier key."""
+    cp = await checkpoint(pool, tree_size=tree_size)
+    name = await writer_key(pool, cp["public_key"])
+    if name is None:
+        raise QueryFailed(
+            f"writer key {cp['public_key'][:16]}… is not in the ledger", code="internal"
+        )
+    return Checkpoint(**cp, verifier=verifier_key(name, bytes.fromhex(cp["public_key"])))
+
+
+async def _resolve(pool: ConnectionPool, event: int | str) -> int:
+    if isinstance(event, int):
+        return event
+    if event.isdigit():
+        return int(event)
+    try:
+        event_id = uuid.UUID(event)
+    except ValueError as e:
+        raise QueryFailed(f"{event!r} is neither a seq nor an event id") from e
+    seq = await seq_of(pool, event_id.bytes)
+    if seq is None:
+        raise QueryFailed(f"no event {event_id} on this node", code="not_found")
+    return seq
+
+
+async def inclusion_proof(
+    pool: ConnectionPool,
+    ledger: EventLookup,
+    tenant: str,
+    event: int | str,
+    tree_size: int | None = None,
+) -> InclusionProof:
+    """An inclusion proof of one of the tenant's events against a signed checkpoint."""
+    seq = await _resolve(pool, event)
+    cp = await signed_checkpoint(pool, tree_size)
+    if seq < 1:
+        raise QueryFailed("seqs start at 1")
+    stored = await ledger.get(seq)
+    try:
+        owner = decode_event(stored.body).tenant
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        owner = ""
+    if owner != tenant:
+        raise QueryFailed(f"no event {event} in tenant {tenant!r}", code="not_found")
+    if seq > cp.tree_size:
+        raise QueryFailed(
+            f"seq {seq} is after the latest checkpoint ({cp.tree_size} events): "
+            "ask again after the next one (`cortex checkpoint` makes one now)",
+            code="not_checkpointed",
+        )
+    path = await inclusion(pool, seq, cp.tree_size)
+    return InclusionProof(
+        kind=INCLUSION,
+        seq=seq,
+        body=stored.body.decode(),
+        prev_hash=stored.prev_hash.hex(),
+        hash=stored.hash.hex(),
+        tree_size=cp.tree_size,
+        root=cp.root,
+        path=[p.hex() for p in path],
+        checkpoint=cp.note,
+        verifier=cp.verifier,
+    )
+
+
+async def consistency_proof(pool: ConnectionPool, old_size: int, new_size: int) -> ConsistencyProof:
+    """A consistency proof between two checkpoints, named by their tree sizes."""
+    old = await signed_checkpoint(pool, old_size)
+    new = await signed_checkpoint(pool, new_size)
+    path = await consistency(pool, old_size, new_size)
+    return ConsistencyProof(
+        kind=CONSISTENCY,
+        old_size=old_size,
+        new_size=new_size,
+        old=old.note,
+        new=new.note,
+        path=[p.hex() for p in path],
+        old_verifier=old.verifier,
+        new_verifier=new.verifier,
+    )

@@ -1,8 +1,8 @@
 """Queries over the read model: plain async functions, every one scoped to a tenant.
 
 A fact id from another tenant is answered exactly like an unknown one, so
-no query reveals anything across tenants. Results are plain dicts and lists,
-ready to encode as JSON.
+no query reveals anything across tenants. Results are the typed Structs of
+``events.operations``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,21 @@ from typing import Any, Final
 
 import msgspec
 
+from events.errors import QueryFailed
+from events.limits import MAX_QUERY_LIMIT, MAX_SEARCH_WORDS
+from events.operations import (
+    Agent,
+    ConsensusView,
+    CurrentVote,
+    Deprecation,
+    Fact,
+    FactConsensus,
+    FactHistory,
+    HistoryEntry,
+    SearchHit,
+    Stats,
+)
 from projections.consensus import reputation
-from projections.errors import QueryError
 from projections.pool import ConnectionPool
 from projections.projector import world_us
 
@@ -30,7 +43,6 @@ _FACT_COLUMNS: Final = (
 _FACTS: Final = "facts f LEFT JOIN consensus c ON c.fact_row = f.rowid"
 _json: Final = msgspec.json.Decoder()
 _TOKEN: Final = re.compile(r"\w+", re.UNICODE)
-MAX_LIMIT: Final = 1000
 
 
 def _iso_us(value: int | None) -> str | None:
@@ -44,7 +56,7 @@ def _iso_ns(value: int | None) -> str | None:
     return None if value is None else _iso_us(value // 1000)
 
 
-def _fact(row: tuple[Any, ...]) -> dict[str, Any]:
+def _fact(row: tuple[Any, ...]) -> Fact:
     (
         fact_id,
         tenant,
@@ -71,56 +83,54 @@ def _fact(row: tuple[Any, ...]) -> dict[str, Any]:
         status,
         consensus_seq,
     ) = row
-    return {
-        "fact_id": fact_id,
-        "tenant": tenant,
-        "agent_id": agent_id,
-        "content": content,
-        "type": type_,
-        "tags": _json.decode(tags),
-        "confidence": confidence,
-        "source": source,
-        "meta": _json.decode(meta),
-        "valid_from": _iso_us(valid_from),
-        "valid_until": _iso_us(valid_until),
-        "stored_seq": stored_seq,
-        "stored_at": _iso_ns(stored_ts),
-        "deprecated": None
+    return Fact(
+        fact_id=fact_id,
+        tenant=tenant,
+        agent_id=agent_id,
+        content=content,
+        type=type_,
+        tags=_json.decode(tags),
+        confidence=confidence,
+        source=source,
+        meta=_json.decode(meta),
+        valid_from=_iso_us(valid_from),
+        valid_until=_iso_us(valid_until),
+        stored_seq=stored_seq,
+        stored_at=_iso_ns(stored_ts),
+        deprecated=None
         if deprecated_seq is None
-        else {
-            "seq": deprecated_seq,
-            "at": _iso_ns(deprecated_ts),
-            "by": deprecated_by,
-            "reason": reason,
-            "successor_id": successor_id,
-        },
-        "consensus": {
-            "score": score,
-            "weight": weight,
-            "votes_for": votes_for,
-            "votes_against": votes_against,
-            "status": status,
-            "as_of_seq": consensus_seq,
-        },
-    }
+        else Deprecation(
+            seq=deprecated_seq,
+            at=_iso_ns(deprecated_ts),
+            by=deprecated_by,
+            reason=reason,
+            successor_id=successor_id,
+        ),
+        consensus=ConsensusView(
+            score=score,
+            weight=weight,
+            votes_for=votes_for,
+            votes_against=votes_against,
+            status=status,
+            as_of_seq=consensus_seq,
+        ),
+    )
 
 
 def canonical_fact_id(value: str | uuid.UUID) -> str:
     try:
         return str(uuid.UUID(str(value)))
     except ValueError as e:
-        raise QueryError(f"{value!r} is not a fact id (a UUID)", code="invalid_query") from e
+        raise QueryFailed(f"{value!r} is not a fact id (a UUID)", code="invalid_query") from e
 
 
 def _limit(limit: int) -> int:
-    if not 1 <= limit <= MAX_LIMIT:
-        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}", code="invalid_query")
+    if not 1 <= limit <= MAX_QUERY_LIMIT:
+        raise QueryFailed(f"limit must be between 1 and {MAX_QUERY_LIMIT}", code="invalid_query")
     return limit
 
 
-async def get_fact(
-    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
-) -> dict[str, Any] | None:
+async def get_fact(pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID) -> Fact | None:
     """A fact's current state with its consensus, or None if this tenant has no such fact."""
     async with (
         pool.reader() as conn,
@@ -143,7 +153,7 @@ async def list_facts(
     agent_id: str | None = None,
     type: str | None = None,
     limit: int = 100,
-) -> list[dict[str, Any]]:
+) -> list[Fact]:
     """Facts, newest first: current ones, or as the ledger stood at ``as_of_seq``, or
     those holding at world time ``valid_at`` — the two times combine."""
     where: list[str] = ["f.tenant = ?"]
@@ -158,7 +168,7 @@ async def list_facts(
         where.append("f.deprecated_seq IS NULL")
     if valid_at is not None:
         if valid_at.tzinfo is None:
-            raise QueryError("valid_at needs a time zone", code="invalid_query")
+            raise QueryFailed("valid_at needs a time zone", code="invalid_query")
         moment = world_us(valid_at)
         where.append(
             "(f.valid_from IS NULL OR f.valid_from <= ?)"
@@ -183,8 +193,8 @@ def fts_query(text: str) -> str:
     """User text as a safe FTS5 query: every word must match, as a prefix-free phrase."""
     tokens = _TOKEN.findall(text)
     if not tokens:
-        raise QueryError("search text has no words to look for", code="invalid_query")
-    return " ".join(f'"{token}"' for token in tokens[:32])
+        raise QueryFailed("search text has no words to look for", code="invalid_query")
+    return " ".join(f'"{token}"' for token in tokens[:MAX_SEARCH_WORDS])
 
 
 async def search(
@@ -194,7 +204,7 @@ async def search(
     *,
     limit: int = 20,
     include_deprecated: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[SearchHit]:
     """Full-text search, best match first (BM25), each hit with its rank and a snippet."""
     deprecated = "" if include_deprecated else " AND f.deprecated_seq IS NULL"
     sql = (
@@ -210,31 +220,30 @@ async def search(
         conn.execute(sql, (fts_query(text), tenant, _limit(limit))) as cur,
     ):
         rows = await cur.fetchall()
-    hits = []
-    for row in rows:
-        hit = _fact(tuple(row[:-2]))
-        hit["rank"] = row[-2]
-        hit["snippet"] = row[-1]
-        hits.append(hit)
-    return hits
+    return [
+        SearchHit(**msgspec.structs.asdict(_fact(tuple(row[:-2]))), rank=row[-2], snippet=row[-1])
+        for row in rows
+    ]
 
 
 async def consensus_of(
     pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
-) -> dict[str, Any] | None:
+) -> FactConsensus | None:
     fact = await get_fact(pool, tenant, fact_id)
-    return None if fact is None else {"fact_id": fact["fact_id"], **fact["consensus"]}
+    if fact is None:
+        return None
+    return FactConsensus(fact_id=fact.fact_id, **msgspec.structs.asdict(fact.consensus))
 
 
 async def history(
     pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
-) -> dict[str, Any] | None:
+) -> FactHistory | None:
     """Everything the ledger says about a fact, in ledger order: its storing, every vote
     (current and replaced), its deprecation, and the facts it replaced or that replaced it."""
     fact = await get_fact(pool, tenant, fact_id)
     if fact is None:
         return None
-    key = fact["fact_id"]
+    key = fact.fact_id
     async with pool.reader() as conn:
         async with conn.execute(
             "SELECT seq, agent_id, value, ts, reason FROM vote_history"
@@ -246,41 +255,38 @@ async def history(
             "SELECT agent_id, value, seq FROM votes WHERE fact_id = ? AND tenant = ? ORDER BY agent_id",
             (key, tenant),
         ) as cur:
-            current = [{"agent_id": a, "value": v, "seq": s} for a, v, s in await cur.fetchall()]
+            current = [CurrentVote(agent_id=a, value=v, seq=s) for a, v, s in await cur.fetchall()]
         async with conn.execute(
             "SELECT fact_id FROM facts WHERE successor_id = ? AND tenant = ? ORDER BY stored_seq",
             (key, tenant),
         ) as cur:
             replaces = [r[0] for r in await cur.fetchall()]
-    events: list[dict[str, Any]] = [
-        {
-            "seq": fact["stored_seq"],
-            "kind": "fact_stored",
-            "at": fact["stored_at"],
-            "agent_id": fact["agent_id"],
-        }
+    events = [
+        HistoryEntry(
+            seq=fact.stored_seq, kind="fact_stored", at=fact.stored_at, agent_id=fact.agent_id
+        )
     ]
     events += [
-        {"seq": s, "kind": "vote_cast", "at": _iso_ns(ts), "agent_id": a, "value": v, "reason": r}
+        HistoryEntry(seq=s, kind="vote_cast", at=_iso_ns(ts), agent_id=a, value=v, reason=r)
         for s, a, v, ts, r in past
     ]
-    if fact["deprecated"]:
-        d = fact["deprecated"]
+    if fact.deprecated:
+        d = fact.deprecated
         events.append(
-            {
-                "seq": d["seq"],
-                "kind": "fact_deprecated",
-                "at": d["at"],
-                "agent_id": d["by"],
-                "reason": d["reason"],
-                "successor_id": d["successor_id"],
-            }
+            HistoryEntry(
+                seq=d.seq,
+                kind="fact_deprecated",
+                at=d.at,
+                agent_id=d.by,
+                reason=d.reason,
+                successor_id=d.successor_id,
+            )
         )
-    events.sort(key=lambda e: int(e["seq"]))
-    return {"fact": fact, "events": events, "current_votes": current, "replaces": replaces}
+    events.sort(key=lambda e: e.seq)
+    return FactHistory(fact=fact, events=events, current_votes=current, replaces=replaces)
 
 
-async def agents(pool: ConnectionPool, tenant: str) -> list[dict[str, Any]]:
+async def agents(pool: ConnectionPool, tenant: str) -> list[Agent]:
     """The tenant's agents with their reputation (see projections.consensus)."""
     async with (
         pool.reader() as conn,
@@ -292,14 +298,28 @@ async def agents(pool: ConnectionPool, tenant: str) -> list[dict[str, Any]]:
     ):
         rows = await cur.fetchall()
     return [
-        {
-            "agent_id": agent_id,
-            "public_key": public_key,
-            "registered_seq": seq,
-            "registered_at": _iso_ns(ts),
-            "agrees": agrees,
-            "disagrees": disagrees,
-            "reputation": float(reputation(agrees, disagrees)),
-        }
+        Agent(
+            agent_id=agent_id,
+            public_key=public_key,
+            registered_seq=seq,
+            registered_at=_iso_ns(ts),
+            agrees=agrees,
+            disagrees=disagrees,
+            reputation=float(reputation(agrees, disagrees)),
+        )
         for agent_id, public_key, seq, ts, agrees, disagrees in rows
     ]
+
+
+async def stats(pool: ConnectionPool, tenant: str, seq: int) -> Stats:
+    """How much the tenant holds, as of the node's position ``seq``."""
+    async with pool.reader() as conn:
+        async with conn.execute(
+            "SELECT count(*), count(deprecated_seq) FROM facts WHERE tenant = ?", (tenant,)
+        ) as cur:
+            facts, deprecated = tuple(await cur.fetchone() or (0, 0))
+        async with conn.execute("SELECT count(*) FROM agents WHERE tenant = ?", (tenant,)) as cur:
+            (agent_count,) = tuple(await cur.fetchone() or (0,))
+        async with conn.execute("SELECT count(*) FROM votes WHERE tenant = ?", (tenant,)) as cur:
+            (votes,) = tuple(await cur.fetchone() or (0,))
+    return Stats(seq=seq, facts=facts, deprecated=deprecated, agents=agent_count, votes=votes)

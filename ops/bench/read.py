@@ -185,7 +185,7 @@ async def build_database(ledger: synth.Ledger, db: Path) -> float:
 def _get_fact_call(pool: ConnectionPool, tenant: str, fact_id: str) -> Callable[[], Awaitable[int]]:
     async def call() -> int:
         fact = await queries.get_fact(pool, tenant, fact_id)
-        if fact is None or fact["fact_id"] != fact_id:
+        if fact is None or fact.fact_id != fact_id:
             raise BenchError(f"get_fact({tenant}, {fact_id}) did not find the fact")
         return 1
 

@@ -179,7 +179,7 @@ async def test_replay_until_gives_the_state_as_of_that_seq(
     async with ConnectionPool(tmp_path / "then.db", readers=1) as pool:
         fact = await queries.get_fact(pool, "acme", f.fact_id)
     assert fact is not None
-    assert fact["deprecated"] is None
+    assert fact.deprecated is None
 
 
 async def test_a_database_from_another_ledger_is_refused(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from events.codec import encode
 from events.model import WriterKeyAdded
+from events.operations import Fact
 from projections import queries
 from projections.digest import digest
 from projections.errors import LedgerMismatch
@@ -32,18 +33,19 @@ async def test_facts_votes_and_deprecation_become_rows(
 
     fact = await queries.get_fact(pool, "acme", new)
     assert fact is not None
-    assert fact["content"] == "Pluto is a dwarf planet"
-    assert fact["meta"] == {"iau": 2006}
-    assert fact["deprecated"] is None
+    assert fact.content == "Pluto is a dwarf planet"
+    assert fact.meta == {"iau": 2006}
+    assert fact.deprecated is None
     gone = await queries.get_fact(pool, "acme", old)
     assert gone is not None
-    assert gone["deprecated"]["successor_id"] == str(new)
-    assert gone["tags"] == ["astronomy"]
+    assert gone.deprecated is not None
+    assert gone.deprecated.successor_id == str(new)
+    assert gone.tags == ["astronomy"]
     current = await queries.list_facts(pool, "acme")
-    assert [f["fact_id"] for f in current] == [str(new)]
+    assert [f.fact_id for f in current] == [str(new)]
     history = await queries.history(pool, "acme", new)
     assert history is not None
-    assert history["replaces"] == [str(old)]
+    assert history.replaces == [str(old)]
     assert projector.seq == 4
 
 
@@ -61,23 +63,23 @@ async def test_consensus_and_reputation_match_hand_computed_values(
     await projector.apply(ledger.records)
     c1 = await queries.consensus_of(pool, "acme", f1)
     assert c1 is not None
-    assert (c1["score"], c1["weight"], c1["status"]) == (1.0, 1.0, "verified")
+    assert (c1.score, c1.weight, c1.status) == (1.0, 1.0, "verified")
 
     ledger.vote("a", f2, 1)
     ledger.vote("c", f2, -1)  # (2/3 - 1/2) / (2/3 + 1/2) = 1/7
     await projector.apply(ledger.records[projector.seq :])
     c2 = await queries.consensus_of(pool, "acme", f2)
     assert c2 is not None
-    assert c2["score"] == pytest.approx(1 / 7, abs=0)
-    assert c2["weight"] == 7 / 6
-    assert c2["status"] == "disputed"
+    assert c2.score == pytest.approx(1 / 7, abs=0)
+    assert c2.weight == 7 / 6
+    assert c2.status == "disputed"
 
     ledger.vote("b", f2, -1)  # (2/3 - 2/3 - 1/2) / (11/6) = -3/11
     ledger.vote("a", f2, 0)  # a withdraws: b, c at -1 → score -1 → rejected; b, c agree
     await projector.apply(ledger.records[projector.seq :])
     c2 = await queries.consensus_of(pool, "acme", f2)
     assert c2 is not None
-    assert (c2["score"], c2["weight"], c2["status"], c2["votes_for"], c2["votes_against"]) == (
+    assert (c2.score, c2.weight, c2.status, c2.votes_for, c2.votes_against) == (
         -1.0,
         7 / 6,
         "rejected",
@@ -85,7 +87,7 @@ async def test_consensus_and_reputation_match_hand_computed_values(
         2,
     )
     reps = {
-        a["agent_id"]: (a["agrees"], a["disagrees"], a["reputation"])
+        a.agent_id: (a.agrees, a.disagrees, a.reputation)
         for a in await queries.agents(pool, "acme")
     }
     assert reps == {"a": (1, 0, 2 / 3), "b": (2, 0, 3 / 4), "c": (1, 0, 2 / 3)}
@@ -94,11 +96,9 @@ async def test_consensus_and_reputation_match_hand_computed_values(
     await projector.apply(ledger.records[projector.seq :])
     c1 = await queries.consensus_of(pool, "acme", f1)
     assert c1 is not None
-    assert c1["score"] == 3 / 11
-    assert c1["status"] == "disputed"
-    counts = {
-        a["agent_id"]: (a["agrees"], a["disagrees"]) for a in await queries.agents(pool, "acme")
-    }
+    assert c1.score == 3 / 11
+    assert c1.status == "disputed"
+    counts = {a.agent_id: (a.agrees, a.disagrees) for a in await queries.agents(pool, "acme")}
     assert counts == {"a": (0, 0), "b": (1, 0), "c": (1, 0)}
 
 
@@ -113,8 +113,8 @@ async def test_a_later_vote_replaces_the_earlier_and_history_keeps_both(
     await projector.apply(ledger.records)
     h = await queries.history(pool, "acme", f)
     assert h is not None
-    assert [v["value"] for v in h["current_votes"]] == [-1]
-    assert [(e["kind"], e.get("value")) for e in h["events"]] == [
+    assert [v.value for v in h.current_votes] == [-1]
+    assert [(e.kind, e.value) for e in h.events] == [
         ("fact_stored", None),
         ("vote_cast", 1),
         ("vote_cast", -1),
@@ -169,7 +169,7 @@ async def test_a_failed_batch_leaves_no_trace_and_can_be_retried(
         assert (again.seq, again.head) == (projector.seq, projector.head)
         fact = await queries.get_fact(pool, "acme", f)
         assert fact is not None
-        assert fact["consensus"]["votes_for"] == 1
+        assert fact.consensus.votes_for == 1
     finally:
         await pool.close()
 
@@ -201,7 +201,7 @@ async def test_every_query_is_scoped_to_its_tenant(
     assert await queries.history(pool, "rival", ours) is None
     assert await queries.list_facts(pool, "rival") == []
     assert await queries.search(pool, "rival", "secret plan") == []
-    assert [a["agent_id"] for a in await queries.agents(pool, "rival")] == ["a"]
+    assert [a.agent_id for a in await queries.agents(pool, "rival")] == ["a"]
     assert len(await queries.search(pool, "acme", "secret plan")) == 1
 
 
@@ -215,9 +215,9 @@ async def test_search_ranks_better_matches_first(
     ledger.fact("a", "Dogs bark")
     await projector.apply(ledger.records)
     hits = await queries.search(pool, "acme", "cat")
-    assert next(h["fact_id"] for h in hits) == str(best)
+    assert next(h.fact_id for h in hits) == str(best)
     assert len(hits) == 2
-    assert "[" in hits[0]["snippet"]
+    assert "[" in hits[0].snippet
     assert (
         await queries.search(pool, "acme", 'cat" OR 1=1 --') is not None
     )  # no FTS syntax injection
@@ -237,8 +237,8 @@ async def test_ledger_time_and_world_time_combine(
     ledger.deprecate("a", rule)
     await projector.apply(ledger.records)
 
-    def ids(rows: list[dict[str, object]]) -> list[str]:
-        return [str(r["fact_id"]) for r in rows]
+    def ids(rows: list[Fact]) -> list[str]:
+        return [r.fact_id for r in rows]
 
     assert ids(await queries.list_facts(pool, "acme")) == [str(old)]
     then = await queries.list_facts(pool, "acme", as_of_seq=seq_before_deprecation)
@@ -274,4 +274,4 @@ async def test_events_only_a_forger_could_append_do_not_stop_the_projector(
     await projector.apply(ledger.records)
     assert projector.seq == len(ledger.records)
     c = await queries.consensus_of(pool, "acme", fact)
-    assert c is not None and c["votes_for"] == 2
+    assert c is not None and c.votes_for == 2

@@ -1,0 +1,177 @@
+"""The read service: every query a node answers, behind one plain async method.
+
+Transport-free, so the NATS node, an HTTP route and an MCP tool all go
+through the same code: ``run(tenant, query)`` waits (bounded) for the
+query's ``min_seq``, answers from the cache where the table says the answer
+is cacheable, and dispatches the typed query with ``match``. ``respond``
+does the same from wire bytes to wire bytes, with errors as
+``{"error": {"code", "message"}}`` — a query never takes the node down.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from events.errors import CortexError, QueryFailed
+from events.limits import MAX_WAIT_S
+from events.operations import (
+    Digest,
+    GetCheckpoint,
+    GetConsensus,
+    GetConsistency,
+    GetDigest,
+    GetFact,
+    GetHistory,
+    GetProof,
+    GetStats,
+    GetStatus,
+    ListAgents,
+    ListFacts,
+    NodeStatus,
+    Query,
+    Search,
+    decode_query,
+)
+from projections import proofs, queries
+from projections.cache import ReadCache
+from projections.digest import digest
+from projections.pool import ConnectionPool
+from projections.projector import Projector
+
+log = structlog.get_logger(__name__)
+_encoder: Final = msgspec.json.Encoder()
+
+
+class ReadService:
+    """Answers typed queries from one node's read model; see the module doc."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        projector: Projector,
+        cache: ReadCache,
+        *,
+        ledger: proofs.EventLookup | None = None,
+        db: Path | None = None,
+    ) -> None:
+        self.pool = pool
+        self.projector = projector
+        self.cache = cache
+        #: Where inclusion proofs read the event's bytes; without it, ``proof`` is refused.
+        self.ledger = ledger
+        self.db = db
+
+    async def run(self, tenant: str, query: Query) -> Any:
+        """Answer ``query`` for ``tenant``, after waiting (bounded) for its ``min_seq``."""
+        if query.min_seq is not None:
+            wait = min(query.timeout, MAX_WAIT_S)
+            if not await self.projector.wait_for(query.min_seq, timeout=wait):
+                raise QueryFailed(
+                    f"this node has applied the ledger up to seq {self.projector.seq}; "
+                    f"min_seq {query.min_seq} was not reached within {wait} s",
+                    code="timeout",
+                )
+        return await self._answer(tenant, query)
+
+    async def _answer(self, tenant: str, query: Query) -> Any:  # noqa: PLR0912 (one case per op)
+        pool = self.pool
+        match query:
+            case GetFact(fact_id=fact_id):
+                return await self._cached(
+                    "fact", tenant, fact_id, lambda: queries.get_fact(pool, tenant, fact_id)
+                )
+            case GetConsensus(fact_id=fact_id):
+                return await self._cached(
+                    "consensus",
+                    tenant,
+                    fact_id,
+                    lambda: queries.consensus_of(pool, tenant, fact_id),
+                )
+            case GetHistory(fact_id=fact_id):
+                return await queries.history(pool, tenant, fact_id)
+            case ListFacts():
+                return await queries.list_facts(
+                    pool,
+                    tenant,
+                    include_deprecated=query.include_deprecated,
+                    valid_at=_zoned(query.valid_at),
+                    as_of_seq=query.as_of_seq,
+                    agent_id=query.agent_id,
+                    type=query.type,
+                    limit=query.limit,
+                )
+            case Search():
+                return await queries.search(
+                    pool,
+                    tenant,
+                    query.text,
+                    limit=query.limit,
+                    include_deprecated=query.include_deprecated,
+                )
+            case ListAgents():
+                return await queries.agents(pool, tenant)
+            case GetStatus():
+                return self.status()
+            case GetDigest():
+                return Digest(seq=self.projector.seq, digest=await digest(pool))
+            case GetStats():
+                return await queries.stats(pool, tenant, self.projector.seq)
+            case GetCheckpoint(tree_size=tree_size):
+                return await proofs.signed_checkpoint(pool, tree_size)
+            case GetProof(event=event, tree_size=tree_size):
+                if self.ledger is None:
+                    raise QueryFailed(
+                        "this node cannot read the ledger for proofs", code="internal"
+                    )
+                return await proofs.inclusion_proof(pool, self.ledger, tenant, event, tree_size)
+            case GetConsistency(old_size=old, new_size=new):
+                return await proofs.consistency_proof(pool, old, new)
+        raise QueryFailed(f"no handler for {type(query).__name__}", code="internal")
+
+    async def respond(self, tenant: str, op: str, payload: bytes) -> bytes:
+        """One query from wire bytes to reply bytes: ``{"result": …}`` or ``{"error": …}``."""
+        try:
+            reply: dict[str, Any] = {"result": await self.run(tenant, decode_query(op, payload))}
+        except CortexError as e:
+            reply = {"error": {"code": e.code, "message": str(e)}}
+        except Exception as e:  # a query must never take the node down
+            log.exception("query_failed", tenant=tenant, op=op)
+            reply = {"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}
+        return _encoder.encode(reply)
+
+    async def _cached(
+        self, op: str, tenant: str, fact_id: uuid.UUID, read: Callable[[], Awaitable[Any]]
+    ) -> Any:
+        key = (op, tenant, str(fact_id))
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        generation = self.cache.generation
+        value = await read()
+        self.cache.put(key, value, read_at=generation)
+        return value
+
+    def status(self) -> NodeStatus:
+        return NodeStatus(
+            seq=self.projector.seq,
+            head=self.projector.head.hex(),
+            applied=self.projector.applied,
+            db=str(self.db or ""),
+            pool=asdict(self.pool.stats()),
+            cache=asdict(self.cache.stats()),
+        )
+
+
+def _zoned(value: dt.datetime | None) -> dt.datetime | None:
+    """A world time without a zone is read as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)
