@@ -35,10 +35,25 @@ from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
 from events.limits import MAX_REQUEST_BYTES
 from events.note import raw_public
+from events.operations import QUERIES, GetStats, Query, Stats, op_name
 from events.rules import check_shape, utc
 
 DEFAULT_TENANT: Final = "default"
 _reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, Any])
+
+
+class _ErrorBody(msgspec.Struct, frozen=True):
+    code: str
+    message: str
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    result: msgspec.Raw = msgspec.Raw(b"null")
+    error: _ErrorBody | None = None
+
+
+_typed_reply: Final = msgspec.json.Decoder(_Reply)
+_encode: Final = msgspec.json.Encoder().encode
 
 
 def new_id() -> uuid.UUID:
@@ -306,6 +321,26 @@ class Client:
         if err is not None:
             raise QueryFailed(str(err.get("message")), code=str(err.get("code")))
         return reply.get("result")
+
+    async def ask(self, query: Query) -> Any:
+        """Any query as its typed Struct, answered as its typed result (``events.operations``)."""
+        op = op_name(query)
+        wait = query.timeout if query.min_seq is not None else 0.0
+        raw = await self.bus.request(
+            f"cortex.query.{self.tenant}.{op}", _encode(query), timeout=self.timeout + wait
+        )
+        try:
+            reply = _typed_reply.decode(raw)
+            if reply.error is not None:
+                raise QueryFailed(reply.error.message, code=reply.error.code)
+            return msgspec.json.decode(reply.result, type=QUERIES[op].result)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise QueryFailed(f"unexpected reply to {op}: {e}", code="internal") from e
+
+    async def stats(self, *, min_seq: int | None = None) -> Stats:
+        """How much this tenant holds (facts, deprecated, agents, current votes)."""
+        result: Stats = await self.ask(GetStats(min_seq=min_seq))
+        return result
 
     async def get_fact(
         self, fact_id: uuid.UUID | str, *, min_seq: int | None = None

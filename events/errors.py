@@ -134,6 +134,8 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "signature_required": (InvalidCommand, "the agent (or the ledger) requires a signature"),
     "bad_signature": (InvalidCommand, "the signature does not hold for this command"),
     "bad_key": (InvalidCommand, "a key file cannot be read or written"),
+    "key_exists": (StateConflict, "a key file is already there: it is never overwritten"),
+    "invalid_proof": (InvalidCommand, "a proof file is not a proof document"),
     "unknown_agent": (UnknownReference, "the agent is not registered in this tenant"),
     "unknown_fact": (UnknownReference, "no such fact in this tenant"),
     "agent_exists": (StateConflict, "the agent is already registered in this tenant"),

@@ -333,6 +333,8 @@ def decode_query(op: str, data: bytes) -> Query:
     try:
         return decoder.decode(data if data.strip() else b"{}")
     except msgspec.ValidationError as e:
+        if str(e).startswith("Expected `object`") and " - at `" not in str(e):
+            raise QueryFailed(f"a query is a JSON object: {e}", code="malformed") from e
         raise QueryFailed(f"bad parameters for {op}: {e}") from e
     except msgspec.DecodeError as e:
         raise QueryFailed(f"a query is a JSON object: {e}", code="malformed") from e
