@@ -22,8 +22,8 @@ import aiosqlite
 from cortex.bus import Bus, StoredEvent
 from cortex.node import records
 from events.chain import GENESIS, Violation
+from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier
-from projections.errors import LedgerMismatch, ProjectionError
 from projections.pool import ConnectionPool
 from projections.projector import Projector
 from projections.schema import DIGEST_TABLES, SCHEMA_VERSION
@@ -191,7 +191,7 @@ async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> Projecti
                     await _replay(bus, fresh, check.seq)
                 except LedgerMismatch as e:
                     return mismatch("replay", f"cannot replay a broken ledger to compare: {e}")
-                except (ProjectionError, aiosqlite.Error) as e:
+                except (CortexError, aiosqlite.Error) as e:
                     return mismatch("replay", f"the ledger does not replay: {e}")
                 await _compare(fresh, have, check, mismatch)
     except aiosqlite.Error as e:

@@ -52,7 +52,6 @@ from events.model import (
     kind_of,
 )
 from events.proof import check_proof
-from projections.errors import ProjectionError
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -573,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.func(args)
         code: int = asyncio.run(result) if inspect.iscoroutine(result) else result
-    except (CortexError, ProjectionError) as e:
+    except CortexError as e:
         if getattr(args, "json", False):
             _print_json({"error": {"code": e.code, "message": e.message}})
         err.print(f"[red]error[/] {escape(f'[{e.code}]')}: {escape(e.message)}")

@@ -22,9 +22,9 @@ from nats.aio.subscription import Subscription
 
 from cortex.bus import Bus
 from events.chain import link
+from events.errors import CortexError, LedgerMismatch
 from events.limits import MAX_WAIT_S
 from projections.cache import ReadCache
-from projections.errors import LedgerMismatch, ProjectionError
 from projections.pool import ConnectionPool
 from projections.projector import Projector, Record
 from projections.service import ReadService
@@ -127,7 +127,7 @@ class ProjectionNode:
             try:
                 if replaced := await self.pool.check():
                     log.warning("pool_connections_replaced", count=replaced)
-            except ProjectionError:
+            except CortexError:
                 log.exception("pool_check_failed")
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Final, Self
 import aiosqlite
 import structlog
 
-from projections.errors import PoolClosed, PoolError, PoolTimeout
+from events.errors import PoolClosed, PoolError, PoolTimeout
 
 log = structlog.get_logger(__name__)
 

@@ -26,6 +26,7 @@ import structlog
 
 from events.chain import GENESIS, link
 from events.codec import decode_event
+from events.errors import LedgerMismatch
 from events.merkle import TILE, perfect_root
 from events.model import (
     AgentRegistered,
@@ -37,7 +38,6 @@ from events.model import (
     WriterKeyAdded,
 )
 from projections.consensus import Consensus, consensus_of
-from projections.errors import LedgerMismatch
 from projections.pool import ConnectionPool
 from projections.schema import DDL, SCHEMA_VERSION
 
@@ -194,7 +194,13 @@ class Projector:
             if len(tile) == TILE:
                 batch.tiles.append((seq // TILE - 1, perfect_root(tile)))
                 tile.clear()
-            event = decode_event(body)
+            try:
+                event = decode_event(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                raise LedgerMismatch(
+                    f"the event at seq {seq} cannot be decoded ({e}): nothing of this batch "
+                    "is applied; run `cortex audit`"
+                ) from e
             batch.hashes.append((seq, event.id.bytes, head))
             self._fold(event, seq, batch)
         return seq, head

@@ -23,10 +23,10 @@ from cortex.testing import running_node
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
 from events.codec import decode_event
+from events.errors import LedgerMismatch
 from events.model import kind_of
 from projections import queries
 from projections.digest import digest
-from projections.errors import LedgerMismatch
 from projections.pool import ConnectionPool
 from projections.testing import LedgerBuilder
 

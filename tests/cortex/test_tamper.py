@@ -53,6 +53,7 @@ from cortex.writer import LedgerWriter, origin_of
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import CastVote, to_event
+from events.errors import LedgerMismatch
 from events.merkle import MerkleAccumulator, leaf_hash
 from events.model import (
     SYSTEM_TENANT,
@@ -65,7 +66,6 @@ from events.model import (
 )
 from events.note import Checkpoint, sign
 from events.signing import sign_command
-from projections.errors import LedgerMismatch
 
 TENANT = "acme"
 WAIT = 10.0  # bound on every wait for the server, a node or a CLI run

@@ -13,6 +13,7 @@ from cortex.audit import audit_ledger
 from cortex.bus import Bus
 from cortex.client import Client, Receipt, new_id
 from cortex.embedded import EmbeddedServer
+from cortex.errors import InvalidCommand, StateConflict
 from cortex.ledger_state import LedgerState, Undo
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
@@ -81,9 +82,9 @@ async def test_an_id_reused_for_another_command_is_refused(client: Client, bus: 
     await client.register_agent("a")
     receipt = await client.store_fact("a", "x")
     assert receipt.fact_id is not None
-    with pytest.raises(Exception, match="already used") as info:
+    with pytest.raises(StateConflict, match="already used") as info:
         await client.vote("a", receipt.fact_id, 1, id=receipt.id)
-    assert getattr(info.value, "code", "") == "id_reused"
+    assert info.value.code == "id_reused"
 
 
 async def test_a_restarted_writer_recovers_the_head_and_continues_the_chain(
@@ -100,7 +101,7 @@ async def test_a_restarted_writer_recovers_the_head_and_continues_the_chain(
     assert w2.state.head.hex() == last.hash
     async with await Client.connect(server.url, tenant="t") as c:
         after = await c.store_fact("a", "after restart")  # agent known: state was recovered
-        with pytest.raises(Exception, match="already registered"):
+        with pytest.raises(StateConflict, match="already registered"):
             await c.register_agent("a")
     await _stop_writer(w2)
     assert after.seq == last.seq + 1
@@ -175,9 +176,9 @@ async def test_the_same_id_with_different_content_is_refused_not_acknowledged(
     vote_id = new_id()
     up = await client.vote("a", fact.fact_id, 1, id=vote_id)
     before = await bus.last_seq()
-    with pytest.raises(Exception, match="different command") as info:
+    with pytest.raises(StateConflict, match="different command") as info:
         await client.vote("a", fact.fact_id, -1, id=vote_id)
-    assert getattr(info.value, "code", "") == "id_reused"
+    assert info.value.code == "id_reused"
     same = await client.vote("a", fact.fact_id, 1, id=vote_id)
     assert (same.seq, same.hash) == (up.seq, up.hash)
     assert await bus.last_seq() == before
@@ -196,7 +197,8 @@ async def test_a_command_that_cannot_be_recorded_does_not_jam_the_writer(
         return_exceptions=True,
     )
     assert isinstance(results[0], Receipt)
-    assert getattr(results[1], "code", "") == "invalid_field"
+    assert isinstance(results[1], InvalidCommand)
+    assert results[1].code == "invalid_field"
     assert isinstance(results[2], Receipt)
     assert await bus.last_seq() == 3
     later = await client.store_fact("a", "the writer still works")

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from projections.errors import PoolClosed, PoolError, PoolTimeout
+from events.errors import PoolClosed, PoolError, PoolTimeout
 from projections.pool import ConnectionPool
 
 READERS = 3
