@@ -36,7 +36,7 @@ from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, Sto
 from events.limits import MAX_REQUEST_BYTES
 from events.note import raw_public
 from events.operations import QUERIES, GetStats, Query, Stats, op_name
-from events.rules import check_shape, utc
+from events.rules import check_shape, check_tenant, utc
 
 DEFAULT_TENANT: Final = "default"
 _reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, Any])
@@ -111,6 +111,9 @@ class Client:
         keys: Mapping[str, Ed25519PrivateKey] | None = None,
         owns_bus: bool = False,
     ) -> None:
+        refused = check_tenant(tenant)
+        if refused is not None:  # a tenant no subject can carry: say so before any request
+            raise refused.error()
         self.bus = bus
         self.tenant = tenant
         #: agent id → the private key this client signs that agent's commands with.
@@ -134,8 +137,15 @@ class Client:
     async def connect(
         cls, url: str = DEFAULT_URL, *, tenant: str = DEFAULT_TENANT, **options: Any
     ) -> Self:
+        refused = check_tenant(tenant)
+        if refused is not None:
+            raise refused.error()
         bus = await Bus.connect(url, name=f"cortex-client-{tenant}")
-        return cls(bus, tenant=tenant, owns_bus=True, **options)
+        try:
+            return cls(bus, tenant=tenant, owns_bus=True, **options)
+        except BaseException:
+            await bus.close()
+            raise
 
     async def close(self) -> None:
         """Wait for calls already made, then close the connection if this client opened it."""

@@ -162,6 +162,16 @@ async def test_bad_tenant_and_field_constraints(client: Client, bus: Bus, fact: 
     assert reply["error"]["code"] == "invalid_field"
 
 
+async def test_a_client_for_a_tenant_no_subject_can_carry_is_refused_at_once(bus: Bus) -> None:
+    """The client judges the tenant by the same rule as the writer, before any request."""
+    with pytest.raises(InvalidCommand, match="must be 1-64") as bad:
+        Client(bus, tenant="acme.other")
+    assert bad.value.code == "invalid_field"
+    with pytest.raises(InvalidCommand, match="reserved") as reserved:
+        Client(bus, tenant="_cortex")
+    assert reserved.value.code == "reserved_tenant"
+
+
 async def test_one_bad_command_in_a_batch_does_not_sink_the_others(
     bus: Bus, fact: uuid.UUID
 ) -> None:
