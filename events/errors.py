@@ -144,6 +144,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "id_reused": (StateConflict, "the event id was used for a different command"),
     "no_key": (StateConflict, "the writer has no key to sign checkpoints with"),
     "no_checkpoint": (StateConflict, "the ledger is empty: nothing to checkpoint"),
+    "data_locked": (StateConflict, "another process holds the data folder"),
     "busy": (Unavailable, "the writer's batch was full; ask again"),
     # the ledger
     "ledger_error": (LedgerError, "the ledger stream is missing, misconfigured or refused"),
