@@ -36,3 +36,5 @@ DEFAULT_WAIT_S: Final = 5.0
 MAX_WAIT_S: Final = 30.0
 """Longest a read may wait for ``min_seq`` (read-your-writes)."""
 MAX_SEARCH_WORDS: Final = 32
+MAX_SEQ: Final = 2**63 - 1
+"""Largest seq or tree size anything takes: what SQLite and JetStream can hold."""

@@ -27,11 +27,11 @@ import msgspec
 
 from events.commands import COMMAND_TYPES
 from events.errors import QueryFailed
-from events.limits import DEFAULT_WAIT_S, MAX_NAME, MAX_QUERY_LIMIT
+from events.limits import DEFAULT_WAIT_S, MAX_NAME, MAX_QUERY_LIMIT, MAX_SEQ
 
 Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY_LIMIT)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
-TreeSize = Annotated[int, msgspec.Meta(ge=1)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+TreeSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 #: Seconds to wait for min_seq; the node waits at most MAX_WAIT_S whatever is asked.
 Wait = Annotated[float, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
@@ -338,6 +338,8 @@ def decode_query(op: str, data: bytes) -> Query:
         raise QueryFailed(f"bad parameters for {op}: {e}") from e
     except msgspec.DecodeError as e:
         raise QueryFailed(f"a query is a JSON object: {e}", code="malformed") from e
+    except RecursionError as e:
+        raise QueryFailed("a query nests JSON too deeply", code="malformed") from e
 
 
 def op_name(query: Query) -> str:

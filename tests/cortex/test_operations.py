@@ -159,3 +159,7 @@ def test_bad_queries_are_refused_with_what_was_wrong() -> None:
     # A boolean is not a seq (True used to pass an isinstance(int) check).
     with pytest.raises(QueryFailed, match="min_seq"):
         decode_query("status", b'{"min_seq": true}')
+    # Numbers beyond what SQLite holds are refused, not an internal error.
+    with pytest.raises(QueryFailed, match="as_of_seq") as e:
+        decode_query("facts", b'{"as_of_seq": 18446744073709551615}')
+    assert e.value.code == "invalid_query"
