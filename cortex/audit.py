@@ -20,12 +20,10 @@ from typing import Any
 import aiosqlite
 
 from cortex.bus import Bus, StoredEvent
-from cortex.node import records
-from events.chain import GENESIS, Violation
+from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier
-from projections.pool import ConnectionPool
-from projections.projector import Projector
+from projections.replay import replay
 from projections.schema import DIGEST_TABLES, SCHEMA_VERSION
 
 Progress = Callable[[int, int], None]
@@ -188,7 +186,7 @@ async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> Projecti
             with tempfile.TemporaryDirectory(prefix="cortex-audit-") as tmp:
                 fresh = Path(tmp) / "replay.db"
                 try:
-                    await _replay(bus, fresh, check.seq)
+                    await replay(bus, fresh, until=check.seq)
                 except LedgerMismatch as e:
                     return mismatch("replay", f"cannot replay a broken ledger to compare: {e}")
                 except (CortexError, aiosqlite.Error) as e:
@@ -197,22 +195,6 @@ async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> Projecti
     except aiosqlite.Error as e:
         return mismatch("database", f"cannot read it as a CORTEX read model: {e}")
     return check
-
-
-async def _replay(bus: Bus, db: Path, until: int) -> None:
-    pool = ConnectionPool(db, readers=1)
-    await pool.open()
-    try:
-        async with pool.writer() as conn:
-            await conn.execute("PRAGMA synchronous=OFF")
-        projector = Projector(pool)
-        await projector.open()
-        if until:
-            await projector.consume(records(bus, 1, until, head=GENESIS))
-        async with pool.writer() as conn:
-            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        await pool.close()
 
 
 async def _compare(

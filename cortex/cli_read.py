@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +16,11 @@ from rich.table import Table
 from cortex.bus import DEFAULT_URL, Bus
 from cortex.client import Client
 from cortex.errors import CortexError
-from cortex.node import records
 from cortex.progress import progress_bar
-from events.chain import GENESIS
 from projections.digest import digest
 from projections.pool import ConnectionPool
 from projections.projector import Projector
+from projections.replay import replay
 
 # Piped output keeps whole table rows: scripts and logs read wider than 80 columns.
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -177,63 +174,11 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-async def replay(bus: Bus, db: Path, *, until: int | None, show_progress: bool) -> dict[str, Any]:
-    """Rebuild ``db`` from the ledger (up to ``until``) beside it, then swap it in."""
-    last = await bus.last_seq()
-    end = last if until is None else min(until, last)
-    building = db.with_name(db.name + ".building")
-    _remove_database(building)
-    started = time.perf_counter()
-    pool = ConnectionPool(building)
-    await pool.open()
-    try:
-        async with pool.writer() as conn:
-            # A rebuild that crashes is thrown away and started again, so no
-            # fsync per batch; durability comes from the checkpoint below.
-            await conn.execute("PRAGMA synchronous=OFF")
-            await conn.execute("PRAGMA cache_size=-32768")
-        projector = Projector(pool)
-        await projector.open()
-        with progress_bar("replaying", total=end, enabled=show_progress) as update:
-            await projector.consume(
-                records(bus, 1, end, head=GENESIS), progress=lambda seq: update(seq, end)
-            )
-        result = {
-            "db": str(db),
-            "seq": projector.seq,
-            "head": projector.head.hex(),
-            "digest": await digest(pool),
-        }
-        async with pool.writer() as conn:
-            # Everything into the main file, on disk: a WAL must not stay
-            # behind under the old name, and the swap must not precede the data.
-            await conn.execute("PRAGMA synchronous=FULL")
-            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        await pool.close()
-    seconds = time.perf_counter() - started
-    _remove_database(db)
-    os.replace(building, db)
-    _remove_database(building)
-    result["seconds"] = round(seconds, 3)
-    result["events_per_s"] = round(end / seconds) if seconds > 0 else 0
-    return result
-
-
 async def cmd_replay(args: argparse.Namespace) -> int:
     bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-replay")
     try:
-        result = await replay(
-            bus,
-            Path(args.db),
-            until=args.until,
-            show_progress=not args.json and sys.stderr.isatty(),
-        )
+        with progress_bar("replaying", enabled=not args.json) as update:
+            result = (await replay(bus, Path(args.db), until=args.until, progress=update)).to_dict()
     finally:
         await bus.close()
     if args.json:

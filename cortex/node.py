@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
@@ -21,12 +20,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from cortex.bus import Bus
-from events.chain import link
 from events.errors import CortexError, LedgerMismatch
 from events.limits import MAX_WAIT_S
 from projections.cache import ReadCache
+from projections.feed import records
 from projections.pool import ConnectionPool
-from projections.projector import Projector, Record
+from projections.projector import Projector
 from projections.service import ReadService
 
 log = structlog.get_logger(__name__)
@@ -35,27 +34,6 @@ QUERY_PREFIX: Final = "cortex.query"
 QUEUE_GROUP: Final = "cortex-query"
 HEALTH_CHECK_S: Final = 30.0
 _encoder: Final = msgspec.json.Encoder()
-
-
-async def records(
-    bus: Bus, start_seq: int, end_seq: int | None = None, *, head: bytes | None = None
-) -> AsyncIterator[Record]:
-    """The ledger as the projector wants it: (seq, body), read once or followed live.
-
-    With ``head`` (the chain hash before ``start_seq``), every event must link
-    to the one before and hash to what the ledger recorded for it; a node
-    never projects a stream that was tampered with.
-    """
-    source = bus.read(start_seq, end_seq) if end_seq is not None else bus.follow(start_seq)
-    async for stored in source:
-        if head is not None:
-            if stored.prev_hash != head or link(head, stored.body) != stored.hash:
-                raise LedgerMismatch(
-                    f"the ledger's event at seq {stored.seq} does not follow the chain: "
-                    "nothing more is projected; run `cortex audit`"
-                )
-            head = stored.hash
-        yield stored.seq, stored.body
 
 
 async def verify_position(bus: Bus, projector: Projector, db: Path) -> None:

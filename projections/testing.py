@@ -6,10 +6,14 @@ benchmarks and the tests build ledgers the same way.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from events.chain import GENESIS, link
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact, to_event
 from projections.pool import ConnectionPool
@@ -65,6 +69,42 @@ class LedgerBuilder:
             ),
             tenant,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedRecord:
+    """One event as a ledger stores it: position, bytes, and the chain hashes beside them."""
+
+    seq: int
+    body: bytes
+    prev_hash: bytes
+    hash: bytes
+
+
+class MemoryReader:
+    """A ``projections.feed.LedgerReader`` over events held in memory, chained as the
+    writer chains them: replay and feed tests need no server."""
+
+    def __init__(self, records: Sequence[Record]) -> None:
+        self.events: list[ChainedRecord] = []
+        head = GENESIS
+        for seq, body in records:
+            own = link(head, body)
+            self.events.append(ChainedRecord(seq, body, head, own))
+            head = own
+
+    async def read(self, start: int, end: int | None = None) -> AsyncIterator[ChainedRecord]:
+        for event in self.events[start - 1 : end]:
+            yield event
+
+    async def follow(self, start: int) -> AsyncIterator[ChainedRecord]:
+        """What there is from ``start``, then a wait for more that never comes."""
+        async for event in self.read(start):
+            yield event
+        await asyncio.Event().wait()
+
+    async def last_seq(self) -> int:
+        return len(self.events)
 
 
 async def open_projector(path: Path) -> tuple[ConnectionPool, Projector]:

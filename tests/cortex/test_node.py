@@ -14,7 +14,6 @@ import aiosqlite
 import pytest
 
 from cortex.bus import Bus, Outgoing, ledger_subject
-from cortex.cli_read import replay
 from cortex.client import Client
 from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import QueryFailed
@@ -28,6 +27,7 @@ from events.model import kind_of
 from projections import queries
 from projections.digest import digest
 from projections.pool import ConnectionPool
+from projections.replay import replay
 from projections.testing import LedgerBuilder
 
 
@@ -159,9 +159,9 @@ async def test_two_nodes_and_a_replay_hold_identical_rows(
         last = max(r.seq for r in await asyncio.gather(*votes))
         assert await node.projector.wait_for(last, timeout=10)
         assert await second.projector.wait_for(last, timeout=10)
-        rebuilt = await replay(bus2, tmp_path / "replayed.db", until=None, show_progress=False)
-        assert await digest(node.pool) == await digest(second.pool) == rebuilt["digest"]
-        assert rebuilt["seq"] == last
+        rebuilt = await replay(bus2, tmp_path / "replayed.db")
+        assert await digest(node.pool) == await digest(second.pool) == rebuilt.digest
+        assert rebuilt.seq == last
     finally:
         await second.stop()
         await bus2.close()
@@ -174,8 +174,8 @@ async def test_replay_until_gives_the_state_as_of_that_seq(
     f = await client.store_fact("a", "to be revised")
     assert f.fact_id is not None
     await client.deprecate_fact("a", f.fact_id, reason="revised")
-    then = await replay(node.bus, tmp_path / "then.db", until=f.seq, show_progress=False)
-    assert then["seq"] == f.seq
+    then = await replay(node.bus, tmp_path / "then.db", until=f.seq)
+    assert then.seq == f.seq
     async with ConnectionPool(tmp_path / "then.db", readers=1) as pool:
         fact = await queries.get_fact(pool, "acme", f.fact_id)
     assert fact is not None
@@ -272,8 +272,8 @@ async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(tmp_path: Pat
         try:
             assert node.projector.seq == killed_at
             assert await node.projector.wait_for(total, timeout=60)
-            fresh = await replay(bus, tmp_path / "fresh.db", until=None, show_progress=False)
-            assert await digest(node.pool) == fresh["digest"]
+            fresh = await replay(bus, tmp_path / "fresh.db")
+            assert await digest(node.pool) == fresh.digest
         finally:
             await node.stop()
             await bus.close()
@@ -293,7 +293,7 @@ async def test_a_forged_event_on_the_stream_is_never_projected(
     assert not await node.projector.wait_for(2, timeout=0.5)
     assert node.projector.seq == 1
     with pytest.raises(LedgerMismatch, match="seq 2 does not follow the chain"):
-        await replay(bus, tmp_path / "r.db", until=None, show_progress=False)
+        await replay(bus, tmp_path / "r.db")
 
 
 async def test_a_slow_query_does_not_hold_up_the_others(
