@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import inspect
 import json
@@ -35,11 +34,11 @@ from cortex.audit import audit_ledger
 from cortex.bus import DEFAULT_URL, Bus
 from cortex.cli_audit import print_audit
 from cortex.client import Client, Receipt
-from cortex.embedded import Durability, EmbeddedServer
+from cortex.embedded import Durability
 from cortex.errors import CortexError
 from cortex.keys import create_key, load_key, public_hex, writer_key
-from cortex.node import ProjectionNode
-from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH, LedgerWriter
+from cortex.runtime import Runtime
+from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH
 from events.codec import decode_event
 from events.model import (
     AgentRegistered,
@@ -112,31 +111,19 @@ def _summary(event: Event) -> tuple[str, str]:
 async def cmd_up(args: argparse.Namespace) -> int:
     """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
     data = Path(args.data)
-    writer: LedgerWriter | None = None
-    async with contextlib.AsyncExitStack() as stack:
-        url = args.nats
-        if not url:
-            server = EmbeddedServer(data, port=args.port, durability=Durability(args.durability))
-            url = await server.start()
-            stack.push_async_callback(server.stop)
+    async with Runtime(args.nats or None) as runtime:
+        if not args.nats:
+            await runtime.serve(data, port=args.port, durability=Durability(args.durability))
         if args.role in ("all", "writer"):
-            bus = await Bus.connect(url, name="cortex-writer")
-            stack.push_async_callback(bus.close)
-            writer = LedgerWriter(
-                bus,
+            await runtime.add_writer(
                 max_batch=args.max_batch,
                 key=writer_key(data),
                 checkpoint_every=args.checkpoint_every,
                 require_signatures=args.require_signatures,
             )
-            await writer.start()
-            stack.push_async_callback(writer.stop)
         if args.role in ("all", "node"):
-            node_bus = await Bus.connect(url, name="cortex-node")
-            stack.push_async_callback(node_bus.close)
-            node = ProjectionNode(node_bus, data / "projection.db")
-            await node.start()
-            stack.push_async_callback(node.stop)
+            await runtime.add_node(data / "projection.db")
+        url, writer = runtime.url, runtime.writer
         where = f"data in {data}" + (
             f", durability {args.durability}" if not args.nats else ", external server"
         )
@@ -339,20 +326,14 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     """Start a throwaway server, run three agents through a short story, prove and audit it."""
     with tempfile.TemporaryDirectory(prefix="cortex-demo-") as tmp:
         data = Path(tmp)
-        async with EmbeddedServer(data, port=-1) as server, contextlib.AsyncExitStack() as stack:
-            bus = await Bus.connect(server.url, name="cortex-demo")
-            stack.push_async_callback(bus.close)
-            writer = LedgerWriter(bus, key=writer_key(data))
-            await writer.start()
-            stack.push_async_callback(writer.stop)
-            node_bus = await Bus.connect(server.url, name="cortex-demo-node")
-            stack.push_async_callback(node_bus.close)
-            node = ProjectionNode(node_bus, data / "projection.db")
-            await node.start()
-            stack.push_async_callback(node.stop)
+        async with Runtime(name="cortex-demo") as runtime:
+            url = await runtime.serve(data, port=-1)
+            await runtime.add_writer(key=writer_key(data))
+            node = await runtime.add_node(data / "projection.db")
+            bus = await runtime.connect("reader")
             if not args.json:
-                out.print(f"CORTEX demo: nats-server {server.url}, ledger in {tmp}")
-            async with await Client.connect(server.url, tenant="demo") as client:
+                out.print(f"CORTEX demo: nats-server {url}, ledger in {tmp}")
+            async with await Client.connect(url, tenant="demo") as client:
                 signed_vote = await _demo_story(client)
                 checkpoint = await client.make_checkpoint()
                 proof = check_proof(

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cortex.bus import Bus
 from cortex.node import ProjectionNode
+from cortex.runtime import Runtime
 from cortex.writer import LedgerWriter
 
 
@@ -54,24 +54,12 @@ async def run_cli(*args: str, timeout: float = 60) -> Run:
 @contextlib.asynccontextmanager
 async def running_writer(url: str, **options: Any) -> AsyncIterator[LedgerWriter]:
     """A started writer on its own connection, as `cortex up` runs it; stopped after."""
-    bus = await Bus.connect(url, name="writer")
-    writer = LedgerWriter(bus, **options)
-    try:
-        await writer.start()
-        yield writer
-    finally:
-        await writer.stop()
-        await bus.close()
+    async with Runtime(url, name="test") as runtime:
+        yield await runtime.add_writer(**options)
 
 
 @contextlib.asynccontextmanager
 async def running_node(url: str, db: Path) -> AsyncIterator[ProjectionNode]:
     """A started node (projector and queries) on its own connection; stopped after."""
-    bus = await Bus.connect(url, name="node")
-    node = ProjectionNode(bus, db)
-    try:
-        await node.start()
-        yield node
-    finally:
-        await node.stop()
-        await bus.close()
+    async with Runtime(url, name="test") as runtime:
+        yield await runtime.add_node(db)

@@ -11,6 +11,7 @@ from cortex.bus import Bus
 from cortex.client import Client
 from cortex.embedded import EmbeddedServer
 from cortex.keys import writer_key
+from cortex.runtime import Runtime
 from cortex.testing import running_writer
 from cortex.writer import LedgerWriter
 from projections.pool import ConnectionPool
@@ -21,8 +22,10 @@ from projections.testing import LedgerBuilder, open_projector
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
     """A real nats-server from the wheel, on a free loopback port, storing in tmp_path."""
-    async with EmbeddedServer(tmp_path / "data", port=-1) as srv:
-        yield srv
+    async with Runtime(name="test") as runtime:
+        await runtime.serve(tmp_path / "data", port=-1)
+        assert runtime.server is not None
+        yield runtime.server
 
 
 @pytest.fixture

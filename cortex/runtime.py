@@ -1,0 +1,120 @@
+"""One place where CORTEX's roles are started and stopped again.
+
+``cortex up``, ``cortex demo`` and the test fixtures all run the same few
+roles: an embedded nats-server (or an external one by URL), the ledger
+writer, one or more projection nodes, and later the MCP and HTTP servers.
+A ``Runtime`` starts each role on its own connection and, on leaving its
+``async with`` block, stops everything it started and closes every
+connection it opened, in reverse order: nodes before the writer, the writer
+before its connection, every connection before the server::
+
+    async with Runtime() as rt:
+        await rt.serve(Path(".cortex"), port=-1)  # or Runtime("nats://…") for a running one
+        writer = await rt.add_writer(key=writer_key(data))
+        node = await rt.add_node(data / "projection.db")
+        ...
+
+A role is anything with ``start()`` and ``stop()`` (``Role``); ``add`` runs
+any such object the same way, so a new front door is one more role.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+from cortex.bus import Bus
+from cortex.embedded import Durability, EmbeddedServer
+from cortex.node import ProjectionNode
+from cortex.writer import LedgerWriter
+
+
+class Role(Protocol):
+    """Something the runtime starts and later stops.
+
+    ``stop`` must be safe to call after a ``start`` that failed part way:
+    the runtime stops a role whose start raised, so it leaves nothing behind.
+    """
+
+    async def start(self) -> object: ...
+    async def stop(self) -> None: ...
+
+
+R = TypeVar("R", bound=Role)
+
+
+class Runtime:
+    """Starts roles, remembers what it owns, and stops it all in reverse order on exit."""
+
+    def __init__(self, url: str | None = None, *, name: str = "cortex") -> None:
+        self._url = url
+        #: Connections are named ``<name>-<role>`` (as the server's monitoring shows them).
+        self.name = name
+        self.server: EmbeddedServer | None = None
+        self.writer: LedgerWriter | None = None
+        self.nodes: list[ProjectionNode] = []
+        self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def url(self) -> str:
+        """The server every role connects to: the one given, or the one ``serve`` started."""
+        if self._url is None:
+            raise RuntimeError("no server yet: give Runtime a URL or call serve() first")
+        return self._url
+
+    async def add(self, role: R) -> R:
+        """Start ``role`` now and stop it on exit (also if its start fails)."""
+        self._stack.push_async_callback(role.stop)
+        await role.start()
+        return role
+
+    async def serve(
+        self,
+        data: Path,
+        *,
+        port: int = 4222,
+        durability: Durability = Durability.SAFE,
+        extra_config: str = "",
+    ) -> str:
+        """Start the embedded nats-server storing in ``data``; its URL."""
+        if self._url is not None:
+            raise RuntimeError(f"this runtime already uses the server at {self._url}")
+        server = EmbeddedServer(data, port=port, durability=durability, extra_config=extra_config)
+        self.server = await self.add(server)
+        self._url = server.url
+        return server.url
+
+    async def connect(self, role: str) -> Bus:
+        """A connection of this runtime's own, named for ``role``, closed on exit."""
+        bus = await Bus.connect(self.url, name=f"{self.name}-{role}")
+        self._stack.push_async_callback(bus.close)
+        return bus
+
+    async def add_writer(self, **options: Any) -> LedgerWriter:
+        """Start the ledger writer on its own connection (options as ``LedgerWriter`` takes)."""
+        writer = LedgerWriter(await self.connect("writer"), **options)
+        self.writer = await self.add(writer)
+        return writer
+
+    async def add_node(self, db: Path, **options: Any) -> ProjectionNode:
+        """Start a node (projector into ``db``, and its queries) on its own connection."""
+        node = ProjectionNode(await self.connect("node"), db, **options)
+        self.nodes.append(await self.add(node))
+        return node
+
+    async def close(self) -> None:
+        """Stop every role and close every connection, the last started first."""
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.__aexit__(exc_type, exc, tb)
