@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from cortex.bus import Bus, ledger_subject
 from cortex.embedded import EmbeddedServer
 from cortex.testing import run_cli as cortex
+from cortex.testing import running_node
 from cortex.writer import LedgerWriter
 
 
@@ -136,3 +138,57 @@ async def test_audit_names_forged_and_altered_events(
     human = await cortex("audit", "--nats", server.url)
     assert human.code == 1
     assert "chain_break at seq 2" in human.out
+
+
+async def test_reads_with_min_seq_see_the_write_before_them(
+    server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
+) -> None:
+    """A write's seq given as --min-seq: every read that asks a node waits for it, then shows it."""
+    url = ("--nats", server.url, "--tenant", "lab")
+    async with running_node(server.url, tmp_path / "node.db"):
+        assert (await cortex("agent", "add", "ada", *url)).code == 0
+        stored = await cortex("fact", "add", "Light bends", "--agent", "ada", "--json", *url)
+        assert stored.code == 0, stored.err
+        seq, fact = str(stored.json()["seq"]), stored.json()["fact_id"]
+
+        facts = await cortex("facts", "--min-seq", seq, "--json", *url)
+        assert facts.code == 0, facts.err
+        assert [f["fact_id"] for f in facts.json()] == [fact]
+        hits = await cortex("search", "bends", "--min-seq", seq, "--json", *url)
+        assert [f["fact_id"] for f in hits.json()] == [fact]
+        shown = await cortex("show", fact, "--min-seq", seq, *url)
+        assert shown.code == 0, shown.err
+        assert "Light bends" in shown.out
+        agents = await cortex("agents", "--min-seq", seq, "--json", *url)
+        assert [a["agent_id"] for a in agents.json()] == ["ada"]
+        status = await cortex("status", "--min-seq", seq, "--json", *url)
+        assert status.json()["seq"] >= int(seq)
+        digest = await cortex("digest", "--min-seq", seq, "--json", *url)
+        assert digest.json()["seq"] >= int(seq)
+
+
+async def test_an_unreachable_min_seq_is_a_timeout_error(
+    server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
+) -> None:
+    """A seq the ledger never reaches: after the wait, one line with the code, exit 1."""
+    async with running_node(server.url, tmp_path / "node.db"):
+        run = await cortex("agents", "--min-seq", "1000000", "--json", "--nats", server.url)
+    assert run.code == 1
+    assert run.json()["error"]["code"] == "timeout"
+    assert "error [timeout]: " in run.err
+    assert "min_seq 1000000 was not reached" in run.err
+    assert "Traceback" not in run.err
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("facts", "--min-seq", "0"), "is not a positive whole number"),
+        (("digest", "--db", "x.db", "--min-seq", "3"), "error [invalid_field]: --min-seq waits"),
+    ],
+)
+async def test_a_min_seq_that_cannot_apply_is_refused(args: tuple[str, ...], says: str) -> None:
+    run = await cortex(*args)
+    assert run.code != 0
+    assert says in run.err
+    assert "Traceback" not in run.err

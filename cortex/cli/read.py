@@ -1,64 +1,43 @@
-"""The read side of the ``cortex`` command line: facts, search, show, agents, status,
-replay and digest. Registered on the parser built in ``cortex.cli``."""
+"""The read side of the ``cortex`` command line: facts, search, show, agents, status and
+digest ask a node; log reads the ledger itself; replay rebuilds a read model from it.
+
+Every command that asks a node takes ``--min-seq N`` (a receipt's seq): the node first
+waits until it has applied that event, so a read sees the write before it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+import msgspec
 from rich.markup import escape
 from rich.table import Table
 
 from cortex.bus import DEFAULT_URL, Bus
+from cortex.cli.output import (
+    EXIT_OK,
+    out,
+    print_events,
+    print_facts,
+    print_json,
+    progress_bar,
+    summary,
+)
+from cortex.cli.parse import positive
 from cortex.client import Client
 from cortex.errors import CortexError
-from cortex.progress import progress_bar
+from events.codec import decode_event
+from events.model import kind_of
 from projections.digest import digest
 from projections.pool import ConnectionPool
 from projections.projector import Projector
 from projections.replay import replay
 
-# Piped output keeps whole table rows: scripts and logs read wider than 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
-
-
-def _json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str) + "\n")
-
 
 async def _client(args: argparse.Namespace) -> Client:
     return await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant)
-
-
-def _facts_table(rows: list[dict[str, Any]], title: str, *, rank: bool = False) -> None:
-    table = Table(title=title)
-    table.add_column("fact", no_wrap=True)
-    table.add_column("content", overflow="fold")
-    table.add_column("agent", no_wrap=True)
-    table.add_column("status", no_wrap=True)
-    table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("votes", justify="right", no_wrap=True)
-    for f in rows:
-        c = f["consensus"]
-        content = str(f.get("snippet") if rank else f["content"])
-        if f.get("deprecated"):
-            content = f"[dim]{escape(content)} (deprecated)[/]"
-        else:
-            content = escape(content)
-        table.add_row(
-            f["fact_id"],
-            content,
-            f["agent_id"],
-            c["status"],
-            f"{c['score']:+.3f}",
-            f"+{c['votes_for']} -{c['votes_against']}",
-        )
-    out.print(table)
 
 
 async def cmd_facts(args: argparse.Namespace) -> int:
@@ -70,32 +49,32 @@ async def cmd_facts(args: argparse.Namespace) -> int:
     if args.agent:
         filters["agent_id"] = args.agent
     async with await _client(args) as c:
-        rows = await c.facts(**filters)
+        rows = await c.facts(min_seq=args.min_seq, **filters)
     if args.json:
-        _json(rows)
+        print_json(rows)
     else:
-        _facts_table(rows, f"facts in {args.tenant}")
-    return 0
+        print_facts(rows, f"facts in {args.tenant}")
+    return EXIT_OK
 
 
 async def cmd_search(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        hits = await c.search(args.text, limit=args.limit)
+        hits = await c.search(args.text, limit=args.limit, min_seq=args.min_seq)
     if args.json:
-        _json(hits)
+        print_json(hits)
     else:
-        _facts_table(hits, f"search {args.text!r} in {args.tenant}", rank=True)
-    return 0
+        print_facts(hits, f"search {args.text!r} in {args.tenant}", rank=True)
+    return EXIT_OK
 
 
 async def cmd_show(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        history = await c.history(args.fact_id)
+        history = await c.history(args.fact_id, min_seq=args.min_seq)
     if history is None:
         raise CortexError(f"no fact {args.fact_id} in tenant {args.tenant!r}", code="not_found")
     if args.json:
-        _json(history)
-        return 0
+        print_json(history)
+        return EXIT_OK
     fact = history["fact"]
     c = fact["consensus"]
     out.print(f"[bold]{escape(fact['content'])}[/]")
@@ -122,15 +101,15 @@ async def cmd_show(args: argparse.Namespace) -> int:
         )
         table.add_row(str(e["seq"]), e["kind"], e["agent_id"], escape(str(detail)))
     out.print(table)
-    return 0
+    return EXIT_OK
 
 
 async def cmd_agents(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        rows = await c.agents()
+        rows = await c.agents(min_seq=args.min_seq)
     if args.json:
-        _json(rows)
-        return 0
+        print_json(rows)
+        return EXIT_OK
     table = Table(title=f"agents in {args.tenant}")
     for column in ("agent", "reputation", "agrees", "disagrees", "registered at seq", "signs"):
         table.add_column(column)
@@ -144,16 +123,16 @@ async def cmd_agents(args: argparse.Namespace) -> int:
             "yes" if a["public_key"] else "no",
         )
     out.print(table)
-    return 0
+    return EXIT_OK
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        status = await c.query("status")
+        status = await c.query("status", min_seq=args.min_seq)
         status["ledger_last_seq"] = await c.bus.last_seq()
     if args.json:
-        _json(status)
-        return 0
+        print_json(status)
+        return EXIT_OK
     table = Table(title="cortex status", show_header=False)
     table.add_row("ledger ends at seq", str(status["ledger_last_seq"]))
     table.add_row("this node applied up to", str(status["seq"]))
@@ -171,7 +150,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         f"{cache['misses']} misses, {cache['invalidations']} invalidations",
     )
     out.print(table)
-    return 0
+    return EXIT_OK
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:
@@ -182,17 +161,21 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         await bus.close()
     if args.json:
-        _json(result)
+        print_json(result)
     else:
         out.print(
             f"rebuilt {result['db']} up to seq {result['seq']} in {result['seconds']} s "
             f"({result['events_per_s']} events/s)\ndigest {result['digest']}"
         )
-    return 0
+    return EXIT_OK
 
 
 async def cmd_digest(args: argparse.Namespace) -> int:
     if args.db:
+        if args.min_seq is not None:
+            raise CortexError(
+                "--min-seq waits for a node; a --db file is read as it is", code="invalid_field"
+            )
         path = Path(args.db)
         if not path.is_file():  # noqa: ASYNC240 - one stat of a local file
             raise CortexError(f"no database at {path}", code="not_found")
@@ -202,18 +185,74 @@ async def cmd_digest(args: argparse.Namespace) -> int:
             result = {"db": str(path), "seq": projector.seq, "digest": await digest(pool)}
     else:
         async with await _client(args) as c:
-            result = await c.query("digest")
+            result = await c.query("digest", min_seq=args.min_seq)
     if args.json:
-        _json(result)
+        print_json(result)
     else:
         out.print(f"seq {result['seq']}  digest {result['digest']}")
-    return 0
+    return EXIT_OK
+
+
+async def cmd_log(args: argparse.Namespace) -> int:
+    if args.start < 1 or (args.limit is not None and args.limit < 1):
+        raise CortexError("--from and --limit count from 1", code="invalid_field")
+    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-log")
+    try:
+        last = await bus.last_seq()
+        end = last if args.limit is None else min(last, args.start + args.limit - 1)
+        rows: list[dict[str, Any]] = []
+        async for stored in bus.read(args.start, end):
+            row: dict[str, Any] = {
+                "seq": stored.seq,
+                "subject": stored.subject,
+                "hash": stored.hash.hex(),
+            }
+            try:
+                event = decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                row.update(kind="?", tenant="?", agent="", what="(undecodable body)")
+            else:
+                agent, what = summary(event)
+                row.update(
+                    kind=kind_of(event),
+                    tenant=event.tenant,
+                    id=str(event.id),
+                    agent=agent,
+                    what=what,
+                )
+                if args.json:
+                    row["event"] = msgspec.to_builtins(event)
+            rows.append(row)
+    finally:
+        await bus.close()
+    if args.json:
+        for row in rows:
+            print_json(row)
+        return EXIT_OK
+    print_events(rows, title=f"CORTEX_LEDGER seq {args.start}..{end} of {last}")
+    return EXIT_OK
+
+
+def register_log(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``cortex log`` (in its place among the write commands, as ``--help`` lists it)."""
+    p = sub.add_parser("log", parents=[common], help="list the ledger's events")
+    p.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
+    p.add_argument("--limit", type=int, help="at most this many events")
+    p.set_defaults(func=cmd_log)
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the read-side commands to the ``cortex`` parser."""
+    reads = argparse.ArgumentParser(add_help=False)
+    reads.add_argument(
+        "--min-seq",
+        type=positive,
+        metavar="SEQ",
+        help="first wait (up to 5 s) until the node has applied this seq, e.g. a write's",
+    )
+    node = [common, reads]
     p = sub.add_parser(
-        "facts", parents=[common], help="list facts (current, or as of a seq / world time)"
+        "facts", parents=node, help="list facts (current, or as of a seq / world time)"
     )
     p.add_argument("--all", action="store_true", help="include deprecated facts")
     p.add_argument("--valid-at", help="only facts holding at this ISO 8601 world time")
@@ -222,21 +261,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_facts)
 
-    p = sub.add_parser("search", parents=[common], help="full-text search, best match first")
+    p = sub.add_parser("search", parents=node, help="full-text search, best match first")
     p.add_argument("text")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("show", parents=[common], help="a fact with its consensus and full history")
+    p = sub.add_parser("show", parents=node, help="a fact with its consensus and full history")
     p.add_argument("fact_id")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("agents", parents=[common], help="the tenant's agents and their reputation")
+    p = sub.add_parser("agents", parents=node, help="the tenant's agents and their reputation")
     p.set_defaults(func=cmd_agents)
 
-    p = sub.add_parser(
-        "status", parents=[common], help="a node's position, pool and cache counters"
-    )
+    p = sub.add_parser("status", parents=node, help="a node's position, pool and cache counters")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
@@ -251,7 +288,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
-        "digest", parents=[common], help="digest of a read model's contents (a node's, or --db)"
+        "digest", parents=node, help="digest of a read model's contents (a node's, or --db)"
     )
     p.add_argument("--db", help="a database file instead of asking a node")
     p.set_defaults(func=cmd_digest)

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from cortex.bus import DEFAULT_URL
+from cortex.cli.output import EXIT_FAILED, EXIT_OK, print_json
 from cortex.client import Client
 from cortex.errors import CortexError
 from events.proof import check_proof
 
-EXIT_OK, EXIT_FAILED = 0, 1
-
 
 def _print(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    print_json(value, indent=2)
 
 
 async def cmd_checkpoint(args: argparse.Namespace) -> int:

@@ -1,38 +1,25 @@
-"""The ``cortex`` command line: run the ledger, write to it, read it, audit it.
-
-Readable output by default and ``--json`` for scripts. A refused command or
-an unreachable server prints one line saying what was wrong and exits
-non-zero; it never prints a traceback.
-"""
+"""The write side of the ``cortex`` command line: run the ledger (up, demo), register
+agents, store and deprecate facts, vote, and make agent keys (keygen)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import inspect
 import json
-import logging
-import os
 import signal
-import sys
 import tempfile
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
-import msgspec
-import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from cortex import cli_audit, cli_proof, cli_read
 from cortex.audit import audit_ledger
-from cortex.bus import DEFAULT_URL, Bus
-from cortex.cli_audit import print_audit
+from cortex.bus import DEFAULT_URL
+from cortex.cli.audit import print_audit
+from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_events, print_json, summary
+from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
 from cortex.client import Client, Receipt
 from cortex.embedded import Durability
 from cortex.errors import CortexError
@@ -40,35 +27,8 @@ from cortex.keys import create_key, load_key, public_hex, writer_key
 from cortex.runtime import Runtime
 from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH
 from events.codec import decode_event
-from events.model import (
-    AgentRegistered,
-    CheckpointSigned,
-    Event,
-    FactDeprecated,
-    FactStored,
-    VoteCast,
-    WriterKeyAdded,
-    kind_of,
-)
+from events.model import kind_of
 from events.proof import check_proof
-
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-# Piped output keeps whole table rows: scripts and logs read wider than 80 columns.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
-
-
-def _configure_logging(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.WARNING
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, default=str) + "\n")
 
 
 def _receipt_dict(r: Receipt) -> dict[str, Any]:
@@ -78,34 +38,29 @@ def _receipt_dict(r: Receipt) -> dict[str, Any]:
     return d
 
 
-def _short(value: uuid.UUID) -> str:
-    """The random tail of a UUIDv7 (its head is a timestamp, alike for neighbours)."""
-    return "…" + str(value)[-8:]
-
-
-def _summary(event: Event) -> tuple[str, str]:
-    """(agent, what) for a table row."""
-    if isinstance(event, AgentRegistered):
-        return event.agent_id, "registered" + (" with a signing key" if event.public_key else "")
-    if isinstance(event, FactStored):
-        text = event.content if len(event.content) <= 48 else event.content[:47] + "…"
-        return event.agent_id, f"fact {_short(event.fact_id)}: {text}"
-    if isinstance(event, FactDeprecated):
-        return event.agent_id, f"deprecated {_short(event.fact_id)}" + (
-            f": {event.reason}" if event.reason else ""
+async def _with_client(
+    args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]
+) -> int:
+    async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as client:
+        receipt = await work(client)
+    if args.json:
+        print_json(_receipt_dict(receipt))
+    else:
+        extra = f"  fact {receipt.fact_id}" if receipt.fact_id else ""
+        out.print(
+            f"appended at seq {receipt.seq}  hash {receipt.hash[:16]}…  id {receipt.id}{extra}"
         )
-    if isinstance(event, VoteCast):
-        sign = {1: "+1", -1: "-1", 0: "withdrew"}.get(event.value, str(event.value))
-        signed = ", signed" if event.signature else ""
-        return event.agent_id, f"vote {sign} on {_short(event.fact_id)}{signed}"
-    if isinstance(event, WriterKeyAdded):
-        return "", f"writer key {event.name}"
-    if isinstance(event, CheckpointSigned):
-        return "", f"checkpoint: {event.tree_size} events, root {event.root[:12]}…"
-    return "", ""
+    return EXIT_OK
 
 
-# -- commands ---------------------------------------------------------------
+def _read_key(path: str | None) -> Ed25519PrivateKey | None:
+    """The private key in ``--key FILE``, if given; any failure to read it is a CortexError."""
+    if path is None:
+        return None
+    try:
+        return load_key(Path(path))
+    except OSError as e:
+        raise CortexError(f"cannot read key file {path}: {e.strerror or e}", code="bad_key") from e
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
@@ -142,48 +97,6 @@ async def cmd_up(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _with_client(
-    args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]
-) -> int:
-    async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as client:
-        receipt = await work(client)
-    if args.json:
-        _print_json(_receipt_dict(receipt))
-    else:
-        extra = f"  fact {receipt.fact_id}" if receipt.fact_id else ""
-        out.print(
-            f"appended at seq {receipt.seq}  hash {receipt.hash[:16]}…  id {receipt.id}{extra}"
-        )
-    return EXIT_OK
-
-
-def _parse_time(value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as e:
-        raise CortexError(f"{value!r} is not an ISO 8601 date-time", code="invalid_field") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def _parse_uuid(value: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError as e:
-        raise CortexError(f"{what} {value!r} is not a UUID", code="invalid_field") from e
-
-
-def _read_key(path: str | None) -> Ed25519PrivateKey | None:
-    """The private key in ``--key FILE``, if given; any failure to read it is a CortexError."""
-    if path is None:
-        return None
-    try:
-        return load_key(Path(path))
-    except OSError as e:
-        raise CortexError(f"cannot read key file {path}: {e.strerror or e}", code="bad_key") from e
-
-
 async def cmd_keygen(args: argparse.Namespace) -> int:
     """Create an agent's key file and show the public key to register."""
     path = Path(args.file)
@@ -194,7 +107,7 @@ async def cmd_keygen(args: argparse.Namespace) -> int:
             f"cannot create key file {path}: {e.strerror or e}", code="bad_key"
         ) from e
     if args.json:
-        _print_json({"file": str(path), "public_key": public_hex(key)})
+        print_json({"file": str(path), "public_key": public_hex(key)})
     else:
         out.print(f"created {escape(str(path))} (private key, readable by you only)")
         out.print(f"public key {public_hex(key)}")
@@ -228,16 +141,16 @@ async def cmd_fact_add(args: argparse.Namespace) -> int:
             confidence=args.confidence,
             source=args.source,
             meta=meta,
-            valid_from=_parse_time(args.valid_from),
-            valid_until=_parse_time(args.valid_until),
+            valid_from=parse_time(args.valid_from),
+            valid_until=parse_time(args.valid_until),
             key=key,
         ),
     )
 
 
 async def cmd_fact_deprecate(args: argparse.Namespace) -> int:
-    fact = _parse_uuid(args.fact_id, "fact")
-    successor = _parse_uuid(args.successor, "successor") if args.successor else None
+    fact = parse_uuid(args.fact_id, "fact")
+    successor = parse_uuid(args.successor, "successor") if args.successor else None
     key = _read_key(args.key)
     return await _with_client(
         args,
@@ -251,7 +164,7 @@ _VOTES: Final = {"+1": 1, "1": 1, "up": 1, "-1": -1, "down": -1, "0": 0, "withdr
 
 
 async def cmd_vote(args: argparse.Namespace) -> int:
-    fact = _parse_uuid(args.fact_id, "fact")
+    fact = parse_uuid(args.fact_id, "fact")
     value = _VOTES.get(args.value)
     if value is None:
         raise CortexError(
@@ -262,64 +175,6 @@ async def cmd_vote(args: argparse.Namespace) -> int:
     return await _with_client(
         args, lambda c: c.vote(args.agent, fact, value, reason=args.reason, key=key)
     )
-
-
-async def cmd_log(args: argparse.Namespace) -> int:
-    if args.start < 1 or (args.limit is not None and args.limit < 1):
-        raise CortexError("--from and --limit count from 1", code="invalid_field")
-    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-log")
-    try:
-        last = await bus.last_seq()
-        end = last if args.limit is None else min(last, args.start + args.limit - 1)
-        rows: list[dict[str, Any]] = []
-        async for stored in bus.read(args.start, end):
-            row: dict[str, Any] = {
-                "seq": stored.seq,
-                "subject": stored.subject,
-                "hash": stored.hash.hex(),
-            }
-            try:
-                event = decode_event(stored.body)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                row.update(kind="?", tenant="?", agent="", what="(undecodable body)")
-            else:
-                agent, what = _summary(event)
-                row.update(
-                    kind=kind_of(event),
-                    tenant=event.tenant,
-                    id=str(event.id),
-                    agent=agent,
-                    what=what,
-                )
-                if args.json:
-                    row["event"] = msgspec.to_builtins(event)
-            rows.append(row)
-    finally:
-        await bus.close()
-    if args.json:
-        for row in rows:
-            _print_json(row)
-        return EXIT_OK
-    _print_events(rows, title=f"CORTEX_LEDGER seq {args.start}..{end} of {last}")
-    return EXIT_OK
-
-
-def _print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
-    table = Table(title=title)
-    for column in ("seq", "kind", "tenant", "agent"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("what", overflow="fold")
-    table.add_column("hash", no_wrap=True)
-    for row in rows:
-        table.add_row(
-            str(row["seq"]),
-            row["kind"],
-            row["tenant"],
-            row.get("agent", ""),
-            row.get("what", ""),
-            row["hash"][:12] + "…",
-        )
-    out.print(table)
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -347,9 +202,9 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             report = await audit_ledger(bus, dbs=[data / "projection.db"])
     ok = report.ok and proof.ok
     if args.json:
-        _print_json({"events": rows, "proof": proof.to_dict(), "audit": report.to_dict()})
+        print_json({"events": rows, "proof": proof.to_dict(), "audit": report.to_dict()})
         return EXIT_OK if ok else EXIT_FAILED
-    _print_events(rows, title="what happened")
+    print_events(rows, title="what happened")
     out.print(
         f"proof: carol's signed vote (seq {signed_vote}) is in the checkpoint of "
         f"{checkpoint['tree_size']} events signed by {checkpoint['verifier'].split('+')[0]}: "
@@ -360,7 +215,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_row(body: bytes) -> dict[str, Any]:
     event = decode_event(body)
-    agent, what = _summary(event)
+    agent, what = summary(event)
     return {"kind": kind_of(event), "tenant": event.tenant, "agent": agent, "what": what}
 
 
@@ -399,48 +254,11 @@ async def _demo_story(client: Client) -> int:
 
 # -- the parser -------------------------------------------------------------
 
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
-    return value
-
-
-def _batch_size(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError("JetStream takes 1 to 1000 events per atomic batch")
-    return value
-
-
 _SIGN_HELP: Final = "sign with the agent's key file (required once it has a registered key)"
 
 
-def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of commands
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--nats",
-        default=os.environ.get("CORTEX_NATS_URL"),
-        metavar="URL",
-        help=f"NATS server or cluster URL (env CORTEX_NATS_URL; default {DEFAULT_URL})",
-    )
-    common.add_argument(
-        "--tenant",
-        default=os.environ.get("CORTEX_TENANT", "default"),
-        help="tenant to act in (env CORTEX_TENANT; default 'default')",
-    )
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
-
-    parser = argparse.ArgumentParser(
-        prog="cortex", description="CORTEX: shared, tamper-evident memory for AI agents."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the write-side commands to the ``cortex`` parser."""
     p = sub.add_parser(
         "demo", parents=[common], help="run a short story on a throwaway server and audit it"
     )
@@ -469,13 +287,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )
     p.add_argument(
         "--max-batch",
-        type=_batch_size,
+        type=batch_size,
         default=DEFAULT_MAX_BATCH,
         help="events per atomic batch (1-1000)",
     )
     p.add_argument(
         "--checkpoint-every",
-        type=_positive,
+        type=positive,
         default=DEFAULT_CHECKPOINT_EVERY,
         help=f"events between signed checkpoints (default {DEFAULT_CHECKPOINT_EVERY:,})",
     )
@@ -535,33 +353,3 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     p.add_argument("--reason", default="")
     p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
     p.set_defaults(func=cmd_vote)
-
-    p = sub.add_parser("log", parents=[common], help="list the ledger's events")
-    p.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
-    p.add_argument("--limit", type=int, help="at most this many events")
-    p.set_defaults(func=cmd_log)
-
-    cli_audit.register(sub, common)
-    cli_read.register(sub, common)
-    cli_proof.register(sub, common)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose or args.func is cmd_up)
-    try:
-        result = args.func(args)
-        code: int = asyncio.run(result) if inspect.iscoroutine(result) else result
-    except CortexError as e:
-        if getattr(args, "json", False):
-            _print_json({"error": {"code": e.code, "message": e.message}})
-        err.print(f"[red]error[/] {escape(f'[{e.code}]')}: {escape(e.message)}")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

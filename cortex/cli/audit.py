@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
 from cortex.bus import DEFAULT_URL, Bus
+from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_json, progress_bar
 from cortex.errors import CortexError
-from cortex.progress import progress_bar
 from events.note import NoteError, parse_verifier_key
 
-EXIT_OK, EXIT_FAILED = 0, 1
 SHOWN = 50
 CHECKED = (
     "chain_break",
@@ -31,13 +27,12 @@ CHECKED = (
     "agent_signature",
     "projection_mismatch",
 )
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def print_audit(report: AuditReport, as_json: bool) -> int:
     """Print the report; the exit code (0 only when everything holds)."""
     if as_json:
-        sys.stdout.write(json.dumps(report.to_dict()) + "\n")
+        print_json(report.to_dict())
         return EXIT_OK if report.ok else EXIT_FAILED
     table = Table(title="cortex audit")
     table.add_column("checked")

@@ -1,0 +1,79 @@
+"""The ``cortex`` command line: run the ledger, write to it, read it, audit it.
+
+Readable output by default and ``--json`` for scripts. A refused command or
+an unreachable server prints one line saying what was wrong and exits
+non-zero; it never prints a traceback. The commands live by job in
+``write``, ``read``, ``audit`` and ``proof``; this module builds the parser,
+dispatches, and turns errors into that one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import structlog
+from rich.markup import escape
+
+from cortex.bus import DEFAULT_URL
+from cortex.cli import audit, proof, read, write
+from cortex.cli.output import EXIT_FAILED, err, print_json
+from cortex.errors import CortexError
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--nats",
+        default=os.environ.get("CORTEX_NATS_URL"),
+        metavar="URL",
+        help=f"NATS server or cluster URL (env CORTEX_NATS_URL; default {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--tenant",
+        default=os.environ.get("CORTEX_TENANT", "default"),
+        help="tenant to act in (env CORTEX_TENANT; default 'default')",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="cortex", description="CORTEX: shared, tamper-evident memory for AI agents."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # In the order `cortex --help` lists them.
+    write.register(sub, common)
+    read.register_log(sub, common)
+    audit.register(sub, common)
+    read.register(sub, common)
+    proof.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose or args.func is write.cmd_up)
+    try:
+        result = args.func(args)
+        code: int = asyncio.run(result) if inspect.iscoroutine(result) else result
+    except CortexError as e:
+        if getattr(args, "json", False):
+            print_json({"error": {"code": e.code, "message": e.message}})
+        err.print(f"[red]error[/] {escape(f'[{e.code}]')}: {escape(e.message)}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return code
