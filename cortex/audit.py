@@ -23,10 +23,9 @@ from cortex.bus import Bus, StoredEvent
 from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier
-from projections.replay import replay
+from projections.replay import Progress, replay
 from projections.schema import DIGEST_TABLES, SCHEMA_VERSION
 
-Progress = Callable[[int, int], None]
 _ROWS = 2000
 _CHUNK = 1000  # events verified at a time, between progress reports
 
