@@ -8,17 +8,13 @@ import datetime as dt
 import uuid
 
 from cortex.errors import CortexError
+from events import rules
+from events.limits import MAX_BATCH
 
 
 def parse_time(value: str | None) -> dt.datetime | None:
-    """An ISO 8601 date-time; one without a zone is taken as UTC."""
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as e:
-        raise CortexError(f"{value!r} is not an ISO 8601 date-time", code="invalid_field") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    """An ISO 8601 date-time (``events.rules.parse_time``: without a zone, UTC)."""
+    return None if value is None else rules.parse_time(value)
 
 
 def parse_uuid(value: str, what: str) -> uuid.UUID:
@@ -42,6 +38,8 @@ def positive(text: str) -> int:
 def batch_size(text: str) -> int:
     """An ``argparse`` type: events per atomic batch."""
     value = int(text)
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError("JetStream takes 1 to 1000 events per atomic batch")
+    if not 1 <= value <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(
+            f"JetStream takes 1 to {MAX_BATCH} events per atomic batch"
+        )
     return value
