@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from cortex.bus import Bus
+from cortex.datalock import DataLock
 from cortex.embedded import Durability, EmbeddedServer
 from cortex.node import ProjectionNode
 from cortex.writer import LedgerWriter
@@ -55,6 +56,7 @@ class Runtime:
         self.server: EmbeddedServer | None = None
         self.writer: LedgerWriter | None = None
         self.nodes: list[ProjectionNode] = []
+        self._locked: set[Path] = set()
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -70,6 +72,15 @@ class Runtime:
         await role.start()
         return role
 
+    def lock(self, data: Path, *, purpose: str = "cortex") -> None:
+        """Own the data folder for the runtime's life (``cortex.datalock``); refuse if taken."""
+        folder = data.resolve()
+        if folder in self._locked:
+            return
+        lock = DataLock(data, purpose=purpose).acquire()
+        self._stack.callback(lock.release)
+        self._locked.add(folder)
+
     async def serve(
         self,
         data: Path,
@@ -81,6 +92,7 @@ class Runtime:
         """Start the embedded nats-server storing in ``data``; its URL."""
         if self._url is not None:
             raise RuntimeError(f"this runtime already uses the server at {self._url}")
+        self.lock(data, purpose=f"{self.name} server")
         server = EmbeddedServer(data, port=port, durability=durability, extra_config=extra_config)
         self.server = await self.add(server)
         self._url = server.url

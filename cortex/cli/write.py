@@ -67,6 +67,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
     """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
     data = Path(args.data)
     async with Runtime(args.nats or None) as runtime:
+        # The folder holds the store, the read model and the writer key: one
+        # process at a time, external server or not.
+        runtime.lock(data, purpose=f"cortex up --role {args.role}")
         if not args.nats:
             await runtime.serve(data, port=args.port, durability=Durability(args.durability))
         if args.role in ("all", "writer"):
