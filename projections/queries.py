@@ -190,11 +190,16 @@ async def list_facts(
 
 
 def fts_query(text: str) -> str:
-    """User text as a safe FTS5 query: every word must match, as a prefix-free phrase."""
+    """User text as a safe FTS5 query: any word may match, each as a quoted term.
+
+    The index stems (Porter), so "boiling" finds "boils"; BM25 ranks a fact
+    that matches more of the words, and rarer ones, first. Quoting keeps
+    FTS5 syntax in the text (OR, NEAR, *, ") from being obeyed.
+    """
     tokens = _TOKEN.findall(text)
     if not tokens:
         raise QueryFailed("search text has no words to look for", code="invalid_query")
-    return " ".join(f'"{token}"' for token in tokens[:MAX_SEARCH_WORDS])
+    return " OR ".join(f'"{token}"' for token in tokens[:MAX_SEARCH_WORDS])
 
 
 async def search(

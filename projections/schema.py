@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
-SCHEMA_VERSION: Final = 2
+#: 3: full-text index with Porter stemming (word forms match).
+SCHEMA_VERSION: Final = 3
 
 DDL: Final = """
 CREATE TABLE IF NOT EXISTS position (
@@ -117,7 +118,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 
 CREATE VIRTUAL TABLE IF NOT EXISTS facts_fts USING fts5 (
-    content, tags, content='facts', content_rowid='rowid', tokenize='unicode61 remove_diacritics 2'
+    content, tags, content='facts', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
 );
 """
 

@@ -112,6 +112,9 @@ def print_events(rows: Sequence[dict[str, Any]], *, title: str) -> None:
 
 def print_facts(rows: list[dict[str, Any]], title: str, *, rank: bool = False) -> None:
     """Facts with their consensus (``rank``: search hits, showing the matching snippet)."""
+    if not rows:
+        out.print(f"{escape(title)}: nothing " + ("matches" if rank else "to show"))
+        return
     table = Table(title=title)
     table.add_column("fact", no_wrap=True)
     table.add_column("content", overflow="fold")

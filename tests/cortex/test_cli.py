@@ -192,3 +192,21 @@ async def test_a_min_seq_that_cannot_apply_is_refused(args: tuple[str, ...], say
     assert run.code != 0
     assert says in run.err
     assert "Traceback" not in run.err
+
+
+async def test_search_finds_the_readmes_example_and_says_when_nothing_matches(
+    server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
+) -> None:
+    url = ("--nats", server.url, "--tenant", "lab")
+    async with running_node(server.url, tmp_path / "node.db"):
+        assert (await cortex("agent", "add", "ada", *url)).code == 0
+        stored = await cortex(
+            "fact", "add", "Water boils at 100 °C", "--agent", "ada", "--json", *url
+        )
+        seq = str(stored.json()["seq"])
+        found = await cortex("search", "boiling water", "--min-seq", seq, *url)
+        assert found.code == 0, found.err
+        assert "boils" in found.out
+        empty = await cortex("search", "photosynthesis", *url)
+        assert empty.code == 0, empty.err
+        assert "nothing matches" in empty.out

@@ -223,6 +223,24 @@ async def test_search_ranks_better_matches_first(
     )  # no FTS syntax injection
 
 
+async def test_search_matches_word_forms_and_ranks_facts_matching_more_words_first(
+    ledger: LedgerBuilder, projected: Projected
+) -> None:
+    """The README's own example: "boiling water" finds "Water boils at 100 °C"."""
+    pool, projector = projected
+    ledger.agent("a")
+    boils = ledger.fact("a", "Water boils at 100 °C")
+    ledger.fact("a", "Water is wet")
+    ledger.fact("a", "Deployments failed twice on Monday")
+    await projector.apply(ledger.records)
+    hits = await queries.search(pool, "acme", "boiling water")
+    assert [h.fact_id for h in hits][:1] == [str(boils)]  # both words beat one
+    assert len(hits) == 2  # "Water is wet" matches one of the words
+    deploys = await queries.search(pool, "acme", "deployment failure")
+    assert [h.content for h in deploys] == ["Deployments failed twice on Monday"]
+    assert await queries.search(pool, "acme", "photosynthesis") == []
+
+
 async def test_ledger_time_and_world_time_combine(
     ledger: LedgerBuilder, projected: Projected
 ) -> None:
