@@ -56,6 +56,10 @@ _typed_reply: Final = msgspec.json.Decoder(_Reply)
 _encode: Final = msgspec.json.Encoder().encode
 
 
+def _as_of(seq: int | None) -> dict[str, int]:
+    return {} if seq is None else {"as_of_seq": seq}
+
+
 def new_id() -> uuid.UUID:
     """A UUIDv7: unique, and sortable by creation time."""
     return uuid_utils.compat.uuid7()
@@ -353,35 +357,54 @@ class Client:
         return result
 
     async def get_fact(
-        self, fact_id: uuid.UUID | str, *, min_seq: int | None = None
+        self,
+        fact_id: uuid.UUID | str,
+        *,
+        min_seq: int | None = None,
+        as_of_seq: int | None = None,
     ) -> dict[str, Any] | None:
         """The fact's current state and consensus, or None if this tenant has no such fact."""
         result: dict[str, Any] | None = await self.query(
-            "get_fact", fact_id=str(fact_id), min_seq=min_seq
+            "get_fact", fact_id=str(fact_id), min_seq=min_seq, **_as_of(as_of_seq)
         )
         return result
 
     async def consensus(
-        self, fact_id: uuid.UUID | str, *, min_seq: int | None = None
+        self,
+        fact_id: uuid.UUID | str,
+        *,
+        min_seq: int | None = None,
+        as_of_seq: int | None = None,
     ) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self.query(
-            "consensus", fact_id=str(fact_id), min_seq=min_seq
+            "consensus", fact_id=str(fact_id), min_seq=min_seq, **_as_of(as_of_seq)
         )
         return result
 
     async def history(
-        self, fact_id: uuid.UUID | str, *, min_seq: int | None = None
+        self,
+        fact_id: uuid.UUID | str,
+        *,
+        min_seq: int | None = None,
+        as_of_seq: int | None = None,
     ) -> dict[str, Any] | None:
         result: dict[str, Any] | None = await self.query(
-            "history", fact_id=str(fact_id), min_seq=min_seq
+            "history", fact_id=str(fact_id), min_seq=min_seq, **_as_of(as_of_seq)
         )
         return result
 
     async def search(
-        self, text: str, *, limit: int = 20, min_seq: int | None = None
+        self,
+        text: str,
+        *,
+        limit: int = 20,
+        min_seq: int | None = None,
+        as_of_seq: int | None = None,
     ) -> list[dict[str, Any]]:
+        """Facts matching any of the words (stemmed), best first; ``as_of_seq``: as the
+        ledger stood at that seq."""
         result: list[dict[str, Any]] = await self.query(
-            "search", text=text, limit=limit, min_seq=min_seq
+            "search", text=text, limit=limit, min_seq=min_seq, **_as_of(as_of_seq)
         )
         return result
 

@@ -55,18 +55,24 @@ class GetFact(Query, frozen=True, kw_only=True):
     """A fact's current state and consensus (None: no such fact in this tenant)."""
 
     fact_id: uuid.UUID
+    #: Read the ledger as it stood at this seq (every field, as a replay to it shows).
+    as_of_seq: Seq | None = None
 
 
 class GetConsensus(Query, frozen=True, kw_only=True):
     """A fact's consensus alone."""
 
     fact_id: uuid.UUID
+    #: Read the ledger as it stood at this seq (every field, as a replay to it shows).
+    as_of_seq: Seq | None = None
 
 
 class GetHistory(Query, frozen=True, kw_only=True):
     """Everything the ledger says about a fact, in ledger order."""
 
     fact_id: uuid.UUID
+    #: Read the ledger as it stood at this seq (every field, as a replay to it shows).
+    as_of_seq: Seq | None = None
 
 
 class ListFacts(Query, frozen=True, kw_only=True):
@@ -86,6 +92,7 @@ class Search(Query, frozen=True, kw_only=True):
     text: str
     limit: Limit = 20
     include_deprecated: bool = False
+    as_of_seq: Seq | None = None
 
 
 class ListAgents(Query, frozen=True, kw_only=True):
@@ -293,7 +300,8 @@ class Operation:
     name: str
     request: type[Query]
     result: Any
-    #: Answers depend only on the fact id: cached, and invalidated as events touch it.
+    #: Answers depend only on the fact id: cached (unless read as of a seq), and
+    #: invalidated as events touch it.
     cached: bool = False
 
     @property

@@ -261,7 +261,6 @@ class Projector:
 
     def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
         fact_id, tenant, agent = sys.intern(str(event.fact_id)), event.tenant, event.agent_id
-        batch.history.append((seq, tenant, fact_id, agent, event.value, event.ts, event.reason))
         current = self._votes.setdefault(fact_id, {})
         settled = self._direction.get(fact_id, 0)
         # The counts hold every current voter's agreement with this fact under
@@ -293,6 +292,22 @@ class Projector:
                 self._agree((tenant, voter), value, settled, -1, batch)
                 self._agree((tenant, voter), value, direction, +1, batch)
         batch.consensus[fact_id] = (result, seq)
+        batch.history.append(
+            (
+                seq,
+                tenant,
+                fact_id,
+                agent,
+                event.value,
+                event.ts,
+                event.reason,
+                result.score,
+                result.weight,
+                result.votes_for,
+                result.votes_against,
+                result.status,
+            )
+        )
         batch.touched.add(fact_id)
 
     def _agree(
@@ -373,7 +388,8 @@ class Projector:
             )
         if batch.history:
             await conn.executemany(
-                "INSERT INTO vote_history VALUES (?, ?, ?, ?, ?, ?, ?)", batch.history
+                "INSERT INTO vote_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                batch.history,
             )
         upserts = [row for row in batch.votes.values() if row is not None]
         deletes = [key for key, row in batch.votes.items() if row is None]

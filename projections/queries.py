@@ -15,7 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from events.errors import QueryFailed
-from events.limits import MAX_QUERY_LIMIT, MAX_SEARCH_WORDS
+from events.limits import MAX_QUERY_LIMIT, MAX_SEARCH_WORDS, MAX_SEQ
 from events.operations import (
     Agent,
     ConsensusView,
@@ -41,6 +41,42 @@ _FACT_COLUMNS: Final = (
 )
 #: Facts with their consensus (no consensus row: unvoted).
 _FACTS: Final = "facts f LEFT JOIN consensus c ON c.fact_row = f.rowid"
+
+# As the ledger stood at seq ``a.n`` (bound as the statement's first parameter):
+# a deprecation counts only if it came by then, and the consensus is the one
+# recorded with the fact's last vote by then (consensus changes only when a
+# vote on the fact is applied, so that is exactly what a replay to n holds).
+_DEPRECATED_THEN: Final = "f.deprecated_seq <= a.n"
+_AS_OF_COLUMNS: Final = (
+    "f.fact_id, f.tenant, f.agent_id, f.content, f.type, f.tags, f.confidence, f.source,"
+    " f.meta, f.valid_from, f.valid_until, f.stored_seq, f.stored_ts,"
+    + ",".join(
+        f" iif({_DEPRECATED_THEN}, f.{column}, NULL)"
+        for column in (
+            "deprecated_seq",
+            "deprecated_ts",
+            "deprecated_by",
+            "deprecation_reason",
+            "successor_id",
+        )
+    )
+    + ", coalesce(h.score, 0.0), coalesce(h.weight, 0.0), coalesce(h.votes_for, 0),"
+    " coalesce(h.votes_against, 0), coalesce(h.status, 'unvoted'), h.seq"
+)
+_AS_OF_CONSENSUS: Final = (
+    " LEFT JOIN vote_history h ON h.seq = (SELECT max(v.seq) FROM vote_history v"
+    " WHERE v.fact_id = f.fact_id AND v.seq <= a.n)"
+)
+_AS_OF_FACTS: Final = "(SELECT ? AS n) a JOIN facts f ON f.stored_seq <= a.n" + _AS_OF_CONSENSUS
+
+
+def _source(as_of_seq: int | None) -> tuple[str, str, list[object]]:
+    """(columns, FROM clause, its leading parameters): now, or as of a seq."""
+    if as_of_seq is None:
+        return _FACT_COLUMNS, _FACTS, []
+    return _AS_OF_COLUMNS, _AS_OF_FACTS, [as_of_seq]
+
+
 _json: Final = msgspec.json.Decoder()
 _TOKEN: Final = re.compile(r"\w+", re.UNICODE)
 
@@ -130,13 +166,21 @@ def _limit(limit: int) -> int:
     return limit
 
 
-async def get_fact(pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID) -> Fact | None:
-    """A fact's current state with its consensus, or None if this tenant has no such fact."""
+async def get_fact(
+    pool: ConnectionPool,
+    tenant: str,
+    fact_id: str | uuid.UUID,
+    *,
+    as_of_seq: int | None = None,
+) -> Fact | None:
+    """A fact with its consensus, now or as of a seq; None if this tenant has no such fact
+    (then)."""
+    columns, source, args = _source(as_of_seq)
     async with (
         pool.reader() as conn,
         conn.execute(
-            f"SELECT {_FACT_COLUMNS} FROM {_FACTS} WHERE f.fact_id = ? AND f.tenant = ?",
-            (canonical_fact_id(fact_id), tenant),
+            f"SELECT {columns} FROM {source} WHERE f.fact_id = ? AND f.tenant = ?",
+            (*args, canonical_fact_id(fact_id), tenant),
         ) as cur,
     ):
         row = await cur.fetchone()
@@ -156,16 +200,15 @@ async def list_facts(
 ) -> list[Fact]:
     """Facts, newest first: current ones, or as the ledger stood at ``as_of_seq``, or
     those holding at world time ``valid_at`` — the two times combine."""
+    columns, source, args = _source(as_of_seq)
     where: list[str] = ["f.tenant = ?"]
-    args: list[object] = [tenant]
-    if as_of_seq is not None:
-        where.append("f.stored_seq <= ?")
-        args.append(as_of_seq)
-        if not include_deprecated:
-            where.append("(f.deprecated_seq IS NULL OR f.deprecated_seq > ?)")
-            args.append(as_of_seq)
-    elif not include_deprecated:
-        where.append("f.deprecated_seq IS NULL")
+    args.append(tenant)
+    if not include_deprecated:
+        where.append(
+            "f.deprecated_seq IS NULL"
+            if as_of_seq is None
+            else f"(f.deprecated_seq IS NULL OR NOT {_DEPRECATED_THEN})"
+        )
     if valid_at is not None:
         if valid_at.tzinfo is None:
             raise QueryFailed("valid_at needs a time zone", code="invalid_query")
@@ -182,7 +225,7 @@ async def list_facts(
         where.append("f.type = ?")
         args.append(type)
     sql = (
-        f"SELECT {_FACT_COLUMNS} FROM {_FACTS} WHERE {' AND '.join(where)}"
+        f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
         " ORDER BY f.stored_seq DESC LIMIT ?"
     )
     async with pool.reader() as conn, conn.execute(sql, (*args, _limit(limit))) as cur:
@@ -209,20 +252,34 @@ async def search(
     *,
     limit: int = 20,
     include_deprecated: bool = False,
+    as_of_seq: int | None = None,
 ) -> list[SearchHit]:
-    """Full-text search, best match first (BM25), each hit with its rank and a snippet."""
-    deprecated = "" if include_deprecated else " AND f.deprecated_seq IS NULL"
+    """Full-text search, best match first (BM25), each hit with its rank and a snippet;
+    now, or among the facts as they stood at ``as_of_seq``."""
+    args: list[object]
+    if as_of_seq is None:
+        columns = _FACT_COLUMNS
+        source = "facts_fts JOIN facts f ON f.rowid = facts_fts.rowid LEFT JOIN consensus c ON c.fact_row = f.rowid"
+        deprecated = " AND f.deprecated_seq IS NULL"
+        args = []
+    else:
+        columns = _AS_OF_COLUMNS
+        source = (
+            "(SELECT ? AS n) a JOIN facts_fts JOIN facts f"
+            " ON f.rowid = facts_fts.rowid AND f.stored_seq <= a.n" + _AS_OF_CONSENSUS
+        )
+        deprecated = f" AND (f.deprecated_seq IS NULL OR NOT {_DEPRECATED_THEN})"
+        args = [as_of_seq]
     sql = (
-        f"SELECT {_FACT_COLUMNS}, bm25(facts_fts) AS rank,"
+        f"SELECT {columns}, bm25(facts_fts) AS rank,"
         " snippet(facts_fts, 0, '[', ']', '…', 12)"
-        " FROM facts_fts JOIN facts f ON f.rowid = facts_fts.rowid"
-        " LEFT JOIN consensus c ON c.fact_row = f.rowid"
-        f" WHERE facts_fts MATCH ? AND f.tenant = ?{deprecated}"
+        f" FROM {source}"
+        f" WHERE facts_fts MATCH ? AND f.tenant = ?{'' if include_deprecated else deprecated}"
         " ORDER BY rank, f.stored_seq LIMIT ?"
     )
     async with (
         pool.reader() as conn,
-        conn.execute(sql, (fts_query(text), tenant, _limit(limit))) as cur,
+        conn.execute(sql, (*args, fts_query(text), tenant, _limit(limit))) as cur,
     ):
         rows = await cur.fetchall()
     return [
@@ -232,38 +289,44 @@ async def search(
 
 
 async def consensus_of(
-    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
+    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID, *, as_of_seq: int | None = None
 ) -> FactConsensus | None:
-    fact = await get_fact(pool, tenant, fact_id)
+    fact = await get_fact(pool, tenant, fact_id, as_of_seq=as_of_seq)
     if fact is None:
         return None
     return FactConsensus(fact_id=fact.fact_id, **msgspec.structs.asdict(fact.consensus))
 
 
 async def history(
-    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID
+    pool: ConnectionPool, tenant: str, fact_id: str | uuid.UUID, *, as_of_seq: int | None = None
 ) -> FactHistory | None:
     """Everything the ledger says about a fact, in ledger order: its storing, every vote
-    (current and replaced), its deprecation, and the facts it replaced or that replaced it."""
-    fact = await get_fact(pool, tenant, fact_id)
+    (current and replaced), its deprecation, and the facts it replaced or that replaced it;
+    with ``as_of_seq``, only what the ledger held at that seq."""
+    fact = await get_fact(pool, tenant, fact_id, as_of_seq=as_of_seq)
     if fact is None:
         return None
     key = fact.fact_id
+    until = MAX_SEQ if as_of_seq is None else as_of_seq
     async with pool.reader() as conn:
         async with conn.execute(
             "SELECT seq, agent_id, value, ts, reason FROM vote_history"
-            " WHERE fact_id = ? AND tenant = ? ORDER BY seq",
-            (key, tenant),
+            " WHERE fact_id = ? AND tenant = ? AND seq <= ? ORDER BY seq",
+            (key, tenant, until),
         ) as cur:
             past = [tuple(r) for r in await cur.fetchall()]
+        latest: dict[str, tuple[int, int]] = {}
+        for seq, agent, value, _ts, _reason in past:
+            latest[agent] = (value, seq)  # in seq order: the last one stays
+        current = [
+            CurrentVote(agent_id=agent, value=value, seq=seq)
+            for agent, (value, seq) in sorted(latest.items())
+            if value != 0
+        ]
         async with conn.execute(
-            "SELECT agent_id, value, seq FROM votes WHERE fact_id = ? AND tenant = ? ORDER BY agent_id",
-            (key, tenant),
-        ) as cur:
-            current = [CurrentVote(agent_id=a, value=v, seq=s) for a, v, s in await cur.fetchall()]
-        async with conn.execute(
-            "SELECT fact_id FROM facts WHERE successor_id = ? AND tenant = ? ORDER BY stored_seq",
-            (key, tenant),
+            "SELECT fact_id FROM facts WHERE successor_id = ? AND tenant = ?"
+            " AND deprecated_seq <= ? ORDER BY stored_seq",
+            (key, tenant, until),
         ) as cur:
             replaces = [r[0] for r in await cur.fetchall()]
     events = [

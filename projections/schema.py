@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
-#: 3: full-text index with Porter stemming (word forms match).
+#: 3: full-text index with Porter stemming (word forms match); each vote keeps the
+#: consensus it led to, for reads as of a seq.
 SCHEMA_VERSION: Final = 3
 
 DDL: Final = """
@@ -87,7 +88,13 @@ CREATE TABLE IF NOT EXISTS vote_history (
     agent_id TEXT NOT NULL,
     value INTEGER NOT NULL,
     ts INTEGER NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    -- the fact's consensus right after this vote (what an as-of read shows)
+    score REAL NOT NULL,
+    weight REAL NOT NULL,
+    votes_for INTEGER NOT NULL,
+    votes_against INTEGER NOT NULL,
+    status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS vote_history_by_fact ON vote_history (fact_id, seq);
 
@@ -149,7 +156,8 @@ DIGEST_TABLES: Final = (
     ),
     (
         "vote_history",
-        "SELECT seq, tenant, fact_id, agent_id, value, ts, reason FROM vote_history ORDER BY seq",
+        "SELECT seq, tenant, fact_id, agent_id, value, ts, reason, score, weight, votes_for,"
+        " votes_against, status FROM vote_history ORDER BY seq",
     ),
     ("event_hashes", "SELECT seq, id, hash FROM event_hashes ORDER BY seq"),
     ("merkle_tiles", "SELECT tile, hash FROM merkle_tiles ORDER BY tile"),

@@ -84,19 +84,23 @@ class ReadService:
     async def _answer(self, tenant: str, query: Query) -> Any:  # noqa: PLR0912 (one case per op)
         pool = self.pool
         match query:
-            case GetFact(fact_id=fact_id):
+            case GetFact(fact_id=fact_id, as_of_seq=None):
                 return await self._cached(
                     "fact", tenant, fact_id, lambda: queries.get_fact(pool, tenant, fact_id)
                 )
-            case GetConsensus(fact_id=fact_id):
+            case GetFact(fact_id=fact_id, as_of_seq=as_of):
+                return await queries.get_fact(pool, tenant, fact_id, as_of_seq=as_of)
+            case GetConsensus(fact_id=fact_id, as_of_seq=None):
                 return await self._cached(
                     "consensus",
                     tenant,
                     fact_id,
                     lambda: queries.consensus_of(pool, tenant, fact_id),
                 )
-            case GetHistory(fact_id=fact_id):
-                return await queries.history(pool, tenant, fact_id)
+            case GetConsensus(fact_id=fact_id, as_of_seq=as_of):
+                return await queries.consensus_of(pool, tenant, fact_id, as_of_seq=as_of)
+            case GetHistory(fact_id=fact_id, as_of_seq=as_of):
+                return await queries.history(pool, tenant, fact_id, as_of_seq=as_of)
             case ListFacts():
                 return await queries.list_facts(
                     pool,
@@ -115,6 +119,7 @@ class ReadService:
                     query.text,
                     limit=query.limit,
                     include_deprecated=query.include_deprecated,
+                    as_of_seq=query.as_of_seq,
                 )
             case ListAgents():
                 return await queries.agents(pool, tenant)

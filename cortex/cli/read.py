@@ -59,7 +59,9 @@ async def cmd_facts(args: argparse.Namespace) -> int:
 
 async def cmd_search(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        hits = await c.search(args.text, limit=args.limit, min_seq=args.min_seq)
+        hits = await c.search(
+            args.text, limit=args.limit, min_seq=args.min_seq, as_of_seq=args.as_of
+        )
     if args.json:
         print_json(hits)
     else:
@@ -69,7 +71,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        history = await c.history(args.fact_id, min_seq=args.min_seq)
+        history = await c.history(args.fact_id, min_seq=args.min_seq, as_of_seq=args.as_of)
     if history is None:
         raise CortexError(f"no fact {args.fact_id} in tenant {args.tenant!r}", code="not_found")
     if args.json:
@@ -264,10 +266,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("search", parents=node, help="full-text search, best match first")
     p.add_argument("text")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--as-of", type=int, help="among the facts as the ledger stood at this seq")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("show", parents=node, help="a fact with its consensus and full history")
     p.add_argument("fact_id")
+    p.add_argument("--as-of", type=int, help="as the ledger stood at this seq")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("agents", parents=node, help="the tenant's agents and their reputation")

@@ -210,3 +210,26 @@ async def test_search_finds_the_readmes_example_and_says_when_nothing_matches(
         empty = await cortex("search", "photosynthesis", *url)
         assert empty.code == 0, empty.err
         assert "nothing matches" in empty.out
+
+
+async def test_show_and_search_as_of_a_seq_show_the_ledger_as_it_stood(
+    server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
+) -> None:
+    url = ("--nats", server.url, "--tenant", "lab")
+    async with running_node(server.url, tmp_path / "node.db"):
+        assert (await cortex("agent", "add", "ada", *url)).code == 0
+        stored = await cortex("fact", "add", "Pluto is a planet", "--agent", "ada", "--json", *url)
+        fact, then = stored.json()["fact_id"], str(stored.json()["seq"])
+        gone = await cortex(
+            "fact", "deprecate", fact, "--agent", "ada", "--reason", "IAU", "--json", *url
+        )
+        now = str(gone.json()["seq"])
+        shown_now = await cortex("show", fact, "--min-seq", now, *url)
+        assert "deprecated at seq" in shown_now.out
+        shown_then = await cortex("show", fact, "--as-of", then, *url)
+        assert shown_then.code == 0, shown_then.err
+        assert "deprecated at seq" not in shown_then.out
+        assert "fact_deprecated" not in shown_then.out
+        hits_then = await cortex("search", "pluto", "--as-of", then, "--json", *url)
+        assert [h["fact_id"] for h in hits_then.json()] == [fact]
+        assert (await cortex("search", "pluto", "--json", *url)).json() == []
