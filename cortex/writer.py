@@ -31,9 +31,9 @@ from uuid_utils.compat import uuid7
 
 from cortex.bus import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Outgoing, ledger_subject
 from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
+from cortex.core.keys import WriterKey
+from cortex.core.ledger_state import LedgerState, Undo
 from cortex.errors import AppendConflict, ChainBroken, CortexError
-from cortex.keys import WriterKey
-from cortex.ledger_state import LedgerState, Undo
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import Command, to_event

@@ -9,8 +9,8 @@ import pytest
 
 from cortex.bus import Bus
 from cortex.client import Client
+from cortex.core.keys import writer_key
 from cortex.embedded import EmbeddedServer
-from cortex.keys import writer_key
 from cortex.runtime import Runtime
 from cortex.testing import running_writer
 from cortex.writer import LedgerWriter

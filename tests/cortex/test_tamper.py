@@ -44,9 +44,9 @@ from uuid_utils.compat import uuid7
 from cortex.audit import AuditReport, audit_ledger
 from cortex.bus import HDR_HASH, HDR_PREV, STREAM, Bus, Outgoing, ledger_subject
 from cortex.client import Client, Receipt, new_id
+from cortex.core.keys import WriterKey, public_hex, writer_key
 from cortex.embedded import EmbeddedServer
 from cortex.errors import CortexError, LedgerError
-from cortex.keys import WriterKey, public_hex, writer_key
 from cortex.node import ProjectionNode
 from cortex.testing import run_cli
 from cortex.writer import LedgerWriter, origin_of
