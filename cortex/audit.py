@@ -19,7 +19,7 @@ from typing import Any
 
 import aiosqlite
 
-from cortex.bus import Bus, StoredEvent
+from cortex.nats import Bus, StoredEvent
 from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier

@@ -27,9 +27,9 @@ import msgspec
 import uuid_utils.compat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cortex.bus import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, command_subject
 from cortex.commands_wire import BATCH_KIND
 from cortex.errors import CortexError, InvalidCommand, QueryFailed, Unavailable, rejection
+from cortex.nats import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, command_subject
 from events import signing
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact

@@ -16,10 +16,8 @@ from typing import Final
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from cortex.bus import Bus
+from cortex.nats import Bus, Inbound, Serving
 from events.errors import CortexError, LedgerMismatch
 from events.limits import MAX_WAIT_S
 from projections.cache import ReadCache
@@ -70,7 +68,7 @@ class ProjectionNode:
         self._follow: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
         self._queries: set[asyncio.Task[None]] = set()
-        self._sub: Subscription | None = None
+        self._sub: Serving | None = None
         self.service = ReadService(self.pool, self.projector, self.cache, ledger=bus, db=db)
 
     async def start(self) -> None:
@@ -116,7 +114,7 @@ class ProjectionNode:
             self._health = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await self._sub.close()
             self._sub = None
         if self._queries:
             await asyncio.wait(self._queries, timeout=MAX_WAIT_S)
@@ -129,14 +127,14 @@ class ProjectionNode:
 
     # -- queries ---------------------------------------------------------------
 
-    async def _on_query(self, msg: Msg) -> None:
+    async def _on_query(self, msg: Inbound) -> None:
         """Answer in a task of its own: a slow query (or one waiting for
         ``min_seq``) must not hold up the others; the pool bounds the concurrency."""
         task = asyncio.create_task(self._reply(msg))
         self._queries.add(task)
         task.add_done_callback(self._queries.discard)
 
-    async def _reply(self, msg: Msg) -> None:
+    async def _reply(self, msg: Inbound) -> None:
         parts = msg.subject.split(".")
         if len(parts) == 4:
             reply = await self.service.respond(parts[2], parts[3], msg.data)

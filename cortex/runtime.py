@@ -25,9 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
-from cortex.bus import Bus
 from cortex.datalock import DataLock
-from cortex.embedded import Durability, EmbeddedServer
+from cortex.nats import Bus, Durability, EmbeddedServer
 from cortex.node import ProjectionNode
 from cortex.writer import LedgerWriter
 

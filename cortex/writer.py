@@ -25,15 +25,21 @@ from typing import Final
 
 import msgspec
 import structlog
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from uuid_utils.compat import uuid7
 
-from cortex.bus import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Outgoing, ledger_subject
 from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
 from cortex.core.keys import WriterKey
 from cortex.core.ledger_state import LedgerState, Undo
 from cortex.errors import AppendConflict, ChainBroken, CortexError
+from cortex.nats import (
+    CHECKPOINT_SUBJECT,
+    COMMAND_PREFIX,
+    Bus,
+    Inbound,
+    Outgoing,
+    Serving,
+    ledger_subject,
+)
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import Command, to_event
@@ -97,8 +103,8 @@ class LedgerWriter:
         self.checkpoint_every = checkpoint_every
         self.state = LedgerState(require_signatures=require_signatures)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._sub: Subscription | None = None
-        self._admin: Subscription | None = None
+        self._sub: Serving | None = None
+        self._admin: Serving | None = None
         self._committer: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self._broken: ChainBroken | None = None
@@ -132,7 +138,7 @@ class LedgerWriter:
         for sub in (self._sub, self._admin):
             if sub is not None:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await sub.close()
         self._sub = self._admin = None
         if self._committer is not None:
             await self._queue.put(None)
@@ -143,7 +149,7 @@ class LedgerWriter:
 
     # -- requests ---------------------------------------------------------
 
-    async def _on_request(self, msg: Msg) -> None:
+    async def _on_request(self, msg: Inbound) -> None:
         parsed = parse(msg.subject, msg.data)
         if not isinstance(parsed, Request):
             await self._respond(msg, parsed)
@@ -161,7 +167,7 @@ class LedgerWriter:
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
 
-    async def _on_checkpoint(self, msg: Msg) -> None:
+    async def _on_checkpoint(self, msg: Inbound) -> None:
         if self.key is None:
             await self._respond(msg, error("no_key", "this writer has no key to sign with"))
             return
@@ -172,13 +178,13 @@ class LedgerWriter:
         task.add_done_callback(self._replies.discard)
 
     async def _answer(
-        self, msg: Msg, futures: list[asyncio.Future[Result]], *, batch: bool
+        self, msg: Inbound, futures: list[asyncio.Future[Result]], *, batch: bool
     ) -> None:
         results = list(await asyncio.gather(*futures))
         await self._respond(msg, results if batch else results[0])
 
     @staticmethod
-    async def _respond(msg: Msg, result: list[Result] | Result) -> None:
+    async def _respond(msg: Inbound, result: list[Result] | Result) -> None:
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(encode_reply(result))

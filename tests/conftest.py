@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import nats
 import pytest
 
-from cortex.bus import Bus
 from cortex.client import Client
 from cortex.core.keys import writer_key
-from cortex.embedded import EmbeddedServer
+from cortex.nats import Bus, EmbeddedServer
 from cortex.runtime import Runtime
 from cortex.testing import running_writer
 from cortex.writer import LedgerWriter
@@ -33,6 +33,29 @@ async def bus(server: EmbeddedServer) -> AsyncIterator[Bus]:
     b = await Bus.connect(server.url)
     yield b
     await b.close()
+
+
+#: Publishes straight onto the ledger stream: subject, body, headers.
+Forge = Callable[[str, bytes, dict[str, str]], Awaitable[object]]
+
+
+@pytest.fixture
+async def forge(server: EmbeddedServer) -> AsyncIterator[Forge]:
+    """Publish onto the ledger stream around the writer, as anyone with a raw nats-py
+    connection could.
+
+    With ``tests/cortex/test_tamper.py`` (which plays an attacker), the only
+    place outside ``cortex.nats`` that imports nats-py; ``tests/test_layering.py``
+    holds it to that.
+    """
+    nc = await nats.connect(server.url, name="forger")
+    js = nc.jetstream()
+
+    async def publish(subject: str, body: bytes, headers: dict[str, str]) -> object:
+        return await js.publish(subject, body, headers=headers)
+
+    yield publish
+    await nc.close()
 
 
 @pytest.fixture

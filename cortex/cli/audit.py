@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
-from cortex.bus import DEFAULT_URL, Bus
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_json, progress_bar
 from cortex.errors import CortexError
+from cortex.nats import DEFAULT_URL, Bus
 from events.note import NoteError, parse_verifier_key
 
 SHOWN = 50

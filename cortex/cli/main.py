@@ -20,10 +20,10 @@ from collections.abc import Sequence
 import structlog
 from rich.markup import escape
 
-from cortex.bus import DEFAULT_URL
 from cortex.cli import audit, proof, read, write
 from cortex.cli.output import EXIT_FAILED, err, print_json
 from cortex.errors import CortexError
+from cortex.nats import DEFAULT_URL
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cortex.bus import DEFAULT_URL
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, print_json
 from cortex.client import Client
 from cortex.errors import CortexError
+from cortex.nats import DEFAULT_URL
 from events.proof import check_proof
 
 

@@ -15,7 +15,6 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
-from cortex.bus import DEFAULT_URL, Bus
 from cortex.cli.output import (
     EXIT_OK,
     out,
@@ -28,6 +27,7 @@ from cortex.cli.output import (
 from cortex.cli.parse import positive
 from cortex.client import Client
 from cortex.errors import CortexError
+from cortex.nats import DEFAULT_URL, Bus
 from events.codec import decode_event
 from events.model import kind_of
 from projections.digest import digest

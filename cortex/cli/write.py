@@ -16,14 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.markup import escape
 
 from cortex.audit import audit_ledger
-from cortex.bus import DEFAULT_URL
 from cortex.cli.audit import print_audit
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_events, print_json, summary
 from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
 from cortex.client import Client, Receipt
 from cortex.core.keys import create_key, load_key, public_hex, writer_key
-from cortex.embedded import Durability
 from cortex.errors import CortexError
+from cortex.nats import DEFAULT_URL, Durability
 from cortex.runtime import Runtime
 from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH
 from events.codec import decode_event

@@ -67,11 +67,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
-from cortex.bus import Bus, Outgoing
 from cortex.commands_wire import Result
 from cortex.core.keys import WriterKey, public_hex
 from cortex.core.ledger_state import Undo
-from cortex.embedded import Durability, EmbeddedServer
+from cortex.nats import Bus, Durability, EmbeddedServer, Outgoing
 from cortex.writer import DEFAULT_CHECKPOINT_EVERY, JETSTREAM_BATCH_LIMIT, LedgerWriter, _Pending
 from events import signing
 from events.codec import decode_event

@@ -24,13 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
-import nats.errors
 import structlog
 from rich.console import Console
 from rich.table import Table
 
-from cortex.embedded import EmbeddedServer
 from cortex.errors import CortexError
+from cortex.nats import EmbeddedServer
 from ops.bench import synth
 
 T = TypeVar("T")
@@ -312,7 +311,7 @@ def run_main(
     )
     try:
         result = measure()
-    except (BenchError, CortexError, nats.errors.Error) as e:
+    except (BenchError, CortexError) as e:
         print(f"benchmark failed: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -54,10 +54,9 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
-from cortex.bus import Bus
 from cortex.client import Client
-from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import Unavailable
+from cortex.nats import Bus, Durability, EmbeddedServer
 from ops.bench import synth
 from ops.bench.common import (
     Bar,

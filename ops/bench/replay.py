@@ -62,8 +62,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cortex.bus import Bus
-from cortex.embedded import Durability, EmbeddedServer
+from cortex.nats import Bus, Durability, EmbeddedServer
 from events.codec import decode_event
 from events.model import AgentRegistered, FactDeprecated, FactStored, VoteCast
 from ops.bench import synth

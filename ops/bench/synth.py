@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from cortex.bus import Outgoing, ledger_subject
+from cortex.nats import Outgoing, ledger_subject
 from events.chain import GENESIS, HASH_SIZE, link
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact, to_event

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from cortex.bus import Bus, command_subject
 from cortex.client import Client, new_id
 from cortex.errors import CommandRejected, InvalidCommand, StateConflict, UnknownReference
+from cortex.nats import Bus, command_subject
 from cortex.writer import LedgerWriter
 from events.limits import MAX_CONTENT_BYTES
 

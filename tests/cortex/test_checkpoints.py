@@ -13,11 +13,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cortex.audit import audit_ledger
-from cortex.bus import Bus
 from cortex.client import Client
 from cortex.core.keys import writer_key
-from cortex.embedded import EmbeddedServer
 from cortex.errors import QueryFailed
+from cortex.nats import Bus, EmbeddedServer
 from cortex.node import ProjectionNode
 from cortex.testing import run_cli as cortex
 from cortex.testing import running_node, running_writer

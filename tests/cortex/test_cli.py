@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import Forge
 
-from cortex.bus import Bus, ledger_subject
-from cortex.embedded import EmbeddedServer
+from cortex.nats import Bus, EmbeddedServer, ledger_subject
 from cortex.testing import run_cli as cortex
 from cortex.testing import running_node
 from cortex.writer import LedgerWriter
@@ -111,23 +111,23 @@ async def test_no_writer_is_a_clear_error(server: EmbeddedServer) -> None:
 
 
 async def test_audit_names_forged_and_altered_events(
-    server: EmbeddedServer, writer: LedgerWriter, bus: Bus
+    server: EmbeddedServer, writer: LedgerWriter, bus: Bus, forge: Forge
 ) -> None:
     """Events appended around the writer are caught: a forged link and an altered body."""
     setup = await cortex("agent", "add", "ada", "--nats", server.url)
     assert setup.code == 0
     first = await bus.get(1)
     # Republish event 1 at the end, as if replayed: it links to genesis, not to the head.
-    await bus.js.publish(
+    await forge(
         first.subject,
         first.body,
-        headers={"Cortex-Prev": first.prev_hash.hex(), "Cortex-Hash": first.hash.hex()},
+        {"Cortex-Prev": first.prev_hash.hex(), "Cortex-Hash": first.hash.hex()},
     )
     # An event whose recorded hash does not match its bytes.
-    await bus.js.publish(
+    await forge(
         ledger_subject("default", "agent_registered"),
         first.body.replace(b"ada", b"eve"),
-        headers={"Cortex-Prev": first.hash.hex(), "Cortex-Hash": first.hash.hex()},
+        {"Cortex-Prev": first.hash.hex(), "Cortex-Hash": first.hash.hex()},
     )
     run = await cortex("audit", "--json", "--nats", server.url)
     assert run.code == 1

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from cortex.bus import Bus
 from cortex.client import Client, Receipt
 from cortex.errors import CommandRejected, InvalidCommand
+from cortex.nats import Bus
 
 
 async def test_concurrent_calls_share_requests(client: Client, bus: Bus) -> None:

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 from cortex.audit import audit_ledger
-from cortex.bus import Bus
 from cortex.client import Client
-from cortex.embedded import Durability, EmbeddedServer
+from cortex.nats import Bus, Durability, EmbeddedServer
 from cortex.testing import run_cli as cortex
 from cortex.writer import LedgerWriter
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
+from conftest import Forge
 
-from cortex.bus import Bus, Outgoing, ledger_subject
 from cortex.client import Client
-from cortex.embedded import Durability, EmbeddedServer
 from cortex.errors import QueryFailed
+from cortex.nats import Bus, Durability, EmbeddedServer, Outgoing, ledger_subject
 from cortex.node import ProjectionNode
 from cortex.testing import running_node
 from cortex.writer import LedgerWriter
@@ -280,15 +280,15 @@ async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(tmp_path: Pat
 
 
 async def test_a_forged_event_on_the_stream_is_never_projected(
-    client: Client, node: ProjectionNode, bus: Bus, tmp_path: Path
+    client: Client, node: ProjectionNode, bus: Bus, forge: Forge, tmp_path: Path
 ) -> None:
     """An event appended around the writer, not linked into the chain, stops the projection there."""
     await client.register_agent("a")
     first = await bus.get(1)
-    await bus.js.publish(
+    await forge(
         first.subject,
         first.body,
-        headers={"Cortex-Prev": first.prev_hash.hex(), "Cortex-Hash": first.hash.hex()},
+        {"Cortex-Prev": first.prev_hash.hex(), "Cortex-Hash": first.hash.hex()},
     )
     assert not await node.projector.wait_for(2, timeout=0.5)
     assert node.projector.seq == 1

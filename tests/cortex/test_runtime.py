@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cortex.bus import Bus
 from cortex.client import Client
 from cortex.errors import Unavailable
+from cortex.nats import Bus
 from cortex.runtime import Runtime
 
 

@@ -18,11 +18,10 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cortex import cli
-from cortex.bus import Bus
 from cortex.client import Client, new_id
 from cortex.core.keys import load_key, public_hex
-from cortex.embedded import EmbeddedServer
 from cortex.errors import CortexError
+from cortex.nats import Bus, EmbeddedServer
 from cortex.writer import LedgerWriter
 from events.codec import decode_event
 from events.commands import CastVote

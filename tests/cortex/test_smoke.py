@@ -1,5 +1,5 @@
-from cortex.bus import Bus
 from cortex.client import Client
+from cortex.nats import Bus
 
 
 async def test_store_and_vote_appends_chained_events(client: Client, bus: Bus) -> None:

@@ -42,11 +42,10 @@ from nats.js.client import JetStreamContext
 from uuid_utils.compat import uuid7
 
 from cortex.audit import AuditReport, audit_ledger
-from cortex.bus import HDR_HASH, HDR_PREV, STREAM, Bus, Outgoing, ledger_subject
 from cortex.client import Client, Receipt, new_id
 from cortex.core.keys import WriterKey, public_hex, writer_key
-from cortex.embedded import EmbeddedServer
 from cortex.errors import CortexError, LedgerError
+from cortex.nats import HDR_HASH, HDR_PREV, STREAM, Bus, EmbeddedServer, Outgoing, ledger_subject
 from cortex.node import ProjectionNode
 from cortex.testing import run_cli
 from cortex.writer import LedgerWriter, origin_of

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 
 from cortex.audit import audit_ledger
-from cortex.bus import Bus
 from cortex.client import Client, Receipt, new_id
 from cortex.core.ledger_state import LedgerState, Undo
-from cortex.embedded import EmbeddedServer
 from cortex.errors import InvalidCommand, StateConflict
+from cortex.nats import Bus, EmbeddedServer
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
 from events.codec import decode_event

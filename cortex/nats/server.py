@@ -67,11 +67,12 @@ def nats_server_binary() -> Path:
 
 
 def shipped_config() -> str:
-    """The text of nats.conf: packaged in the wheel, or at the repository root."""
+    """The text of nats.conf: packaged in the wheel (``cortex/nats.conf``, pyproject's
+    force-include), or at the repository root (a checkout or an editable install)."""
     packaged = importlib.resources.files("cortex").joinpath("nats.conf")
     if packaged.is_file():
         return packaged.read_text()
-    return (Path(__file__).resolve().parent.parent / "nats.conf").read_text()
+    return (Path(__file__).resolve().parents[2] / "nats.conf").read_text()
 
 
 class EmbeddedServer:

@@ -1,0 +1,54 @@
+"""All of CORTEX's NATS access, and the only package that imports nats-py.
+
+    connection  connect and close, with a lighter header parser
+    store       the ledger stream: create and check it, append atomic batches, get, last seq
+    consumer    read the ledger in order, to a seq or followed live (the hot path)
+    rpc         serve a subject / send a request; handlers see an ``Inbound``
+    server      the embedded nats-server process
+    errors      nats-py's errors translated into ``cortex.errors``, one table
+    bus         ``Bus``, the facade over all of it
+
+nats-py's maintainers call it legacy and are building a successor; a switch
+should touch this package and nothing else. Absolute imports mean ``import
+nats`` in here is nats-py, never this package.
+"""
+
+from __future__ import annotations
+
+from cortex.core.records import Outgoing, StoredEvent
+from cortex.nats.bus import Bus
+from cortex.nats.rpc import Handler, Inbound, Serving
+from cortex.nats.server import Durability, EmbeddedServer
+from cortex.nats.subjects import (
+    CHECKPOINT_SUBJECT,
+    COMMAND_PREFIX,
+    DEFAULT_URL,
+    DUPLICATE_WINDOW_S,
+    HDR_HASH,
+    HDR_PREV,
+    LEDGER_PREFIX,
+    STREAM,
+    command_subject,
+    ledger_subject,
+)
+
+__all__ = [
+    "Bus",
+    "CHECKPOINT_SUBJECT",
+    "COMMAND_PREFIX",
+    "DEFAULT_URL",
+    "DUPLICATE_WINDOW_S",
+    "Durability",
+    "EmbeddedServer",
+    "HDR_HASH",
+    "HDR_PREV",
+    "Handler",
+    "Inbound",
+    "LEDGER_PREFIX",
+    "Outgoing",
+    "STREAM",
+    "Serving",
+    "StoredEvent",
+    "command_subject",
+    "ledger_subject",
+]

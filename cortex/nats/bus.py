@@ -1,0 +1,80 @@
+"""``Bus``: one connection to NATS and the few operations CORTEX needs over it.
+
+A facade over ``store`` (the ledger stream), ``consumer`` (reading it in
+order), ``rpc`` (serving and sending requests) and ``connection``. Everything
+it returns or raises is CORTEX's own: ``StoredEvent``, ``Serving``, bytes,
+and ``cortex.errors`` exceptions translated by ``cortex.nats.errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from nats.aio.client import Client as NatsClient
+
+from cortex.core.records import Outgoing, StoredEvent
+from cortex.nats import connection, consumer, rpc, store
+from cortex.nats.subjects import DEFAULT_URL
+
+
+class Bus:
+    """A connection to NATS with the few JetStream operations CORTEX needs."""
+
+    def __init__(self, nc: NatsClient, *, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=timeout)
+        self.timeout = timeout
+
+    @classmethod
+    async def connect(
+        cls, url: str = DEFAULT_URL, *, name: str = "cortex", timeout: float = 5.0
+    ) -> Bus:
+        """Connect, failing fast with a clear error when nothing listens at ``url``."""
+        return cls(await connection.connect(url, name=name, timeout=timeout), timeout=timeout)
+
+    async def close(self) -> None:
+        await connection.close(self._nc)
+
+    # -- the stream -------------------------------------------------------
+
+    async def ensure_stream(self, *, replicas: int = 1) -> None:
+        """Create CORTEX_LEDGER if missing; refuse to run on one that could lose events."""
+        await store.ensure_stream(self._js, replicas=replicas)
+
+    async def last_seq(self) -> int:
+        """The seq of the ledger's last event (0 when it is empty)."""
+        return await store.last_seq(self._js)
+
+    async def get(self, seq: int) -> StoredEvent:
+        """The event at ``seq``; LedgerError with code ``not_found`` if there is none."""
+        return await store.get(self._js, seq)
+
+    async def append(self, events: Sequence[Outgoing], *, expected_last_seq: int) -> int:
+        """Append ``events`` as one atomic batch right after ``expected_last_seq``; the
+        last seq. AppendConflict if the stream no longer ends there (see ``store.append``)."""
+        return await store.append(
+            self._nc, events, expected_last_seq=expected_last_seq, timeout=self.timeout
+        )
+
+    def read(self, start_seq: int = 1, end_seq: int | None = None) -> AsyncIterator[StoredEvent]:
+        """Stored events from ``start_seq`` to ``end_seq`` (default: the end when it starts)."""
+        return consumer.consume(
+            self._nc, self._js, start_seq, end_seq, to_end=end_seq is None, timeout=self.timeout
+        )
+
+    def follow(self, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Stored events from ``start_seq`` on, then each new one as it is appended."""
+        return consumer.consume(
+            self._nc, self._js, start_seq, None, to_end=False, timeout=self.timeout
+        )
+
+    # -- requests ---------------------------------------------------------
+
+    async def serve(self, subject: str, handler: rpc.Handler, *, queue: str = "") -> rpc.Serving:
+        """Call ``handler`` with each request on ``subject`` (in ``queue``'s group), in
+        order, until the returned handle is closed."""
+        return await rpc.serve(self._nc, subject, handler, queue=queue, timeout=self.timeout)
+
+    async def request(self, subject: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        """Send a request and return the reply's bytes; Unavailable if none comes."""
+        return await rpc.request(self._nc, subject, payload, timeout=timeout or self.timeout)
