@@ -1,7 +1,9 @@
 """The ledger writer: the only appender to CORTEX_LEDGER.
 
-It serves ``cortex.cmd.<tenant>.<kind>`` in a queue group, judges each
-command against the ledger state, links it into the hash chain and appends.
+It serves ``cortex.cmd.<tenant>.<kind>`` in a queue group and drives the
+pure ``cortex.core.sequencer`` (judge each command against the ledger state,
+link it into the hash chain, sign checkpoints) over ``cortex.nats``: it
+queues commands, appends what the sequencer stages and answers each caller.
 Commands that arrive while a batch is being written wait and go out together
 as the next atomic batch (group commit): the fsync that ``sync_interval:
 always`` costs is paid once per batch, not once per event, and no event
@@ -20,60 +22,46 @@ import asyncio
 import contextlib
 import gc
 import time
-from dataclasses import dataclass
 from typing import Final
 
-import msgspec
 import structlog
-from uuid_utils.compat import uuid7
 
-from cortex.commands_wire import Request, Result, encode_reply, error, parse, receipt
+from cortex.commands_wire import Request, Result, encode_reply, error, parse
 from cortex.core.keys import WriterKey
-from cortex.core.ledger_state import LedgerState, Undo
-from cortex.errors import AppendConflict, ChainBroken, CortexError
-from cortex.nats import (
-    CHECKPOINT_SUBJECT,
-    COMMAND_PREFIX,
-    Bus,
-    Inbound,
-    Outgoing,
-    Serving,
-    ledger_subject,
+from cortex.core.ledger_state import LedgerState
+from cortex.core.sequencer import (
+    CHECKPOINT,
+    DEFAULT_CHECKPOINT_EVERY,
+    JETSTREAM_BATCH_LIMIT,
+    Item,
+    Sequencer,
+    Staged,
+    same_or_reused,
 )
+from cortex.errors import AppendConflict, ChainBroken, CortexError
+from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Inbound, Serving
 from events.chain import link
-from events.codec import decode_event, encode
-from events.commands import Command, to_event
-from events.model import SYSTEM_TENANT, CheckpointSigned, Event, WriterKeyAdded, kind_of
-from events.note import Checkpoint, sign
+from events.codec import decode_event
+from events.commands import Command
+from events.model import SYSTEM_TENANT
 from events.rules import Refusal
 
 log = structlog.get_logger(__name__)
 
 QUEUE_GROUP: Final = "cortex-writer"
-#: JetStream accepts at most 1,000 messages in one atomic batch.
-JETSTREAM_BATCH_LIMIT: Final = 1000
 DEFAULT_MAX_BATCH: Final = JETSTREAM_BATCH_LIMIT
-DEFAULT_CHECKPOINT_EVERY: Final = 1000
 _MAX_ATTEMPTS: Final = 50
 
+__all__ = [
+    "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_MAX_BATCH",
+    "JETSTREAM_BATCH_LIMIT",
+    "QUEUE_GROUP",
+    "LedgerWriter",
+]
 
-class _CheckpointRequest:
-    """Stands in a batch for ``cortex checkpoint``: answered with the checkpoint's receipt."""
-
-
-_CHECKPOINT: Final = _CheckpointRequest()
-
-
-@dataclass(slots=True)
-class _Pending:
-    command: Command | _CheckpointRequest
-    tenant: str
-    future: asyncio.Future[Result]
-
-
-def origin_of(first_hash: bytes) -> str:
-    """The checkpoints' origin line: this ledger, named by the hash of its first event."""
-    return f"cortex.ledger/{first_hash.hex()[:16]}"
+#: A command waiting in the queue; its payload is the future its reply waits on.
+_Pending = Item[asyncio.Future[Result]]
 
 
 class LedgerWriter:
@@ -93,15 +81,15 @@ class LedgerWriter:
             raise ValueError(
                 "max_batch must be between 1 and 1000 (JetStream's atomic batch limit)"
             )
-        if checkpoint_every < 1:
-            raise ValueError("checkpoint_every must be at least 1")
         self.bus = bus
         self.max_batch = max_batch
         self.replicas = replicas
-        #: Signs checkpoints; without one the writer appends no checkpoints.
-        self.key = key
-        self.checkpoint_every = checkpoint_every
-        self.state = LedgerState(require_signatures=require_signatures)
+        #: Judges, links and signs; the writer appends what it stages and answers.
+        self.sequencer = Sequencer(
+            LedgerState(require_signatures=require_signatures),
+            key=key,
+            checkpoint_every=checkpoint_every,
+        )
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._sub: Serving | None = None
         self._admin: Serving | None = None
@@ -110,6 +98,16 @@ class LedgerWriter:
         self._broken: ChainBroken | None = None
         self.appended = 0
         self.conflicts = 0
+
+    @property
+    def state(self) -> LedgerState:
+        """The ledger as far as this writer has appended or read it."""
+        return self.sequencer.state
+
+    @property
+    def key(self) -> WriterKey | None:
+        """Signs checkpoints; without one the writer appends no checkpoints."""
+        return self.sequencer.key
 
     async def start(self) -> None:
         """Create the stream if needed, recover the head and state, then serve."""
@@ -161,7 +159,7 @@ class LedgerWriter:
             if isinstance(item, Refusal):
                 future.set_result(error(item.code, item.message))
             else:
-                self._queue.put_nowait(_Pending(item, parsed.tenant, future))
+                self._queue.put_nowait(Item(item, parsed.tenant, future))
             futures.append(future)
         task = asyncio.create_task(self._answer(msg, futures, batch=parsed.batch))
         self._replies.add(task)
@@ -172,7 +170,7 @@ class LedgerWriter:
             await self._respond(msg, error("no_key", "this writer has no key to sign with"))
             return
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(_CHECKPOINT, SYSTEM_TENANT, future))
+        self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, future))
         task = asyncio.create_task(self._answer(msg, [future], batch=False))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
@@ -216,23 +214,22 @@ class LedgerWriter:
                 code = e.code if isinstance(e, CortexError) else "internal"
                 reply = error(code, str(e) or type(e).__name__)
                 for item in items:
-                    if not item.future.done():
-                        item.future.set_result(reply)
+                    if not item.payload.done():
+                        item.payload.set_result(reply)
 
     async def _commit(self, items: list[_Pending]) -> None:
-        """Judge, link and append ``items`` as one batch, retrying after conflicts."""
+        """Stage and append ``items`` as one batch, retrying after conflicts."""
         synced = False
         for _attempt in range(_MAX_ATTEMPTS):
             if self._broken is not None:
                 raise self._broken
-            base = self.state.seq
-            undo: Undo = []
+            staged: Staged | None = None
             appended = False
             try:
-                outgoing, results, behind = self._stage(items, undo, synced=synced)
-                if not behind:
-                    if outgoing:
-                        await self.bus.append(outgoing, expected_last_seq=base)
+                staged = self.sequencer.stage(items, synced=synced)
+                if not staged.behind:
+                    if staged.outgoing:
+                        await self.bus.append(staged.outgoing, expected_last_seq=staged.base)
                     appended = True
             except CortexError as e:
                 # AppendConflict: another writer got there first. Anything
@@ -240,11 +237,12 @@ class LedgerWriter:
                 # learn from the stream and judge again: ids make it safe.
                 self.conflicts += isinstance(e, AppendConflict)
             finally:
-                if not appended:  # whatever happened, the state matches the stream again
-                    LedgerState.rollback(undo)
-            if appended:
-                self.appended += len(outgoing)
-                self._resolve(items, results, base, outgoing)
+                if staged is not None and not appended:
+                    # whatever happened, the state matches the stream again
+                    self.sequencer.rollback(staged)
+            if staged is not None and appended:
+                self.appended += len(staged.outgoing)
+                self._resolve(items, staged)
                 return
             # A stateful refusal may only mean this writer has not yet seen
             # what another writer appended: catch up, then judge again.
@@ -252,147 +250,25 @@ class LedgerWriter:
             synced = True
         raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
 
-    def _stage(
-        self, items: list[_Pending], undo: Undo, *, synced: bool
-    ) -> tuple[list[Outgoing], list[Result | int], bool]:
-        """Judge each command and link the accepted ones into the chain, in memory.
-
-        Returns the events to append, one result per command (or the seq of
-        the earlier event a duplicate id refers to), and whether a refusal
-        might only reflect a stale view of the ledger.
-        """
-        self.state.begin(undo)
-        outgoing: list[Outgoing] = []
-        results: list[Result | int] = []
-        behind = False
-        now = time.time_ns()
-        asked: list[int] = []  # where checkpoint requests sit in ``results``
-        for item in items:
-            command = item.command
-            if isinstance(command, _CheckpointRequest):
-                asked.append(len(results))
-                results.append(error("internal", "no checkpoint"))
-                continue
-            seen = self.state.seq_of(command.id)
-            if seen is not None:
-                results.append(seen)
-                continue
-            refusal = self.state.check(command, item.tenant)
-            if refusal is not None:
-                behind = behind or (refusal.stateful and not synced)
-                results.append(error(refusal.code, refusal.message))
-                continue
-            try:
-                event = to_event(command, tenant=item.tenant, ts=now)
-            except (ValueError, OverflowError) as e:  # one bad command, not the whole batch
-                results.append(error("invalid_field", f"cannot record this command: {e}"))
-                continue
-            results.append(self._link(event, outgoing, undo))
-        if not behind:
-            checkpoint = self._stage_own(outgoing, undo, now, forced=bool(asked))
-            for index in asked:
-                results[index] = checkpoint
-        return outgoing, results, behind
-
-    def _link(self, event: Event, outgoing: list[Outgoing], undo: Undo) -> Result:
-        """Chain ``event`` after the head, queue it and fold it into the state."""
-        body = encode(event)
-        prev = self.state.head
-        event_hash = link(prev, body)
-        event_id = str(event.id)
-        subject = ledger_subject(event.tenant, kind_of(event))
-        outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
-        self.state.apply(event, self.state.seq + 1, event_hash, undo)
-        return receipt(self.state.seq, event_hash, event_id)
-
-    def _stage_own(self, outgoing: list[Outgoing], undo: Undo, now: int, *, forced: bool) -> Result:
-        """Append the writer's own events: its key if new, and a checkpoint when one is due.
-
-        A checkpoint covers every event before it, this batch's included, so
-        it rides in the same atomic batch. Returns the latest checkpoint's
-        receipt (for ``cortex checkpoint``).
-        """
-        key, state = self.key, self.state
-        if key is None:
-            return error("no_key", "this writer has no key to sign with")
-        if key.public_hex not in state.writer_keys:
-            added = WriterKeyAdded(
-                id=uuid7(),
-                tenant=SYSTEM_TENANT,
-                ts=now,
-                name=key.name,
-                public_key=key.public_hex,
-            )
-            self._link(added, outgoing, undo)
-        due = state.seq - state.checkpoint_size >= self.checkpoint_every
-        new = state.seq > state.checkpoint_seq  # something since the last checkpoint
-        room = len(outgoing) < JETSTREAM_BATCH_LIMIT
-        if room and new and (due or forced):
-            summary = Checkpoint(
-                origin_of(state.first_hash), state.seq, state.tree.root(), state.head
-            )
-            event = CheckpointSigned(
-                id=uuid7(),
-                tenant=SYSTEM_TENANT,
-                ts=now,
-                tree_size=summary.tree_size,
-                root=summary.root.hex(),
-                head=summary.head.hex(),
-                public_key=key.public_hex,
-                note=sign(summary.body(), key.name, key.private),
-            )
-            result = self._link(event, outgoing, undo)
-            return {**result, "tree_size": summary.tree_size, "root": summary.root.hex()}
-        if forced and not room:
-            return error("busy", "the batch was full; ask for the checkpoint again")
-        if not state.checkpoint_seq:
-            return error("no_checkpoint", "the ledger is empty: nothing to checkpoint")
-        return {
-            "seq": state.checkpoint_seq,
-            "tree_size": state.checkpoint_size,
-            "root": state.checkpoint_root,
-        }
-
-    def _resolve(
-        self,
-        items: list[_Pending],
-        results: list[Result | int],
-        base: int,
-        outgoing: list[Outgoing],
-    ) -> None:
-        for item, result in zip(items, results, strict=True):
+    def _resolve(self, items: list[_Pending], staged: Staged) -> None:
+        for item, result in zip(items, staged.results, strict=True):
             if not isinstance(result, int):
-                item.future.set_result(result)
-            elif result > base:  # a duplicate of an event in this very batch
-                stored = outgoing[result - base - 1]
-                item.future.set_result(self._same_or_reused(item, result, stored.body, stored.hash))
-            else:  # an earlier event: look it up without holding up the commit loop
+                item.payload.set_result(result)
+            else:  # a retry of an earlier event: look it up without holding up the commit loop
                 task = asyncio.create_task(self._duplicate(item, result))
                 self._replies.add(task)
                 task.add_done_callback(self._replies.discard)
 
     async def _duplicate(self, item: _Pending, seq: int) -> None:
-        try:
-            stored = await self.bus.get(seq)
-            result = self._same_or_reused(item, seq, stored.body, stored.hash)
-        except Exception as e:
-            result = error("unavailable", f"could not read seq {seq} to answer a retry: {e}")
-        if not item.future.done():
-            item.future.set_result(result)
-
-    @staticmethod
-    def _same_or_reused(item: _Pending, seq: int, body: bytes, event_hash: bytes) -> Result:
-        """The original receipt if the retry is the same command, else ``id_reused``."""
         command = item.command
         assert isinstance(command, Command)  # only commands have ids to repeat
-        original = msgspec.structs.replace(decode_event(body), ts=0)
-        again = to_event(command, tenant=item.tenant, ts=0)
-        if original != again:
-            return error(
-                "id_reused",
-                f"id {command.id} was already used for a different command (seq {seq})",
-            )
-        return receipt(seq, event_hash, str(command.id))
+        try:
+            stored = await self.bus.get(seq)
+            result = same_or_reused(command, item.tenant, seq, stored.body, stored.hash)
+        except Exception as e:
+            result = error("unavailable", f"could not read seq {seq} to answer a retry: {e}")
+        if not item.payload.done():
+            item.payload.set_result(result)
 
     async def _catch_up(self) -> None:
         """Fold into the state every event appended since ``state.seq``, checking the chain."""

@@ -8,7 +8,7 @@ It builds a ledger of N events (default 1,000,000) as the writer writes it:
 the synthetic agents, facts, votes and deprecations of ``ops.bench.synth``
 (fixed seed), every tenth agent registered with an Ed25519 key and each of
 its commands signed with ``events.signing.sign_command``, all of them judged,
-linked and staged by the real ``LedgerWriter._stage`` (so the writer's key
+linked and staged by the writer's own ``Sequencer.stage`` (so the writer's key
 comes first as a ``WriterKeyAdded`` event and a signed ``CheckpointSigned``
 rides in every batch of 999 commands: one checkpoint per 1,000 events, as
 ``cortex up`` writes them). The ledger is the first N events of that; the
@@ -67,11 +67,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
-from cortex.commands_wire import Result
 from cortex.core.keys import WriterKey, public_hex
-from cortex.core.ledger_state import Undo
+from cortex.core.sequencer import (
+    DEFAULT_CHECKPOINT_EVERY,
+    JETSTREAM_BATCH_LIMIT,
+    Item,
+    Sequencer,
+)
 from cortex.nats import Bus, Durability, EmbeddedServer, Outgoing
-from cortex.writer import DEFAULT_CHECKPOINT_EVERY, JETSTREAM_BATCH_LIMIT, LedgerWriter, _Pending
 from events import signing
 from events.codec import decode_event
 from events.commands import RegisterAgent
@@ -225,21 +228,19 @@ def _kind(subject: str) -> str:
     return subject.rsplit(".", 1)[1]
 
 
-async def build(bus: Bus, events: int, future: asyncio.Future[Result]) -> Built:
+async def build(events: int) -> Built:
     """The first ``events`` events the writer stages for the synthetic commands.
 
     Registrations of every KEYED_EVERY-th agent carry its public key, and
     each command of such an agent is signed, exactly as a client with
-    ``--key`` sends it. Every command goes through ``LedgerWriter._stage``
+    ``--key`` sends it. Every command goes through ``Sequencer.stage``
     (judged by ``LedgerState.check``, signature included, then linked), and
     that same method adds the writer's key and the checkpoints. It gives
     the loop a turn after each batch, so the connection stays served and
     SIGTERM stops it.
     """
     started = time.perf_counter()
-    writer = LedgerWriter(
-        bus, key=WriterKey(_key("bench-writer")), checkpoint_every=CHECKPOINT_EVERY
-    )
+    sequencer = Sequencer(key=WriterKey(_key("bench-writer")), checkpoint_every=CHECKPOINT_EVERY)
     gen = synth._Generator(synth.Mix())
     registrations = gen.registrations(events)
     keys: dict[tuple[str, str], Ed25519PrivateKey] = {
@@ -252,7 +253,7 @@ async def build(bus: Bus, events: int, future: asyncio.Future[Result]) -> Built:
     count = 0
     n = 0
 
-    def command() -> _Pending:
+    def command() -> Item[None]:
         nonlocal n
         n += 1
         cmd, tenant_index = gen.command(n, registrations)
@@ -264,20 +265,21 @@ async def build(bus: Bus, events: int, future: asyncio.Future[Result]) -> Built:
             else:
                 cmd = signing.sign_command(cmd, tenant, key)
                 signed_ids.add(str(cmd.id))
-        return _Pending(cmd, tenant, future)
+        return Item(cmd, tenant, None)
 
-    items: list[_Pending] = []  # the first batch is empty: the writer records its key
+    items: list[Item[None]] = []  # the first batch is empty: the writer records its key
     while count < events:
         if time.perf_counter() - started > GENERATE_S:
             raise BenchError(f"building the ledger did not finish within {GENERATE_S:.0f}s")
         await asyncio.sleep(0)
-        undo: Undo = []
-        outgoing, results, behind = writer._stage(items, undo, synced=False)
-        refused = [r for r in results if isinstance(r, int) or "error" in r]
-        if behind or refused:
+        staged = sequencer.stage(items, synced=False)
+        refused = [r for r in staged.results if isinstance(r, int) or "error" in r]
+        if staged.behind or refused:
             raise BenchError(f"the writer refused a synthetic command: {refused[:1]}")
-        undo.clear()  # as after an acknowledged append
-        outgoing = outgoing[: events - count]  # the ledger is a prefix of what it would write
+        # kept, as after an acknowledged append (no rollback)
+        outgoing = staged.outgoing[
+            : events - count
+        ]  # the ledger is a prefix of what it would write
         batches.append(outgoing)
         count += len(outgoing)
         want = min(COMMANDS_PER_BATCH, events - count)
@@ -369,9 +371,7 @@ def check_audit(report: AuditReport, built: Built) -> AuditCheck:
     )
 
 
-async def bench_stream(
-    events: int, root: Path, future: asyncio.Future[Result], report: Report
-) -> Built:
+async def bench_stream(events: int, root: Path, report: Report) -> Built:
     """Build the ledger, append it to a fresh server, read it plainly, then audit it."""
     server = EmbeddedServer(root / "nats", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
@@ -379,7 +379,7 @@ async def bench_stream(
         bus = await Bus.connect(url, name="bench-audit")
         try:
             await bus.ensure_stream()
-            built = await build(bus, events, future)
+            built = await build(events)
             report.generate = Phase.of("generate", built.count, built.seconds)
             report.append = await append(bus, built)
             seconds = await plain_read(bus, built.count, PHASE_S)
@@ -395,7 +395,7 @@ async def bench_stream(
     return built
 
 
-async def bench_small(root: Path, future: asyncio.Future[Result], report: Report) -> None:
+async def bench_small(root: Path, report: Report) -> None:
     """A 10,000-event ledger on a fresh server: plain read and audit, SMALL_RUNS times each."""
     server = EmbeddedServer(root / "nats-small", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
@@ -403,7 +403,7 @@ async def bench_small(root: Path, future: asyncio.Future[Result], report: Report
         bus = await Bus.connect(url, name="bench-audit-small")
         try:
             await bus.ensure_stream()
-            built = await build(bus, SMALL_EVENTS, future)
+            built = await build(SMALL_EVENTS)
             await append(bus, built)
             reads: list[float] = []
             audits: list[float] = []
@@ -592,9 +592,7 @@ async def run(events: int, root: Path) -> Report:
     """Build, append, read and audit; verify in memory; then the 10,000-event run."""
     cancel_on_sigterm()
     report = Report(events=events, cpus=os.cpu_count() or 0)
-    # One future stands in for every caller: ``_stage`` never answers them.
-    future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-    built = await bench_stream(events, root, future, report)
+    built = await bench_stream(events, root, report)
     report.agents = built.agents
     report.keyed_agents = built.keyed_agents
     report.kinds = built.kinds
@@ -604,8 +602,7 @@ async def run(events: int, root: Path) -> Report:
     # In memory, with no server running beside it.
     bench_memory(built, report)
     del built
-    await bench_small(root, future, report)
-    future.cancel()
+    await bench_small(root, report)
     for name, check in (("the audit", report.audit_check), ("the 10k audit", report.small_check)):
         if not check.ok:
             print(f"{name} FAILED: {check.detail}", file=sys.stderr)
@@ -680,7 +677,7 @@ def _notes(report: Report) -> dict[str, str]:
     small_ms = r.small_audit.seconds * 1e3
     return {
         "generate": (
-            f"LedgerWriter._stage: synth commands, {r.keyed_agents} of {r.agents} agents keyed "
+            f"Sequencer.stage: synth commands, {r.keyed_agents} of {r.agents} agents keyed "
             "and signing; not a bar"
         ),
         "append": "Bus.append, one atomic batch per staged batch (not a bar)",

@@ -44,11 +44,12 @@ from uuid_utils.compat import uuid7
 from cortex.audit import AuditReport, audit_ledger
 from cortex.client import Client, Receipt, new_id
 from cortex.core.keys import WriterKey, public_hex, writer_key
+from cortex.core.sequencer import origin_of
 from cortex.errors import CortexError, LedgerError
 from cortex.nats import HDR_HASH, HDR_PREV, STREAM, Bus, EmbeddedServer, Outgoing, ledger_subject
 from cortex.node import ProjectionNode
 from cortex.testing import run_cli
-from cortex.writer import LedgerWriter, origin_of
+from cortex.writer import LedgerWriter
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import CastVote, to_event
