@@ -12,7 +12,7 @@ acknowledgement reports its error as JSON, not as an exception:
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import nats.errors
 import nats.js.errors
@@ -22,8 +22,17 @@ from cortex.errors import AppendConflict, CortexError, InvalidCommand, LedgerErr
 #: The kinds of call into nats-py; each has its rows in ``_TABLE``.
 Op = Literal["connect", "create_stream", "stream_info", "get", "append", "read", "serve", "request"]
 
-#: caught, raised, message (a format string over the context), code (None: the class's)
-_Row = tuple[type[Exception] | tuple[type[Exception], ...], type[CortexError], str, str | None]
+
+class _Row(NamedTuple):
+    """One translation: what nats-py raised, what CORTEX raises instead, and with what."""
+
+    caught: type[Exception] | tuple[type[Exception], ...]
+    raised: type[CortexError]
+    #: A format string over the call's context and ``error``, ``description``, ``err_code``.
+    message: str
+    #: None: the raised class's own code.
+    code: str | None = None
+
 
 _NO_ANSWER: Final = (nats.errors.TimeoutError, nats.errors.NoRespondersError)
 
@@ -34,76 +43,60 @@ _BATCH_DUPLICATE_MSG_ID: Final = 10201
 
 _TABLE: Final[dict[Op, tuple[_Row, ...]]] = {
     "connect": (
-        (
+        _Row(
             (TimeoutError, OSError, nats.errors.Error),
             Unavailable,
             "cannot reach NATS at {url}: {error}",
-            None,
         ),
     ),
     "create_stream": (
-        (
-            nats.js.errors.APIError,
-            LedgerError,
-            "cannot create stream {stream}: {description}",
-            None,
-        ),
-        (_NO_ANSWER, Unavailable, "JetStream did not answer: is it enabled on this server?", None),
+        _Row(nats.js.errors.APIError, LedgerError, "cannot create stream {stream}: {description}"),
+        _Row(_NO_ANSWER, Unavailable, "JetStream did not answer: is it enabled on this server?"),
     ),
     "stream_info": (
-        (nats.js.errors.NotFoundError, LedgerError, "stream {stream} does not exist", None),
+        _Row(nats.js.errors.NotFoundError, LedgerError, "stream {stream} does not exist"),
     ),
     "get": (
-        (
+        _Row(
             nats.js.errors.NotFoundError,
             LedgerError,
             "the ledger has no event at seq {seq}",
-            "not_found",
+            code="not_found",
         ),
     ),
     "append": (
-        (
+        _Row(
             nats.errors.NoRespondersError,
             LedgerError,
             "no stream accepts {subject}: is {stream} created?",
-            None,
         ),
-        (
-            nats.errors.TimeoutError,
-            Unavailable,
-            "JetStream did not acknowledge the batch in time",
-            None,
+        _Row(
+            nats.errors.TimeoutError, Unavailable, "JetStream did not acknowledge the batch in time"
         ),
     ),
     "read": (),
     "serve": (),
     "request": (
-        (
+        _Row(
             nats.errors.NoRespondersError,
             Unavailable,
             "no CORTEX writer is serving {subject}: is `cortex up` running?",
-            None,
         ),
-        (nats.errors.TimeoutError, Unavailable, "no reply on {subject} within {timeout}s", None),
-        (
+        _Row(nats.errors.TimeoutError, Unavailable, "no reply on {subject} within {timeout}s"),
+        _Row(
             nats.errors.MaxPayloadError,
             InvalidCommand,
             "request of {size} bytes exceeds the server max payload",
-            "too_large",
+            code="too_large",
         ),
     ),
 }
 
 #: What every operation falls back to.
 _COMMON: Final[tuple[_Row, ...]] = (
-    (_NO_ANSWER, Unavailable, "JetStream did not answer", None),
-    (
-        nats.js.errors.APIError,
-        LedgerError,
-        "JetStream refused: {description} ({err_code})",
-        None,
-    ),
-    (nats.errors.Error, Unavailable, "NATS failed: {error}", None),
+    _Row(_NO_ANSWER, Unavailable, "JetStream did not answer"),
+    _Row(nats.js.errors.APIError, LedgerError, "JetStream refused: {description} ({err_code})"),
+    _Row(nats.errors.Error, Unavailable, "NATS failed: {error}"),
 )
 
 
