@@ -10,7 +10,7 @@ reordering any event changes every hash after it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import blake3
 
@@ -28,6 +28,23 @@ def link(prev_hash: bytes, body: bytes) -> bytes:
     """The chain hash of ``body`` appended after an event whose hash is ``prev_hash``."""
     # One call on one buffer: the copy costs less than two more method calls.
     return _blake3(DOMAIN + prev_hash + body).digest()
+
+
+class StoredRecord(Protocol):
+    """One event as the ledger stores it: its position, exact bytes and chain links.
+
+    What every reader of the ledger yields (``cortex.nats.StoredEvent`` is one)
+    and what the projector, the audit and proofs need of it.
+    """
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def prev_hash(self) -> bytes: ...
+    @property
+    def hash(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,7 +154,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     # queries
     "invalid_query": (QueryFailed, "a query parameter is missing, unknown or out of range"),
     "unknown_op": (QueryFailed, "no query of that name"),
-    "not_found": (QueryFailed, "no such event (in this tenant)"),
+    "not_found": (CortexError, "no such event or fact (in this tenant, or in the ledger)"),
     "not_checkpointed": (QueryFailed, "the event is after the latest checkpoint"),
     "timeout": (QueryFailed, "the node did not reach min_seq in time"),
     "not_yet": (QueryFailed, "the node has not applied that many events yet"),

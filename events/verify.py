@@ -32,7 +32,7 @@ from typing import Final, Protocol
 import msgspec
 
 from events import signing
-from events.chain import ChainVerifier, Violation
+from events.chain import ChainVerifier, StoredRecord, Violation
 from events.codec import decode_event
 from events.merkle import TILE, TILE_HEIGHT, MerkleAccumulator, leaf_hash, perfect_root
 from events.model import (
@@ -49,19 +49,11 @@ _KINDS: Final = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 _OWN: Final = frozenset({"writer_key_added", "checkpoint_signed"})
 
 
-class Stored(Protocol):
-    """A stored event as a reader yields it (``cortex.bus.StoredEvent``)."""
+class Stored(StoredRecord, Protocol):
+    """A stored event with the subject it was stored under (``cortex.nats.StoredEvent``)."""
 
     @property
-    def seq(self) -> int: ...
-    @property
     def subject(self) -> str: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def prev_hash(self) -> bytes: ...
-    @property
-    def hash(self) -> bytes: ...
 
 
 class _Envelope(msgspec.Struct):

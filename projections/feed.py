@@ -2,7 +2,7 @@
 
 A projection only needs the events in order with the hashes the ledger
 recorded beside them. ``LedgerReader`` names that much and no more, so this
-package can rebuild a database from JetStream (``cortex.bus.Bus`` fits it),
+package can rebuild a database from JetStream (``cortex.nats.Bus`` fits it),
 from a file or from memory without knowing which, and never imports NATS.
 """
 
@@ -11,22 +11,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from events.chain import link
+from events.chain import StoredRecord, link
 from events.errors import LedgerMismatch
 from projections.projector import Record
-
-
-class StoredRecord(Protocol):
-    """One event as the ledger stores it: its position, exact bytes and chain links."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def prev_hash(self) -> bytes: ...
-    @property
-    def hash(self) -> bytes: ...
 
 
 class LedgerReader(Protocol):

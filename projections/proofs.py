@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from events.chain import StoredRecord
 from events.codec import decode_event
 from events.errors import QueryFailed
 from events.merkle import TILE, consistency_path, inclusion_path, leaf_hash, node_hash
@@ -162,21 +163,10 @@ async def consistency(pool: ConnectionPool, old_size: int, new_size: int) -> lis
 # found", like an unknown one. Checkpoints are ledger-wide.
 
 
-class StoredBody(Protocol):
-    """An event as the ledger stores it: its bytes and its chain links."""
-
-    @property
-    def body(self) -> bytes: ...
-    @property
-    def prev_hash(self) -> bytes: ...
-    @property
-    def hash(self) -> bytes: ...
-
-
 class EventLookup(Protocol):
     """Where the event bytes of a proof come from (the ledger, or a copy of it)."""
 
-    async def get(self, seq: int) -> StoredBody: ...
+    async def get(self, seq: int) -> StoredRecord: ...
 
 
 async def signed_checkpoint(pool: ConnectionPool, tree_size: int | None = None) -> Checkpoint:
