@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -49,6 +51,51 @@ async def run_cli(*args: str, timeout: float = 60) -> Run:
         raise
     assert proc.returncode is not None
     return Run(proc.returncode, out.decode(), err.decode())
+
+
+@dataclass
+class Up:
+    """A ``cortex up`` child process and the URL it said it serves."""
+
+    proc: asyncio.subprocess.Process
+    url: str
+
+    async def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as a user's Ctrl-C or service manager sends; the exit code."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def cortex_up(data: Path, *args: str, timeout: float = 30) -> AsyncIterator[Up]:
+    """``cortex up --data DATA --port -1 ARGS`` until it says it is up; killed after if
+    still running."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cortex.cli",
+        "up",
+        "--data",
+        str(data),
+        "--port",
+        "-1",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "CORTEX_NATS_URL": ""},
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode()
+        match = re.search(r"serving (nats://127\.0\.0\.1:\d+)", line)
+        if match is None:
+            raise AssertionError(f"cortex up did not come up: {line!r}")
+        yield Up(proc, match.group(1))
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 @contextlib.asynccontextmanager

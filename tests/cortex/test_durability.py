@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import sys
 from pathlib import Path
 
 from cortex.audit import audit_ledger
 from cortex.client import Client
 from cortex.nats import Bus, Durability, EmbeddedServer
+from cortex.testing import cortex_up
 from cortex.testing import run_cli as cortex
 from cortex.writer import LedgerWriter
 
@@ -57,33 +54,11 @@ async def test_acknowledged_events_survive_a_killed_server(tmp_path: Path) -> No
 
 async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """`cortex up` as a user runs it: says its URL, takes commands, exits 0 on SIGTERM."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cortex.cli",
-        "up",
-        "--data",
-        str(tmp_path / "d"),
-        "--port",
-        "-1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "CORTEX_NATS_URL": ""},
-    )
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        match = re.search(r"serving (nats://127\.0\.0\.1:\d+)", line)
-        assert match, line
-        async with await Client.connect(match.group(1), tenant="t") as c:
+    async with cortex_up(tmp_path / "d") as up:
+        async with await Client.connect(up.url, tenant="t") as c:
             receipt = await c.register_agent("a")
         assert receipt.seq == 2  # after the writer's key, recorded on first start
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        assert await up.stop() == 0
     assert (tmp_path / "d" / "store" / "jetstream").is_dir()
     assert (tmp_path / "d" / "writer.key").stat().st_mode & 0o777 == 0o600
 
@@ -91,32 +66,12 @@ async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
 async def test_a_second_cortex_up_on_the_same_data_folder_is_refused(tmp_path: Path) -> None:
     """Two `cortex up` on one folder would each append their own seq 2: the second must not start."""
     data = tmp_path / "d"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cortex.cli",
-        "up",
-        "--data",
-        str(data),
-        "--port",
-        "-1",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "CORTEX_NATS_URL": ""},
-    )
-    assert proc.stdout is not None
-    try:
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        assert "CORTEX is up" in line, line
+    async with cortex_up(data) as up:
         second = await cortex("up", "--data", str(data), "--port", "-1")
         assert second.code == 1
         assert "error [data_locked]" in second.err + second.out
-        assert f"pid {proc.pid}" in second.err + second.out
+        assert f"pid {up.proc.pid}" in second.err + second.out
         # The first one is untouched and still serves.
-        url = re.search(r"serving (nats://127\.0\.0\.1:\d+)", line)
-        assert url
-        async with await Client.connect(url.group(1), tenant="t") as c:
+        async with await Client.connect(up.url, tenant="t") as c:
             assert (await c.register_agent("a")).seq == 2
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert await up.stop() == 0
