@@ -26,6 +26,8 @@ _tagged: Final = msgspec.json.Decoder(msgspec.Raw)
 _encoder: Final = msgspec.json.Encoder()
 
 Result = dict[str, Any]
+#: msgspec decodes nested JSON recursively: a deep enough payload exhausts the stack.
+_TOO_DEEP: Final = Refusal("malformed", "the JSON nests too deeply to be a command")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,8 @@ def _decode_one(kind: str, data: bytes | msgspec.Raw) -> Command | Refusal:
         return Refusal("invalid_field", text)
     except msgspec.DecodeError as e:
         return Refusal("malformed", f"not valid JSON: {e}")
+    except RecursionError:
+        return _TOO_DEEP
     return check_shape(command) or command
 
 
@@ -69,6 +73,8 @@ def _kind_of_raw(raw: msgspec.Raw) -> str | Refusal:
         obj = msgspec.json.decode(raw, type=dict[str, Any])
     except (msgspec.ValidationError, msgspec.DecodeError):
         return Refusal("malformed", "each batch entry must be a JSON object")
+    except RecursionError:
+        return _TOO_DEEP
     kind = obj.get("kind")
     if not isinstance(kind, str):
         return Refusal("invalid_field", "each batch entry needs a string field `kind`")
@@ -89,8 +95,8 @@ def parse(subject: str, data: bytes) -> Request | Result:
     try:
         # The common case, every entry valid, in one pass; otherwise entry by entry.
         commands: list[AnyCommand] = _whole_batch.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        pass
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        pass  # entry by entry, below, says which one and why
     else:
         if len(commands) <= MAX_BATCH:
             return Request(tenant, True, [check_shape(c) or c for c in commands])
@@ -98,6 +104,8 @@ def parse(subject: str, data: bytes) -> Request | Result:
         raws = _raw_list.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         return error("malformed", f"a batch is a JSON array of commands: {e}")
+    except RecursionError:
+        return error(_TOO_DEEP.code, _TOO_DEEP.message)
     if len(raws) > MAX_BATCH:
         return error("too_large", f"a batch holds at most {MAX_BATCH} commands, not {len(raws)}")
     items: list[Command | Refusal] = []

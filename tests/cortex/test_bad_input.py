@@ -192,3 +192,20 @@ async def test_client_errors_are_one_hierarchy(client: Client, fact: uuid.UUID) 
     """Scripts can catch CommandRejected for every refusal."""
     with pytest.raises(CommandRejected):
         await client.vote("alice", fact, 3)
+
+
+async def test_json_nested_too_deeply_is_malformed_not_silence(bus: Bus, fact: uuid.UUID) -> None:
+    """A meta nested 100,000 deep used to blow msgspec's stack: no reply at all."""
+    before = await bus.last_seq()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = (
+        b'{"id": "%s", "fact_id": "%s", "agent_id": "alice", "content": "x", "meta": {"a": %s}}'
+        % (str(new_id()).encode(), str(new_id()).encode(), deep)
+    )
+    reply = await _raw(bus, "store_fact", body)
+    assert reply["error"]["code"] == "malformed"
+    assert "nest" in reply["error"]["message"]
+    batch = b'[{"kind": "store_fact", ' + body[1:] + b"]"
+    whole = await _raw(bus, "batch", batch)  # too deep even to split into entries
+    assert whole["error"]["code"] == "malformed"
+    assert await bus.last_seq() == before
