@@ -38,7 +38,7 @@ from cortex.core.sequencer import (
     Staged,
     same_or_reused,
 )
-from cortex.errors import AppendConflict, ChainBroken, CortexError
+from cortex.errors import AppendConflict, ChainBroken, CortexError, InternalError
 from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Inbound, Serving
 from events.chain import link
 from events.codec import decode_event
@@ -97,6 +97,8 @@ class LedgerWriter:
         self._replies: set[asyncio.Task[None]] = set()
         self._broken: ChainBroken | None = None
         self.appended = 0
+        #: Bugs met (each answered ``internal`` with a trace id that the log holds).
+        self.internal_errors = 0
         self.conflicts = 0
 
     @property
@@ -210,9 +212,13 @@ class LedgerWriter:
             try:
                 await self._commit(items)
             except Exception as e:  # answer every caller, whatever went wrong
-                log.exception("commit_failed")
-                code = e.code if isinstance(e, CortexError) else "internal"
-                reply = error(code, str(e) or type(e).__name__)
+                failure = e if isinstance(e, CortexError) else InternalError(e)
+                if isinstance(failure, InternalError):
+                    self.internal_errors += 1
+                log.exception(
+                    "commit_failed", code=failure.code, trace=getattr(failure, "trace", None)
+                )
+                reply = error(failure.code, str(failure) or type(e).__name__)
                 for item in items:
                     if not item.payload.done():
                         item.payload.set_result(reply)

@@ -25,6 +25,7 @@ are translated where they enter, with ``raise … from``. This module is pure
 
 from __future__ import annotations
 
+import uuid
 from typing import Final
 
 
@@ -166,6 +167,19 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "server_error": (ServerError, "the embedded nats-server could not start"),
     "internal": (CortexError, "a bug: the reply says what failed"),
 }
+
+
+class InternalError(CortexError):
+    """A bug, as a user sees it: the reply names a trace id that the log holds with the traceback."""
+
+    code = "internal"
+
+    def __init__(self, cause: BaseException) -> None:
+        self.trace = uuid.uuid4().hex[:12]
+        super().__init__(
+            f"internal error (trace {self.trace}): {type(cause).__name__}: {cause}; "
+            "this is a bug, the log has its traceback"
+        )
 
 
 def error_for(code: str, message: str) -> CortexError:

@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from events.errors import CortexError, QueryFailed
+from events.errors import CortexError, InternalError, QueryFailed
 from events.limits import MAX_WAIT_S
 from events.operations import (
     Digest,
@@ -68,6 +68,8 @@ class ReadService:
         #: Where inclusion proofs read the event's bytes; without it, ``proof`` is refused.
         self.ledger = ledger
         self.db = db
+        #: Bugs met (each answered ``internal`` with a trace id that the log holds).
+        self.internal_errors = 0
 
     async def run(self, tenant: str, query: Query) -> Any:
         """Answer ``query`` for ``tenant``, after waiting (bounded) for its ``min_seq``."""
@@ -148,8 +150,10 @@ class ReadService:
         except CortexError as e:
             reply = {"error": {"code": e.code, "message": str(e)}}
         except Exception as e:  # a query must never take the node down
-            log.exception("query_failed", tenant=tenant, op=op)
-            reply = {"error": {"code": "internal", "message": f"{type(e).__name__}: {e}"}}
+            bug = InternalError(e)
+            self.internal_errors += 1
+            log.exception("query_failed", tenant=tenant, op=op, trace=bug.trace)
+            reply = {"error": {"code": bug.code, "message": str(bug)}}
         return _encoder.encode(reply)
 
     async def _cached(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from events.errors import CODES, CortexError, error_for
+from events.errors import CODES, CortexError, InternalError, error_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("cortex", "events", "projections")
@@ -87,3 +87,10 @@ def test_each_code_raises_its_documented_class() -> None:
         assert isinstance(e, CortexError)
         assert e.code == code and str(e) == "because"
         assert isinstance(e, cls) or (cls.__base__ is not None and isinstance(e, cls.__base__))
+
+
+def test_an_internal_error_names_a_trace_the_log_can_be_searched_for() -> None:
+    first, second = InternalError(KeyError("x")), InternalError(KeyError("x"))
+    assert first.code == "internal"
+    assert first.trace in str(first) and "KeyError" in str(first)
+    assert first.trace != second.trace
