@@ -142,6 +142,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "agent_exists": (StateConflict, "the agent is already registered in this tenant"),
     "fact_exists": (StateConflict, "a fact with this id already exists"),
     "already_deprecated": (StateConflict, "the fact is already deprecated"),
+    "reason_required": (InvalidCommand, "only a fact's author may deprecate it without a reason"),
     "id_reused": (StateConflict, "the event id was used for a different command"),
     "no_key": (StateConflict, "the writer has no key to sign checkpoints with"),
     "no_checkpoint": (StateConflict, "the ledger is empty: nothing to checkpoint"),

@@ -8,6 +8,10 @@ Three kinds of rule, cheapest first:
 - ``judge``: what needs the ledger so far (the agent is registered, the fact
   exists *in this tenant*, the signature holds…), over any ``LedgerView``.
 
+Who may deprecate: the fact's author at will; any other agent of the tenant
+only with a reason, which the ledger records with its name (a fact someone
+merely disagrees with is voted down, not deprecated).
+
 The numbers come from ``events.limits``; the codes are those of
 ``events.errors.CODES``. A refusal is data (``Refusal``), not an exception,
 so a batch can refuse one command and append the rest.
@@ -102,8 +106,8 @@ class LedgerView(Protocol):
         ...
 
     @property
-    def facts(self) -> Mapping[bytes, str]:
-        """Fact id bytes → the tenant that stored it."""
+    def facts(self) -> Mapping[bytes, tuple[str, str]]:
+        """Fact id bytes → (the tenant that stored it, the agent that stored it)."""
         ...
 
     @property
@@ -179,6 +183,13 @@ def _check_target(view: LedgerView, command: Command, tenant: str) -> Refusal | 
     if isinstance(command, DeprecateFact):
         if command.fact_id.bytes in view.deprecated:
             return Refusal("already_deprecated", f"fact {command.fact_id} is already deprecated")
+        _tenant, author = view.facts[command.fact_id.bytes]
+        if author != command.agent_id and not command.reason.strip():
+            return Refusal(
+                "reason_required",
+                f"fact {command.fact_id} is {author!r}'s: another agent may deprecate it only "
+                "with a reason (recorded with the deprecation)",
+            )
         if command.successor_id is not None:
             if command.successor_id == command.fact_id:
                 return Refusal("invalid_field", "a fact cannot succeed itself")
@@ -189,7 +200,8 @@ def _check_target(view: LedgerView, command: Command, tenant: str) -> Refusal | 
 def _check_fact(view: LedgerView, fact_id: uuid.UUID, tenant: str) -> Refusal | None:
     # Another tenant's fact is reported exactly like a missing one: its
     # existence is not this tenant's business.
-    if view.facts.get(fact_id.bytes) != tenant:
+    owner = view.facts.get(fact_id.bytes)
+    if owner is None or owner[0] != tenant:
         return Refusal("unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True)
     return None
 

@@ -39,8 +39,10 @@ class LedgerState:
     head: bytes = GENESIS
     ids: dict[bytes, int] = field(default_factory=dict)
     agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
-    #: fact id → tenant; plain strings, so the garbage collector has nothing to track.
-    facts: dict[bytes, str] = field(default_factory=dict)
+    #: fact id → (tenant, author); one shared tuple per pair (``_owners``), so a million
+    #: facts cost a pointer each, as a plain string did.
+    facts: dict[bytes, tuple[str, str]] = field(default_factory=dict)
+    _owners: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
     deprecated: set[bytes] = field(default_factory=set)
     #: Leaves are the event hashes, in seq order: leaf i is seq i + 1.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
@@ -83,7 +85,8 @@ class LedgerState:
                     undo.append(lambda: self.agents.pop(agent, None))
         elif isinstance(event, FactStored):
             fact = event.fact_id.bytes
-            self.facts[fact] = event.tenant
+            owner = (event.tenant, event.agent_id)
+            self.facts[fact] = self._owners.setdefault(owner, owner)
             if undo is not None:
                 undo.append(lambda: self.facts.pop(fact, None))
         elif isinstance(event, FactDeprecated):

@@ -209,3 +209,20 @@ async def test_json_nested_too_deeply_is_malformed_not_silence(bus: Bus, fact: u
     whole = await _raw(bus, "batch", batch)  # too deep even to split into entries
     assert whole["error"]["code"] == "malformed"
     assert await bus.last_seq() == before
+
+
+async def test_only_the_author_deprecates_without_a_reason(
+    client: Client, bus: Bus, fact: uuid.UUID
+) -> None:
+    """Another agent may deprecate alice's fact only by saying why; the ledger records who."""
+    await client.register_agent("bob")
+    before = await bus.last_seq()
+    with pytest.raises(InvalidCommand, match="'alice'") as bare:
+        await client.deprecate_fact("bob", fact)
+    assert bare.value.code == "reason_required"
+    assert await bus.last_seq() == before
+    receipt = await client.deprecate_fact("bob", fact, reason="superseded by the 2025 survey")
+    assert receipt.seq == before + 1
+    own = await client.store_fact("alice", "mine to withdraw")
+    assert own.fact_id is not None
+    await client.deprecate_fact("alice", own.fact_id)  # the author needs no reason
