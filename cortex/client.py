@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Self
 
@@ -27,13 +27,13 @@ import msgspec
 import uuid_utils.compat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cortex.commands_wire import BATCH_KIND
+from cortex.commands_wire import ATOMIC_KIND, BATCH_KIND
 from cortex.errors import CortexError, InvalidCommand, QueryFailed, Unavailable, rejection
 from cortex.nats import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, command_subject
 from events import signing
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
-from events.limits import MAX_REQUEST_BYTES
+from events.limits import MAX_ATOMIC, MAX_REQUEST_BYTES
 from events.note import raw_public
 from events.operations import QUERIES, GetStats, Query, Stats, op_name
 from events.rules import check_shape, check_tenant, utc
@@ -313,6 +313,88 @@ class Client:
         if err is not None:
             raise rejection(str(err.get("code")), str(err.get("message")))
         return Receipt(int(result["seq"]), str(result["hash"]), uuid.UUID(str(result["id"])))
+
+    async def submit_atomic(
+        self, commands: Sequence[Command], *, key: Ed25519PrivateKey | None = None
+    ) -> list[Receipt]:
+        """Append ``commands`` all together or none of them, in this order.
+
+        On a refusal the error of the first refused command is raised (the
+        others were ``aborted``); nothing was appended. A lost reply is
+        retried with the same ids, so it never appends twice.
+        """
+        if not 1 <= len(commands) <= MAX_ATOMIC:
+            raise InvalidCommand(
+                f"an atomic request holds 1 to {MAX_ATOMIC} commands", code="too_large"
+            )
+        signed: list[Command] = []
+        for command in commands:
+            refused = check_shape(command)
+            if refused is not None:
+                raise refused.error()
+            signed.append(self.sign(command, key))
+        payload = b"[" + b",".join(encode(c) for c in signed) + b"]"
+        if len(payload) > MAX_REQUEST_BYTES:
+            raise InvalidCommand(
+                f"the request is {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}",
+                code="too_large",
+            )
+        subject = command_subject(self.tenant, ATOMIC_KIND)
+        for attempt in range(self.retries + 1):
+            try:
+                raw = await self.bus.request(subject, payload, timeout=self.timeout)
+                break
+            except Unavailable:
+                if attempt == self.retries:
+                    raise
+        results = _results(raw, len(signed))
+        errors = [r["error"] for r in results if "error" in r]
+        real = [e for e in errors if e.get("code") != "aborted"] or errors
+        if real:
+            raise rejection(str(real[0].get("code")), str(real[0].get("message")))
+        return [Receipt(int(r["seq"]), str(r["hash"]), uuid.UUID(str(r["id"]))) for r in results]
+
+    async def edit_fact(
+        self,
+        agent_id: str,
+        fact_id: uuid.UUID,
+        content: str,
+        *,
+        reason: str = "",
+        type: str = "knowledge",
+        tags: Iterable[str] = (),
+        confidence: float = 1.0,
+        source: str = "",
+        meta: Mapping[str, Any] | None = None,
+        valid_from: dt.datetime | None = None,
+        valid_until: dt.datetime | None = None,
+        key: Ed25519PrivateKey | None = None,
+    ) -> Receipt:
+        """Replace a fact: its successor is stored and it is deprecated, in one atomic
+        append (never one without the other). The receipt is the successor's, with its
+        ``fact_id``."""
+        successor = StoreFact(
+            id=new_id(),
+            fact_id=new_id(),
+            agent_id=agent_id,
+            content=content,
+            type=type,
+            tags=tuple(tags),
+            confidence=confidence,
+            source=source,
+            meta=dict(meta or {}),
+            valid_from=utc(valid_from, what="valid_from"),
+            valid_until=utc(valid_until, what="valid_until"),
+        )
+        deprecation = DeprecateFact(
+            id=new_id(),
+            fact_id=fact_id,
+            agent_id=agent_id,
+            reason=reason,
+            successor_id=successor.fact_id,
+        )
+        stored, _deprecated = await self.submit_atomic([successor, deprecation], key=key)
+        return Receipt(stored.seq, stored.hash, stored.id, fact_id=successor.fact_id)
 
     # -- queries ----------------------------------------------------------
 

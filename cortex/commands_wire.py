@@ -15,10 +15,12 @@ from typing import Any, Final
 import msgspec
 
 from events.commands import COMMAND_TYPES, AnyCommand, Command
-from events.limits import MAX_BATCH
+from events.limits import MAX_ATOMIC, MAX_BATCH
 from events.rules import Refusal, check_shape, check_tenant
 
 BATCH_KIND: Final = "batch"
+#: Like a batch, but all of it is appended or none (an edit: a successor and a deprecation).
+ATOMIC_KIND: Final = "atomic"
 _raw_list: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _whole_batch: Final = msgspec.json.Decoder(list[AnyCommand])
 _decoders: Final = {kind: msgspec.json.Decoder(cls) for kind, cls in COMMAND_TYPES.items()}
@@ -34,6 +36,7 @@ _TOO_DEEP: Final = Refusal("malformed", "the JSON nests too deeply to be a comma
 class Request:
     tenant: str
     batch: bool
+    atomic: bool
     #: One entry per command: the decoded command, or why it was refused at the door.
     items: list[Command | Refusal]
 
@@ -90,24 +93,28 @@ def parse(subject: str, data: bytes) -> Request | Result:
     refused = check_tenant(tenant)
     if refused is not None:
         return error(refused.code, refused.message)
-    if kind != BATCH_KIND:
-        return Request(tenant, False, [_decode_one(kind, data)])
+    if kind not in (BATCH_KIND, ATOMIC_KIND):
+        return Request(tenant, False, False, [_decode_one(kind, data)])
+    atomic = kind == ATOMIC_KIND
+    most = MAX_ATOMIC if atomic else MAX_BATCH
     try:
         # The common case, every entry valid, in one pass; otherwise entry by entry.
         commands: list[AnyCommand] = _whole_batch.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         pass  # entry by entry, below, says which one and why
     else:
-        if len(commands) <= MAX_BATCH:
-            return Request(tenant, True, [check_shape(c) or c for c in commands])
+        if len(commands) <= most:
+            return Request(tenant, True, atomic, [check_shape(c) or c for c in commands])
     try:
         raws = _raw_list.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         return error("malformed", f"a batch is a JSON array of commands: {e}")
     except RecursionError:
         return error(_TOO_DEEP.code, _TOO_DEEP.message)
-    if len(raws) > MAX_BATCH:
-        return error("too_large", f"a batch holds at most {MAX_BATCH} commands, not {len(raws)}")
+    if len(raws) > most:
+        return error(
+            "too_large", f"a {kind} request holds at most {most} commands, not {len(raws)}"
+        )
     items: list[Command | Refusal] = []
     for raw in raws:
         kind_or_refusal = _kind_of_raw(raw)
@@ -115,7 +122,7 @@ def parse(subject: str, data: bytes) -> Request | Result:
             items.append(kind_or_refusal)
         else:
             items.append(_decode_one(kind_or_refusal, raw))
-    return Request(tenant, True, items)
+    return Request(tenant, True, atomic, items)
 
 
 def encode_reply(results: list[Result] | Result) -> bytes:

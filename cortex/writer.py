@@ -90,7 +90,9 @@ class LedgerWriter:
             key=key,
             checkpoint_every=checkpoint_every,
         )
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        #: A command, an atomic group of them (never split across batches), or None: stop.
+        self._queue: asyncio.Queue[_Pending | list[_Pending] | None] = asyncio.Queue()
+        self._groups = 0
         self._sub: Serving | None = None
         self._admin: Serving | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -155,17 +157,42 @@ class LedgerWriter:
             await self._respond(msg, parsed)
             return
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Result]] = []
-        for item in parsed.items:
-            future: asyncio.Future[Result] = loop.create_future()
-            if isinstance(item, Refusal):
-                future.set_result(error(item.code, item.message))
-            else:
-                self._queue.put_nowait(Item(item, parsed.tenant, future))
-            futures.append(future)
+        futures: list[asyncio.Future[Result]] = [loop.create_future() for _ in parsed.items]
+        if parsed.atomic:
+            self._enqueue_group(parsed, futures)
+        else:
+            for item, future in zip(parsed.items, futures, strict=True):
+                if isinstance(item, Refusal):
+                    future.set_result(error(item.code, item.message))
+                else:
+                    self._queue.put_nowait(Item(item, parsed.tenant, future))
         task = asyncio.create_task(self._answer(msg, futures, batch=parsed.batch))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+
+    def _enqueue_group(self, parsed: Request, futures: list[asyncio.Future[Result]]) -> None:
+        """An atomic request: one queue entry, or refused whole at the door."""
+        refused = [(n, i) for n, i in enumerate(parsed.items, 1) if isinstance(i, Refusal)]
+        if refused:
+            n, first = refused[0]
+            aborted = error(
+                "aborted",
+                f"nothing of this atomic request was appended: its command {n} was refused "
+                f"({first.code})",
+            )
+            for item, future in zip(parsed.items, futures, strict=True):
+                future.set_result(
+                    error(item.code, item.message) if isinstance(item, Refusal) else aborted
+                )
+            return
+        self._groups += 1
+        self._queue.put_nowait(
+            [
+                Item(command, parsed.tenant, future, group=self._groups)
+                for command, future in zip(parsed.items, futures, strict=True)
+                if isinstance(command, Command)
+            ]
+        )
 
     async def _on_checkpoint(self, msg: Inbound) -> None:
         if self.key is None:
@@ -198,17 +225,23 @@ class LedgerWriter:
             self.max_batch if self.key is None else min(self.max_batch, JETSTREAM_BATCH_LIMIT - 1)
         )
         stopping = False
+        carry: _Pending | list[_Pending] | None = None
         while not stopping:
-            first = await self._queue.get()
+            first = carry if carry is not None else await self._queue.get()
+            carry = None
             if first is None:
                 break
-            items = [first]
+            items = list(first) if isinstance(first, list) else [first]
             while len(items) < limit and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
+                entry = self._queue.get_nowait()
+                if entry is None:
                     stopping = True
                     break
-                items.append(item)
+                group = entry if isinstance(entry, list) else [entry]
+                if len(items) + len(group) > limit:
+                    carry = entry  # a group is never split: it opens the next batch
+                    break
+                items.extend(group)
             try:
                 await self._commit(items)
             except Exception as e:  # answer every caller, whatever went wrong

@@ -144,6 +144,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "already_deprecated": (StateConflict, "the fact is already deprecated"),
     "reason_required": (InvalidCommand, "only a fact's author may deprecate it without a reason"),
     "id_reused": (StateConflict, "the event id was used for a different command"),
+    "aborted": (StateConflict, "another command of the same atomic request was refused"),
     "no_key": (StateConflict, "the writer has no key to sign checkpoints with"),
     "no_checkpoint": (StateConflict, "the ledger is empty: nothing to checkpoint"),
     "data_locked": (StateConflict, "another process holds the data folder"),

@@ -27,6 +27,8 @@ MAX_META_BYTES: Final = 8 * 1024
 VOTE_VALUES: Final = frozenset({-1, 0, 1})
 MAX_BATCH: Final = 1000
 """Most commands in one batch request (and JetStream's atomic batch limit)."""
+MAX_ATOMIC: Final = 100
+"""Most commands in one atomic request (all appended in one JetStream batch, or none)."""
 MAX_REQUEST_BYTES: Final = 768 * 1024
 """Largest request a client sends: well under NATS's default 1 MiB max payload."""
 MAX_QUERY_LIMIT: Final = 1000

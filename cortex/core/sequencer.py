@@ -51,6 +51,9 @@ class Item(Generic[P]):
     command: Command | CheckpointRequest
     tenant: str
     payload: P
+    #: Consecutive items with the same non-zero group are appended all together or not at
+    #: all (an atomic request: an edit is a deprecation and its successor, never half).
+    group: int = 0
 
 
 @dataclass(slots=True)
@@ -131,32 +134,27 @@ class Sequencer:
         LedgerState.rollback(staged.undo)
 
     def _stage(self, items: list[Item[P]], undo: Undo, base: int, synced: bool, now: int) -> Staged:
-        state = self.state
         outgoing: list[Outgoing] = []
         results: list[Result | int] = []
         behind = False
         asked: list[int] = []  # where checkpoint requests sit in ``results``
-        for item in items:
-            command = item.command
-            if isinstance(command, CheckpointRequest):
+        index = 0
+        while index < len(items):
+            item = items[index]
+            if isinstance(item.command, CheckpointRequest):
                 asked.append(len(results))
                 results.append(error("internal", "no checkpoint"))
+                index += 1
                 continue
-            seen = state.seq_of(command.id)
-            if seen is not None:
-                results.append(seen)
-                continue
-            refusal = state.check(command, item.tenant)
-            if refusal is not None:
-                behind = behind or (refusal.stateful and not synced)
-                results.append(error(refusal.code, refusal.message))
-                continue
-            try:
-                event = to_event(command, tenant=item.tenant, ts=now)
-            except (ValueError, OverflowError) as e:  # one bad command, not the whole batch
-                results.append(error("invalid_field", f"cannot record this command: {e}"))
-                continue
-            results.append(self._link(event, outgoing, undo))
+            end = index + 1
+            if item.group:
+                while end < len(items) and items[end].group == item.group:
+                    end += 1
+            stale = self._stage_run(
+                items[index:end], undo, outgoing, results, synced=synced, now=now
+            )
+            behind = behind or stale
+            index = end
         if not behind:
             checkpoint = self._stage_own(outgoing, undo, now, forced=bool(asked))
             for index in asked:
@@ -170,6 +168,63 @@ class Sequencer:
                         item.command, item.tenant, result, stored.body, stored.hash
                     )
         return Staged(base, outgoing, results, behind, undo)
+
+    def _stage_run(
+        self,
+        run: list[Item[P]],
+        undo: Undo,
+        outgoing: list[Outgoing],
+        results: list[Result | int],
+        *,
+        synced: bool,
+        now: int,
+    ) -> bool:
+        """Judge and link one command, or one atomic group all-or-nothing; True when a
+        refusal may only reflect a stale view of the ledger."""
+        state = self.state
+        undo_mark, out_mark, first, group_base = len(undo), len(outgoing), len(results), state.seq
+        if len(run) > 1:
+            undo.append(state.tree.snapshot())  # the group's own way back
+        stale = False
+        for item in run:
+            command = item.command
+            assert isinstance(command, Command)  # checkpoint requests never join a run
+            seen = state.seq_of(command.id)
+            if seen is not None:
+                results.append(seen)
+                continue
+            refusal = state.check(command, item.tenant)
+            if refusal is not None:
+                stale = stale or (refusal.stateful and not synced)
+                results.append(error(refusal.code, refusal.message))
+                continue
+            try:
+                event = to_event(command, tenant=item.tenant, ts=now)
+            except (ValueError, OverflowError) as e:  # one bad command, not the whole batch
+                results.append(error("invalid_field", f"cannot record this command: {e}"))
+                continue
+            results.append(self._link(event, outgoing, undo))
+        refused = [
+            (n, r["error"]["code"])
+            for n, r in enumerate(results[first:], 1)
+            if isinstance(r, dict) and "error" in r
+        ]
+        if len(run) > 1 and refused:
+            while len(undo) > undo_mark:
+                undo.pop()()
+            del outgoing[out_mark:]
+            n, code = refused[0]
+            aborted = error(
+                "aborted",
+                f"nothing of this atomic request was appended: its command {n} was refused ({code})",
+            )
+            for i in range(first, len(results)):
+                result = results[i]
+                if (isinstance(result, int) and result > group_base) or (
+                    isinstance(result, dict) and "error" not in result
+                ):
+                    results[i] = aborted
+        return stale
 
     def _link(self, event: Event, outgoing: list[Outgoing], undo: Undo) -> Result:
         """Chain ``event`` after the head, queue it and fold it into the state."""

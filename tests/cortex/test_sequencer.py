@@ -9,7 +9,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cortex.core.keys import WriterKey
 from cortex.core.sequencer import CHECKPOINT, Item, Sequencer
 from events.chain import GENESIS, link
-from events.commands import RegisterAgent, StoreFact
+from events.commands import DeprecateFact, RegisterAgent, StoreFact
+from events.merkle import MerkleAccumulator, leaf_hash
 from events.model import SYSTEM_TENANT
 
 NOW = 1_700_000_000_000_000_000
@@ -93,3 +94,66 @@ def test_without_a_key_a_checkpoint_request_is_no_key() -> None:
     staged = Sequencer().stage([Item(CHECKPOINT, SYSTEM_TENANT, None)], synced=False, now=NOW)
     answer = staged.results[0]
     assert isinstance(answer, dict) and answer["error"]["code"] == "no_key"
+
+
+def test_an_atomic_group_is_appended_whole_or_not_at_all() -> None:
+    """One refused member aborts the group; the rest of the batch still lands, and the chain
+    and the Merkle tree carry on exactly as if the group had never been staged."""
+    seq = Sequencer()
+    ann = seq.stage([_register("ann")], synced=True, now=NOW).outgoing[0]
+    fact = uuid.uuid4()
+    store = StoreFact(id=uuid.uuid4(), fact_id=fact, agent_id="ann", content="x")
+    twice = StoreFact(id=uuid.uuid4(), fact_id=fact, agent_id="ann", content="y")  # fact_exists
+    staged = seq.stage(
+        [
+            Item(store, "acme", "a", group=1),
+            Item(twice, "acme", "b", group=1),
+            _register("bob"),
+        ],
+        synced=True,
+        now=NOW,
+    )
+    aborted, refused, bob = staged.results
+    assert isinstance(aborted, dict) and aborted["error"]["code"] == "aborted"
+    assert "command 2" in aborted["error"]["message"]
+    assert isinstance(refused, dict) and refused["error"]["code"] == "fact_exists"
+    assert isinstance(bob, dict) and bob["seq"] == 2
+    assert [o.subject.rsplit(".", 1)[1] for o in staged.outgoing] == ["agent_registered"]
+    assert fact.bytes not in seq.state.facts
+    # The chain and the tree hold exactly the two appended events.
+    assert staged.outgoing[0].prev_hash == ann.hash == link(GENESIS, ann.body)
+    expected = MerkleAccumulator()
+    for appended in (ann, staged.outgoing[0]):
+        expected.append(leaf_hash(appended.hash))
+    assert (seq.state.seq, seq.state.tree.root()) == (2, expected.root())
+
+
+def test_an_atomic_group_that_holds_is_appended_together() -> None:
+    seq = Sequencer()
+    seq.stage([_register("ann")], synced=True, now=NOW)
+    old, new = uuid.uuid4(), uuid.uuid4()
+    seq.stage(
+        [Item(StoreFact(id=uuid.uuid4(), fact_id=old, agent_id="ann", content="v1"), "acme", "")],
+        synced=True,
+        now=NOW,
+    )
+    staged = seq.stage(
+        [
+            Item(
+                StoreFact(id=uuid.uuid4(), fact_id=new, agent_id="ann", content="v2"),
+                "acme",
+                "",
+                group=7,
+            ),
+            Item(
+                DeprecateFact(id=uuid.uuid4(), fact_id=old, agent_id="ann", successor_id=new),
+                "acme",
+                "",
+                group=7,
+            ),
+        ],
+        synced=True,
+        now=NOW,
+    )
+    assert [r["seq"] for r in staged.results if isinstance(r, dict)] == [3, 4]
+    assert old.bytes in seq.state.deprecated

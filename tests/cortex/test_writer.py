@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +14,8 @@ from cortex.audit import audit_ledger
 from cortex.client import Client, Receipt, new_id
 from cortex.core.ledger_state import LedgerState, Undo
 from cortex.errors import InvalidCommand, StateConflict
-from cortex.nats import Bus, EmbeddedServer
+from cortex.nats import Bus, EmbeddedServer, command_subject
+from cortex.testing import running_writer
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
 from events.codec import decode_event
@@ -227,3 +229,76 @@ def test_a_refused_batch_leaves_the_state_and_its_merkle_tree_as_they_were() -> 
     assert state.tree.size == 3
     LedgerState.rollback(undo)
     assert (state.seq, state.head, state.tree.root(), dict(state.agents), dict(state.ids)) == before
+
+
+async def test_an_edit_stores_the_successor_and_deprecates_in_one_append(
+    client: Client, bus: Bus
+) -> None:
+    await client.register_agent("a")
+    old = await client.store_fact("a", "Pluto is a planet")
+    assert old.fact_id is not None
+    new = await client.edit_fact("a", old.fact_id, "Pluto is a dwarf planet", reason="IAU 2006")
+    assert new.fact_id is not None
+    stored, deprecated = [decode_event(s.body) async for s in bus.read(new.seq, new.seq + 1)]
+    assert getattr(stored, "content", "") == "Pluto is a dwarf planet"
+    assert getattr(deprecated, "successor_id", None) == new.fact_id
+    assert getattr(deprecated, "fact_id", None) == old.fact_id
+    # Editing it again is refused whole: no orphan successor is stored.
+    before = await bus.last_seq()
+    with pytest.raises(StateConflict) as again:
+        await client.edit_fact("a", old.fact_id, "Pluto is a planet again")
+    assert again.value.code == "already_deprecated"
+    assert await bus.last_seq() == before
+
+
+async def test_atomic_groups_are_never_split_under_load_and_retries_append_nothing(
+    server: EmbeddedServer, bus: Bus
+) -> None:
+    """Edits mixed with ordinary writes through a writer of 3-event batches: each edit's
+    two events still sit side by side, and resending an atomic request returns the first
+    receipts and appends nothing."""
+    async with (
+        running_writer(server.url, max_batch=3),
+        await Client.connect(server.url, tenant="acme") as client,
+    ):
+        await client.register_agent("a")
+        facts = [await client.store_fact("a", f"fact {i}") for i in range(20)]
+        edits = [
+            client.edit_fact("a", f.fact_id, f"fact {i}, revised")
+            for i, f in enumerate(facts)
+            if f.fact_id
+        ]
+        noise = [client.vote("a", f.fact_id, 1) for f in facts if f.fact_id]
+        results = await asyncio.gather(*edits, *noise)
+        ledger = {s.seq: decode_event(s.body) async for s in bus.read(1)}
+        for receipt in results[: len(edits)]:
+            follower = ledger[receipt.seq + 1]
+            assert getattr(follower, "successor_id", None) == receipt.fact_id
+        commands = [
+            {"kind": "register_agent", "id": str(new_id()), "agent_id": "b"},
+            {"kind": "register_agent", "id": str(new_id()), "agent_id": "c"},
+        ]
+        payload = json.dumps(commands).encode()
+        first = json.loads(await bus.request(command_subject("acme", "atomic"), payload))
+        before = await bus.last_seq()
+        second = json.loads(await bus.request(command_subject("acme", "atomic"), payload))
+    assert first == second and [r["seq"] for r in first] == [before - 1, before]
+    assert await bus.last_seq() == before
+
+
+async def test_an_atomic_request_larger_than_a_batch_still_lands_whole_or_not_at_all(
+    server: EmbeddedServer, bus: Bus
+) -> None:
+    """A writer of 1-event batches must not split a group: the refused second command takes
+    the first one down with it."""
+    async with running_writer(server.url, max_batch=1):
+        before = await bus.last_seq()
+        commands = [
+            {"kind": "register_agent", "id": str(new_id()), "agent_id": "b"},
+            {"kind": "register_agent", "id": str(new_id()), "agent_id": "b"},
+        ]
+        replies = json.loads(
+            await bus.request(command_subject("acme", "atomic"), json.dumps(commands).encode())
+        )
+        assert [r["error"]["code"] for r in replies] == ["aborted", "agent_exists"]
+        assert await bus.last_seq() == before
