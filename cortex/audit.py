@@ -4,15 +4,16 @@ Reads every stored event in order and hands it to ``events.verify.
 LedgerVerifier`` (hashes, links, gaps, duplicate ids, checkpoint roots and
 signatures, agent signatures). Then, for each projection database given,
 replays the ledger into a scratch database up to that database's position
-and compares the two table by table, naming the first differing row of each
-table (``projection_mismatch``). The audited databases are opened read-only.
+and compares the two (``projections.integrity.compare``: the schema, every
+table, the full-text index), naming the first differing row of each table
+(``projection_mismatch``). The audited databases are opened read-only.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from cortex.nats import Bus, StoredEvent
 from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier
+from projections.integrity import compare
 from projections.replay import Progress, replay
-from projections.schema import DIGEST_TABLES, SCHEMA_VERSION
+from projections.schema import SCHEMA_VERSION
 
-_ROWS = 2000
 _CHUNK = 1000  # events verified at a time, between progress reports
 
 
@@ -190,54 +191,12 @@ async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> Projecti
                     return mismatch("replay", f"cannot replay a broken ledger to compare: {e}")
                 except (CortexError, aiosqlite.Error) as e:
                     return mismatch("replay", f"the ledger does not replay: {e}")
-                await _compare(fresh, have, check, mismatch)
+                async with aiosqlite.connect(_read_only(fresh), uri=True) as want:
+                    found = await compare(want, have)
+                check.rows = found.rows
+                check.ok = found.ok
+                for difference in found.differences:
+                    mismatch(difference.where, difference.detail)
     except aiosqlite.Error as e:
         return mismatch("database", f"cannot read it as a CORTEX read model: {e}")
     return check
-
-
-async def _compare(
-    fresh: Path,
-    have: aiosqlite.Connection,
-    check: ProjectionCheck,
-    mismatch: Callable[[str, str], ProjectionCheck],
-) -> None:
-    """Walk both databases' canonical rows side by side; one report per differing table."""
-    clean = True
-    async with aiosqlite.connect(_read_only(fresh), uri=True) as want:
-        for table, sql in DIGEST_TABLES:
-            async with want.execute(sql) as expected, have.execute(sql) as found:
-                row = 0
-                while True:
-                    a = list(await expected.fetchmany(_ROWS))
-                    b = list(await found.fetchmany(_ROWS))
-                    diff = next(
-                        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None
-                    )
-                    if diff is not None:
-                        mismatch(
-                            f"table {table}, row {row + diff + 1}",
-                            f"a fresh replay has {_show(a[diff])}, the database has "
-                            f"{_show(b[diff])}",
-                        )
-                        clean = False
-                        break
-                    if len(a) != len(b):
-                        extra = a[len(b)] if len(a) > len(b) else b[len(a)]
-                        side = "is missing" if len(a) > len(b) else "has an extra"
-                        mismatch(
-                            f"table {table}, row {row + min(len(a), len(b)) + 1}",
-                            f"the database {side} row {_show(extra)}",
-                        )
-                        clean = False
-                        break
-                    row += len(a)
-                    check.rows += len(a)
-                    if not a:
-                        break
-    check.ok = clean
-
-
-def _show(row: Any) -> str:
-    text = repr(tuple(v.hex() if isinstance(v, bytes) else v for v in row))
-    return text if len(text) <= 200 else text[:199] + "…"
