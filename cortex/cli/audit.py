@@ -10,9 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
+from cortex.cli.ledger import add_data_option, open_ledger
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_json, progress_bar
 from cortex.errors import CortexError
-from cortex.nats import DEFAULT_URL, Bus
 from events.note import NoteError, parse_verifier_key
 
 SHOWN = 50
@@ -81,12 +81,9 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             pinned = [parse_verifier_key(k)[1].hex() for k in args.writer_key]
         except NoteError as e:
             raise CortexError(str(e), code="invalid_field") from e
-    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-audit")
-    try:
+    async with open_ledger(args, name="cortex-audit", dbs=dbs) as bus:
         with progress_bar("auditing", enabled=not args.json) as update:
             report = await audit_ledger(bus, dbs=dbs, writer_keys=pinned, progress=update)
-    finally:
-        await bus.close()
     return print_audit(report, args.json)
 
 
@@ -110,4 +107,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="trust only checkpoints signed by this writer key (as `cortex checkpoint` "
         "prints it; repeatable)",
     )
+    add_data_option(p)
     p.set_defaults(func=cmd_audit)

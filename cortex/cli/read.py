@@ -15,6 +15,7 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
+from cortex.cli.ledger import add_data_option, open_ledger
 from cortex.cli.output import (
     EXIT_OK,
     out,
@@ -27,12 +28,10 @@ from cortex.cli.output import (
 from cortex.cli.parse import positive
 from cortex.client import Client
 from cortex.errors import CortexError
-from cortex.nats import DEFAULT_URL, Bus
+from cortex.nats import DEFAULT_URL
 from events.codec import decode_event
 from events.model import kind_of
-from projections.digest import digest
-from projections.pool import ConnectionPool
-from projections.projector import Projector
+from projections.digest import file_digest
 from projections.replay import replay
 
 
@@ -156,12 +155,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace) -> int:
-    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-replay")
-    try:
+    db = Path(args.db)
+    async with open_ledger(args, name="cortex-replay", dbs=[db], writes=db) as bus:
         with progress_bar("replaying", enabled=not args.json) as update:
-            result = (await replay(bus, Path(args.db), until=args.until, progress=update)).to_dict()
-    finally:
-        await bus.close()
+            result = (await replay(bus, db, until=args.until, progress=update)).to_dict()
     if args.json:
         print_json(result)
     else:
@@ -181,10 +178,8 @@ async def cmd_digest(args: argparse.Namespace) -> int:
         path = Path(args.db)
         if not path.is_file():  # noqa: ASYNC240 - one stat of a local file
             raise CortexError(f"no database at {path}", code="not_found")
-        async with ConnectionPool(path, readers=1) as pool:
-            projector = Projector(pool)
-            await projector.open()
-            result = {"db": str(path), "seq": projector.seq, "digest": await digest(pool)}
+        seq, value = await file_digest(path)
+        result = {"db": str(path), "seq": seq, "digest": value}
     else:
         async with await _client(args) as c:
             result = await c.query("digest", min_seq=args.min_seq)
@@ -198,8 +193,7 @@ async def cmd_digest(args: argparse.Namespace) -> int:
 async def cmd_log(args: argparse.Namespace) -> int:
     if args.start < 1 or (args.limit is not None and args.limit < 1):
         raise CortexError("--from and --limit count from 1", code="invalid_field")
-    bus = await Bus.connect(args.nats or DEFAULT_URL, name="cortex-log")
-    try:
+    async with open_ledger(args, name="cortex-log") as bus:
         last = await bus.last_seq()
         end = last if args.limit is None else min(last, args.start + args.limit - 1)
         rows: list[dict[str, Any]] = []
@@ -225,8 +219,6 @@ async def cmd_log(args: argparse.Namespace) -> int:
                 if args.json:
                     row["event"] = msgspec.to_builtins(event)
             rows.append(row)
-    finally:
-        await bus.close()
     if args.json:
         for row in rows:
             print_json(row)
@@ -240,6 +232,7 @@ def register_log(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("log", parents=[common], help="list the ledger's events")
     p.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
     p.add_argument("--limit", type=int, help="at most this many events")
+    add_data_option(p)
     p.set_defaults(func=cmd_log)
 
 
@@ -289,6 +282,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="database to (re)build (default ./cortex-replay.db)",
     )
     p.add_argument("--until", type=int, help="stop at this seq: the state as of then")
+    add_data_option(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(
