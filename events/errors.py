@@ -167,6 +167,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "pool_closed": (PoolClosed, "the read model is closed"),
     "unavailable": (Unavailable, "no server, writer or node answered in time"),
     "server_error": (ServerError, "the embedded nats-server could not start"),
+    "usage": (CortexError, "the command line is not one `cortex` understands (see --help)"),
     "internal": (CortexError, "a bug: the reply says what failed"),
 }
 

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import inspect
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import structlog
 from rich.markup import escape
 
 from cortex.cli import audit, proof, read, write
-from cortex.cli.output import EXIT_FAILED, err, print_json
+from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, print_json
 from cortex.errors import CortexError
 from cortex.nats import DEFAULT_URL
 
@@ -34,8 +36,31 @@ def _configure_logging(verbose: bool) -> None:
     )
 
 
+class UsageError(CortexError):
+    """The command line is not one ``cortex`` understands."""
+
+    code = "usage"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is CORTEX's one error line and exit 1 (not argparse's 2).
+
+    Sub-command parsers are made of the same class, so this holds for every command.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("cortex-ledger")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--nats",
         default=os.environ.get("CORTEX_NATS_URL"),
@@ -50,10 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cortex", description="CORTEX: shared, tamper-evident memory for AI agents."
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"cortex {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # In the order `cortex --help` lists them.
     write.register(sub, common)
     read.register_log(sub, common)
@@ -64,7 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        if "--json" in argv:
+            print_json({"error": {"code": e.code, "message": e.message}})
+        err.print(f"[red]error[/] {escape(f'[{e.code}]')}: {escape(e.message)}")
+        return EXIT_FAILED
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
     _configure_logging(args.verbose or args.func is write.cmd_up)
     try:
         result = args.func(args)

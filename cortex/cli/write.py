@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -31,9 +32,10 @@ from events.proof import check_proof
 
 
 def _receipt_dict(r: Receipt) -> dict[str, Any]:
-    d: dict[str, Any] = {"seq": r.seq, "hash": r.hash, "id": str(r.id)}
-    if r.fact_id is not None:
-        d["fact_id"] = str(r.fact_id)
+    """A write's JSON: the fact id first when it made one, then the receipt, whose event
+    id is named ``event_id`` so it is never taken for the fact's."""
+    d: dict[str, Any] = {} if r.fact_id is None else {"fact_id": str(r.fact_id)}
+    d.update(seq=r.seq, hash=r.hash, event_id=str(r.id))
     return d
 
 
@@ -44,11 +46,13 @@ async def _with_client(
         receipt = await work(client)
     if args.json:
         print_json(_receipt_dict(receipt))
-    else:
-        extra = f"  fact {receipt.fact_id}" if receipt.fact_id else ""
-        out.print(
-            f"appended at seq {receipt.seq}  hash {receipt.hash[:16]}…  id {receipt.id}{extra}"
-        )
+        return EXIT_OK
+    if receipt.fact_id is not None:
+        out.print(f"fact {receipt.fact_id}")
+    out.print(
+        f"receipt: seq {receipt.seq}, hash {receipt.hash[:16]}…, event {receipt.id}",
+        style="dim" if receipt.fact_id is not None else None,
+    )
     return EXIT_OK
 
 
@@ -261,13 +265,28 @@ _SIGN_HELP: Final = "sign with the agent's key file (required once it has a regi
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the write-side commands to the ``cortex`` parser."""
+    _register_run(sub)
+    _register_writes(sub, common)
+
+
+def _register_run(sub: Any) -> None:
+    """demo and up: they take only the common options that do something there."""
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
     p = sub.add_parser(
-        "demo", parents=[common], help="run a short story on a throwaway server and audit it"
+        "demo", parents=[verbose], help="run a short story on a throwaway server and audit it"
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
-        "up", parents=[common], help="start the embedded server (or use --nats) and the writer"
+        "up", parents=[verbose], help="start the embedded server (or use --nats) and the writer"
+    )
+    p.add_argument(
+        "--nats",
+        default=os.environ.get("CORTEX_NATS_URL"),
+        metavar="URL",
+        help="use this NATS server or cluster instead of starting one (env CORTEX_NATS_URL)",
     )
     p.add_argument(
         "--data", default=".cortex", help="data folder of the embedded server (default ./.cortex)"
@@ -305,6 +324,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="refuse commands from agents that have no registered key",
     )
     p.set_defaults(func=cmd_up)
+
+
+def _register_writes(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("keygen", help="create an agent's signing key file and print its public key")
     p.add_argument("file", help="where to write the private key (0600; never overwritten)")

@@ -256,7 +256,7 @@ async def test_cli_keygen_agent_add_and_a_signed_vote(
     assert verify_event(event, public)
     gone = await run_cli("fact", "deprecate", fact, "--agent", "ada", "--key", str(key_file), *url)
     assert gone.code == 0, gone.err
-    assert "appended at seq" in gone.out
+    assert "receipt: seq" in gone.out
 
 
 async def test_cli_refusals_are_one_line_and_append_nothing(
@@ -293,6 +293,4 @@ async def test_cli_refusals_are_one_line_and_append_nothing(
 
 
 def test_cli_agent_add_takes_a_key_file_or_a_public_key_not_both() -> None:
-    with pytest.raises(SystemExit) as info:
-        cli.main(["agent", "add", "ada", "--key", "k", "--public-key", "0" * 64])
-    assert info.value.code == 2
+    assert cli.main(["agent", "add", "ada", "--key", "k", "--public-key", "0" * 64]) == 1
