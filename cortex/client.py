@@ -491,8 +491,32 @@ class Client:
         return result
 
     async def facts(self, *, min_seq: int | None = None, **filters: Any) -> list[dict[str, Any]]:
-        """Current facts, or filtered: include_deprecated, valid_at (ISO), as_of_seq, agent_id, type, limit."""
+        """Current facts, or filtered: include_deprecated, valid_at (ISO), as_of_seq, agent_id,
+        type, limit, cursor."""
         result: list[dict[str, Any]] = await self.query("facts", min_seq=min_seq, **filters)
+        return result
+
+    async def facts_page(self, *, min_seq: int | None = None, **filters: Any) -> dict[str, Any]:
+        """One page of ``facts`` (same filters): ``{"items": [...], "next_cursor": …}``; pass
+        ``cursor=next_cursor`` for the next page, until it is None."""
+        result: dict[str, Any] = await self.query("facts_page", min_seq=min_seq, **filters)
+        return result
+
+    async def search_page(
+        self,
+        text: str,
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+        min_seq: int | None = None,
+        as_of_seq: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of ``search``: ``{"items": [...], "next_cursor": …}``; pass
+        ``cursor=next_cursor`` for the next page, until it is None."""
+        params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+        result: dict[str, Any] = await self.query(
+            "search_page", text=text, limit=limit, min_seq=min_seq, **params, **_as_of(as_of_seq)
+        )
         return result
 
     async def agents(self, *, min_seq: int | None = None) -> list[dict[str, Any]]:

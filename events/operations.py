@@ -35,6 +35,10 @@ TreeSize = Annotated[int, msgspec.Meta(ge=1, le=MAX_SEQ)]
 #: Seconds to wait for min_seq; the node waits at most MAX_WAIT_S whatever is asked.
 Wait = Annotated[float, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME)]
+#: Where a page continues, as the page before it gave it (``next_cursor``): opaque to
+#: clients. A facts cursor is ``f<seq>`` (keyset: stable while facts are added), a
+#: search cursor ``s<offset>`` (a position in the ranking, which new facts can shift).
+Cursor = Annotated[str, msgspec.Meta(pattern=r"^[fs][0-9]{1,19}$")]
 
 
 class Query(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -84,6 +88,12 @@ class ListFacts(Query, frozen=True, kw_only=True):
     agent_id: Name | None = None
     type: Name | None = None
     limit: Limit = 100
+    #: Continue after the page that gave this ``next_cursor`` (``facts_page``).
+    cursor: Cursor | None = None
+
+
+class PageFacts(ListFacts, frozen=True, kw_only=True):
+    """Facts as ``facts`` lists them, one page at a time, with the cursor to the next."""
 
 
 class Search(Query, frozen=True, kw_only=True):
@@ -93,6 +103,12 @@ class Search(Query, frozen=True, kw_only=True):
     limit: Limit = 20
     include_deprecated: bool = False
     as_of_seq: Seq | None = None
+    #: Continue after the page that gave this ``next_cursor`` (``search_page``).
+    cursor: Cursor | None = None
+
+
+class PageSearch(Search, frozen=True, kw_only=True):
+    """Search hits as ``search`` ranks them, one page at a time, with the cursor to the next."""
 
 
 class ListAgents(Query, frozen=True, kw_only=True):
@@ -180,6 +196,20 @@ class Fact(msgspec.Struct, frozen=True, kw_only=True):
 class SearchHit(Fact, frozen=True, kw_only=True):
     rank: float
     snippet: str
+
+
+class FactPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of facts; ``next_cursor`` is None on the last one."""
+
+    items: list[Fact]
+    next_cursor: str | None
+
+
+class SearchPage(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of search hits; ``next_cursor`` is None on the last one."""
+
+    items: list[SearchHit]
+    next_cursor: str | None
 
 
 class HistoryEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -317,6 +347,8 @@ QUERIES: Final[dict[str, Operation]] = {
         Operation("history", GetHistory, FactHistory | None),
         Operation("facts", ListFacts, list[Fact]),
         Operation("search", Search, list[SearchHit]),
+        Operation("facts_page", PageFacts, FactPage),
+        Operation("search_page", PageSearch, SearchPage),
         Operation("agents", ListAgents, list[Agent]),
         Operation("status", GetStatus, NodeStatus),
         Operation("digest", GetDigest, Digest),

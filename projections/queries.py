@@ -24,8 +24,10 @@ from events.operations import (
     Fact,
     FactConsensus,
     FactHistory,
+    FactPage,
     HistoryEntry,
     SearchHit,
+    SearchPage,
     Stats,
 )
 from projections.consensus import reputation
@@ -187,7 +189,24 @@ async def get_fact(
     return None if row is None else _fact(tuple(row))
 
 
-async def list_facts(
+def _cursor(cursor: str | None, kind: str) -> int | None:
+    """The number in a page cursor of ``kind`` (``f``: facts, ``s``: search)."""
+    if cursor is None:
+        return None
+    if not (cursor[:1] == kind and cursor[1:].isdigit() and int(cursor[1:]) <= MAX_SEQ):
+        raise QueryFailed(
+            f"{cursor!r} is not a cursor this query gave (pass the next_cursor of its last page)",
+            code="invalid_query",
+        )
+    return int(cursor[1:])
+
+
+async def list_facts(pool: ConnectionPool, tenant: str, **filters: Any) -> list[Fact]:
+    """Facts, newest first (``facts_page`` without the cursor to the next page)."""
+    return (await facts_page(pool, tenant, **filters)).items
+
+
+async def facts_page(
     pool: ConnectionPool,
     tenant: str,
     *,
@@ -197,12 +216,18 @@ async def list_facts(
     agent_id: str | None = None,
     type: str | None = None,
     limit: int = 100,
-) -> list[Fact]:
+    cursor: str | None = None,
+) -> FactPage:
     """Facts, newest first: current ones, or as the ledger stood at ``as_of_seq``, or
-    those holding at world time ``valid_at`` — the two times combine."""
+    those holding at world time ``valid_at`` — the two times combine. A page of ``limit``
+    and, when more follow, the cursor after it (facts stored before its last one)."""
     columns, source, args = _source(as_of_seq)
     where: list[str] = ["f.tenant = ?"]
     args.append(tenant)
+    before = _cursor(cursor, "f")
+    if before is not None:
+        where.append("f.stored_seq < ?")
+        args.append(before)
     if not include_deprecated:
         where.append(
             "f.deprecated_seq IS NULL"
@@ -228,8 +253,12 @@ async def list_facts(
         f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
         " ORDER BY f.stored_seq DESC LIMIT ?"
     )
-    async with pool.reader() as conn, conn.execute(sql, (*args, _limit(limit))) as cur:
-        return [_fact(tuple(row)) for row in await cur.fetchall()]
+    limit = _limit(limit)
+    async with pool.reader() as conn, conn.execute(sql, (*args, limit + 1)) as cur:
+        facts = [_fact(tuple(row)) for row in await cur.fetchall()]
+    more = len(facts) > limit
+    del facts[limit:]
+    return FactPage(items=facts, next_cursor=f"f{facts[-1].stored_seq}" if more else None)
 
 
 def fts_query(text: str) -> str:
@@ -245,7 +274,12 @@ def fts_query(text: str) -> str:
     return " OR ".join(f'"{token}"' for token in tokens[:MAX_SEARCH_WORDS])
 
 
-async def search(
+async def search(pool: ConnectionPool, tenant: str, text: str, **options: Any) -> list[SearchHit]:
+    """Full-text search, best match first (``search_page`` without the next cursor)."""
+    return (await search_page(pool, tenant, text, **options)).items
+
+
+async def search_page(
     pool: ConnectionPool,
     tenant: str,
     text: str,
@@ -253,9 +287,12 @@ async def search(
     limit: int = 20,
     include_deprecated: bool = False,
     as_of_seq: int | None = None,
-) -> list[SearchHit]:
+    cursor: str | None = None,
+) -> SearchPage:
     """Full-text search, best match first (BM25), each hit with its rank and a snippet;
-    now, or among the facts as they stood at ``as_of_seq``."""
+    now, or among the facts as they stood at ``as_of_seq``. A page of ``limit`` and, when
+    more follow, the cursor after it (its place in the ranking)."""
+    offset = _cursor(cursor, "s") or 0
     args: list[object]
     if as_of_seq is None:
         columns = _FACT_COLUMNS
@@ -275,17 +312,19 @@ async def search(
         " snippet(facts_fts, 0, '[', ']', '…', 12)"
         f" FROM {source}"
         f" WHERE facts_fts MATCH ? AND f.tenant = ?{'' if include_deprecated else deprecated}"
-        " ORDER BY rank, f.stored_seq LIMIT ?"
+        " ORDER BY rank, f.stored_seq LIMIT ? OFFSET ?"
     )
+    limit = _limit(limit)
     async with (
         pool.reader() as conn,
-        conn.execute(sql, (*args, fts_query(text), tenant, _limit(limit))) as cur,
+        conn.execute(sql, (*args, fts_query(text), tenant, limit + 1, offset)) as cur,
     ):
-        rows = await cur.fetchall()
-    return [
+        rows = list(await cur.fetchall())
+    hits = [
         SearchHit(**msgspec.structs.asdict(_fact(tuple(row[:-2]))), rank=row[-2], snippet=row[-1])
-        for row in rows
+        for row in rows[:limit]
     ]
+    return SearchPage(items=hits, next_cursor=f"s{offset + limit}" if len(rows) > limit else None)
 
 
 async def consensus_of(

@@ -36,6 +36,8 @@ from events.operations import (
     ListAgents,
     ListFacts,
     NodeStatus,
+    PageFacts,
+    PageSearch,
     Query,
     Search,
     decode_query,
@@ -104,7 +106,7 @@ class ReadService:
             case GetHistory(fact_id=fact_id, as_of_seq=as_of):
                 return await queries.history(pool, tenant, fact_id, as_of_seq=as_of)
             case ListFacts():
-                return await queries.list_facts(
+                page = await queries.facts_page(
                     pool,
                     tenant,
                     include_deprecated=query.include_deprecated,
@@ -113,16 +115,20 @@ class ReadService:
                     agent_id=query.agent_id,
                     type=query.type,
                     limit=query.limit,
+                    cursor=query.cursor,
                 )
+                return page if isinstance(query, PageFacts) else page.items
             case Search():
-                return await queries.search(
+                hits = await queries.search_page(
                     pool,
                     tenant,
                     query.text,
                     limit=query.limit,
                     include_deprecated=query.include_deprecated,
                     as_of_seq=query.as_of_seq,
+                    cursor=query.cursor,
                 )
+                return hits if isinstance(query, PageSearch) else hits.items
             case ListAgents():
                 return await queries.agents(pool, tenant)
             case GetStatus():

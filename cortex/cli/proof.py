@@ -23,7 +23,7 @@ from events.proof import check_proof
 
 
 def _print(value: Any) -> None:
-    print_json(value, indent=2)
+    print_json(value)  # one compact JSON document, as every command prints (files: indented)
 
 
 async def cmd_checkpoint(args: argparse.Namespace) -> int:

@@ -39,8 +39,24 @@ async def _client(args: argparse.Namespace) -> Client:
     return await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant)
 
 
+def _print_page(page: dict[str, Any], args: argparse.Namespace, title: str, *, rank: bool) -> None:
+    """A page of facts or hits: one JSON object ``{"items", "next_cursor"}``, or the table
+    and, when more follow, the command that shows them."""
+    if args.json:
+        print_json(page)
+        return
+    print_facts(page["items"], title, rank=rank)
+    if page["next_cursor"]:
+        out.print(
+            f"{len(page['items'])} shown, more follow: add [bold]--cursor {page['next_cursor']}[/]"
+            " for the next page"
+        )
+
+
 async def cmd_facts(args: argparse.Namespace) -> int:
     filters: dict[str, Any] = {"limit": args.limit, "include_deprecated": args.all}
+    if args.cursor:
+        filters["cursor"] = args.cursor
     if args.valid_at:
         filters["valid_at"] = args.valid_at
     if args.as_of is not None:
@@ -48,23 +64,21 @@ async def cmd_facts(args: argparse.Namespace) -> int:
     if args.agent:
         filters["agent_id"] = args.agent
     async with await _client(args) as c:
-        rows = await c.facts(min_seq=args.min_seq, **filters)
-    if args.json:
-        print_json(rows)
-    else:
-        print_facts(rows, f"facts in {args.tenant}")
+        page = await c.facts_page(min_seq=args.min_seq, **filters)
+    _print_page(page, args, f"facts in {args.tenant}", rank=False)
     return EXIT_OK
 
 
 async def cmd_search(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
-        hits = await c.search(
-            args.text, limit=args.limit, min_seq=args.min_seq, as_of_seq=args.as_of
+        page = await c.search_page(
+            args.text,
+            limit=args.limit,
+            cursor=args.cursor,
+            min_seq=args.min_seq,
+            as_of_seq=args.as_of,
         )
-    if args.json:
-        print_json(hits)
-    else:
-        print_facts(hits, f"search {args.text!r} in {args.tenant}", rank=True)
+    _print_page(page, args, f"search {args.text!r} in {args.tenant}", rank=True)
     return EXIT_OK
 
 
@@ -109,7 +123,7 @@ async def cmd_agents(args: argparse.Namespace) -> int:
     async with await _client(args) as c:
         rows = await c.agents(min_seq=args.min_seq)
     if args.json:
-        print_json(rows)
+        print_json({"items": rows, "next_cursor": None})  # a list read, shaped as the others
         return EXIT_OK
     table = Table(title=f"agents in {args.tenant}")
     for column in ("agent", "reputation", "agrees", "disagrees", "registered at seq", "signs"):
@@ -253,12 +267,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--valid-at", help="only facts holding at this ISO 8601 world time")
     p.add_argument("--as-of", type=int, help="as the ledger stood at this seq")
     p.add_argument("--agent", help="only facts stored by this agent")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive, default=50, help="facts per page (default 50)")
+    p.add_argument("--cursor", help="the next page: the cursor the page before printed")
     p.set_defaults(func=cmd_facts)
 
     p = sub.add_parser("search", parents=node, help="full-text search, best match first")
     p.add_argument("text")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=positive, default=20, help="hits per page (default 20)")
+    p.add_argument("--cursor", help="the next page: the cursor the page before printed")
     p.add_argument("--as-of", type=int, help="among the facts as the ledger stood at this seq")
     p.set_defaults(func=cmd_search)
 

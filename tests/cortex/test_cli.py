@@ -153,14 +153,14 @@ async def test_reads_with_min_seq_see_the_write_before_them(
 
         facts = await cortex("facts", "--min-seq", seq, "--json", *url)
         assert facts.code == 0, facts.err
-        assert [f["fact_id"] for f in facts.json()] == [fact]
+        assert [f["fact_id"] for f in facts.json()["items"]] == [fact]
         hits = await cortex("search", "bends", "--min-seq", seq, "--json", *url)
-        assert [f["fact_id"] for f in hits.json()] == [fact]
+        assert [f["fact_id"] for f in hits.json()["items"]] == [fact]
         shown = await cortex("show", fact, "--min-seq", seq, *url)
         assert shown.code == 0, shown.err
         assert "Light bends" in shown.out
         agents = await cortex("agents", "--min-seq", seq, "--json", *url)
-        assert [a["agent_id"] for a in agents.json()] == ["ada"]
+        assert [a["agent_id"] for a in agents.json()["items"]] == ["ada"]
         status = await cortex("status", "--min-seq", seq, "--json", *url)
         assert status.json()["seq"] >= int(seq)
         digest = await cortex("digest", "--min-seq", seq, "--json", *url)
@@ -231,5 +231,5 @@ async def test_show_and_search_as_of_a_seq_show_the_ledger_as_it_stood(
         assert "deprecated at seq" not in shown_then.out
         assert "fact_deprecated" not in shown_then.out
         hits_then = await cortex("search", "pluto", "--as-of", then, "--json", *url)
-        assert [h["fact_id"] for h in hits_then.json()] == [fact]
-        assert (await cortex("search", "pluto", "--json", *url)).json() == []
+        assert [h["fact_id"] for h in hits_then.json()["items"]] == [fact]
+        assert (await cortex("search", "pluto", "--json", *url)).json()["items"] == []

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 from cortex.nats import EmbeddedServer
-from cortex.testing import run_cli
+from cortex.testing import run_cli, running_node
 from cortex.writer import LedgerWriter
 
 
@@ -59,3 +60,26 @@ async def test_fact_add_prints_the_fact_id_as_the_id_and_the_event_id_as_the_rec
     receipt = stored.json()
     assert set(receipt) == {"fact_id", "seq", "hash", "event_id"}
     assert receipt["fact_id"] != receipt["event_id"]
+
+
+async def test_facts_say_more_exist_and_the_cursor_pages_on(
+    server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
+) -> None:
+    url = ("--nats", server.url)
+    assert (await run_cli("agent", "add", "ada", *url)).code == 0
+    for n in range(3):
+        assert (await run_cli("fact", "add", f"water {n}", "--agent", "ada", *url)).code == 0
+    async with running_node(server.url, tmp_path / "node.db"):
+        human = await run_cli("facts", "--limit", "2", "--min-seq", "4", *url)
+        assert human.code == 0, human.err
+        assert "more follow: add --cursor " in human.out
+        first = (await run_cli("facts", "--limit", "2", "--json", *url)).json()
+        assert len(first["items"]) == 2
+        rest = await run_cli(
+            "facts", "--limit", "2", "--cursor", first["next_cursor"], "--json", *url
+        )
+        assert [f["content"] for f in rest.json()["items"]] == ["water 0"]
+        assert rest.json()["next_cursor"] is None
+        hits = (await run_cli("search", "water", "--limit", "1", "--json", *url)).json()
+        assert len(hits["items"]) == 1
+        assert hits["next_cursor"]
