@@ -177,7 +177,7 @@ async def _check_projection(bus: Bus, db: Path, report: AuditReport) -> Projecti
             if int(row[1]) != SCHEMA_VERSION:
                 return mismatch(
                     "position",
-                    f"schema {row[1]}, not {SCHEMA_VERSION}: rebuild it with `cortex replay`",
+                    f"schema {row[1]}, not {SCHEMA_VERSION}: rebuild it with `cortex replay --db {db}`",
                 )
             if check.seq > report.last_seq and check.seq > await bus.last_seq():
                 return mismatch(
