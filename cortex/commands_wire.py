@@ -16,6 +16,7 @@ import msgspec
 
 from events.commands import COMMAND_TYPES, AnyCommand, Command
 from events.limits import MAX_ATOMIC, MAX_BATCH
+from events.messages import explain
 from events.rules import Refusal, check_shape, check_tenant
 
 BATCH_KIND: Final = "batch"
@@ -60,10 +61,11 @@ def _decode_one(kind: str, data: bytes | msgspec.Raw) -> Command | Refusal:
     except msgspec.ValidationError as e:
         text = str(e)
         if " - at `" not in text and text.startswith("Expected `object`"):
-            return Refusal("malformed", f"a command is a JSON object: {text}")
+            return Refusal("malformed", "a command is a JSON object")
+        said = explain(e, bytes(data))
         if kind == "cast_vote" and text.endswith("`$.value`"):
-            return Refusal("invalid_vote", f"a vote is +1, -1 or 0: {text}")
-        return Refusal("invalid_field", text)
+            return Refusal("invalid_vote", f"a vote is +1, -1 or 0: {said}")
+        return Refusal("invalid_field", said)
     except msgspec.DecodeError as e:
         return Refusal("malformed", f"not valid JSON: {e}")
     except RecursionError:

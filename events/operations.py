@@ -28,6 +28,7 @@ import msgspec
 from events.commands import COMMAND_TYPES
 from events.errors import QueryFailed
 from events.limits import DEFAULT_WAIT_S, MAX_NAME, MAX_QUERY_LIMIT, MAX_SEQ
+from events.messages import explain
 
 Limit = Annotated[int, msgspec.Meta(ge=1, le=MAX_QUERY_LIMIT)]
 Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
@@ -375,7 +376,7 @@ def decode_query(op: str, data: bytes) -> Query:
     except msgspec.ValidationError as e:
         if str(e).startswith("Expected `object`") and " - at `" not in str(e):
             raise QueryFailed(f"a query is a JSON object: {e}", code="malformed") from e
-        raise QueryFailed(f"bad parameters for {op}: {e}") from e
+        raise QueryFailed(f"bad parameters for {op}: {explain(e, data)}") from e
     except msgspec.DecodeError as e:
         raise QueryFailed(f"a query is a JSON object: {e}", code="malformed") from e
     except RecursionError as e:

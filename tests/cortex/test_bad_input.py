@@ -61,12 +61,12 @@ async def test_malformed_requests_are_refused_with_a_code(
     ("overrides", "code", "says"),
     [
         ({"value": 2}, "invalid_vote", "+1, -1 or 0"),
-        ({"value": "up"}, "invalid_vote", "$.value"),
-        ({"value": None}, "invalid_vote", "$.value"),
-        ({"agent_id": 7}, "invalid_field", "$.agent_id"),
-        ({"fact_id": "not-a-uuid"}, "invalid_field", "$.fact_id"),
-        ({"id": None}, "invalid_field", "$.id"),
-        ({"extra": 1}, "invalid_field", "unknown field `extra`"),
+        ({"value": "up"}, "invalid_vote", "value 'up' is not allowed"),
+        ({"value": None}, "invalid_vote", "value null is not allowed"),
+        ({"agent_id": 7}, "invalid_field", "agent_id 7 is not allowed: it must be a string"),
+        ({"fact_id": "not-a-uuid"}, "invalid_field", "fact_id 'not-a-uuid' is not allowed"),
+        ({"id": None}, "invalid_field", "id null is not allowed"),
+        ({"extra": 1}, "invalid_field", "there is no field 'extra'"),
         ({"agent_id": "mallory"}, "unknown_agent", "mallory"),
         ({"fact_id": str(uuid.UUID(int=42))}, "unknown_fact", "no fact"),
     ],
@@ -86,7 +86,7 @@ async def test_a_missing_field_is_named(bus: Bus, fact: uuid.UUID) -> None:
     reply = await _raw(bus, "store_fact", body)
     assert reply["error"] == {
         "code": "invalid_field",
-        "message": "Object missing required field `content`",
+        "message": "field 'content' is required but was not sent",
     }
 
 
@@ -149,9 +149,11 @@ async def test_conflicts_with_the_ledger_are_refused(
 
 
 async def test_bad_tenant_and_field_constraints(client: Client, bus: Bus, fact: uuid.UUID) -> None:
-    with pytest.raises(InvalidCommand, match=r"<= 1\.0"):
+    with pytest.raises(
+        InvalidCommand, match=r"confidence 1\.5 is not allowed: it must be a number at most 1\.0"
+    ):
         await client.store_fact("alice", "sure?", confidence=1.5)
-    with pytest.raises(InvalidCommand, match="length <= 32"):
+    with pytest.raises(InvalidCommand, match="at most 32 items"):
         await client.store_fact("alice", "tagged", tags=[str(i) for i in range(33)])
     reply = await _raw(
         bus,

@@ -84,7 +84,7 @@ async def test_a_session_of_writes_reads_and_an_audit(
         (("vote", "00000000-0000-0000-0000-000000000000", "5", "--agent", "ada"), "invalid_vote"),
         (("vote", "not-a-uuid", "+1", "--agent", "ada"), "is not a UUID"),
         (("fact", "add", "x", "--agent", "ada", "--meta", "[1]"), "JSON object"),
-        (("fact", "add", "x", "--agent", "ada", "--confidence", "7"), "<= 1.0"),
+        (("fact", "add", "x", "--agent", "ada", "--confidence", "7"), "at most 1.0"),
     ],
 )
 async def test_refused_commands_print_why_and_exit_non_zero(

@@ -152,10 +152,10 @@ def test_bad_queries_are_refused_with_what_was_wrong() -> None:
     with pytest.raises(QueryFailed, match="unknown query 'nope'") as e:
         decode_query("nope", b"{}")
     assert e.value.code == "unknown_op"
-    with pytest.raises(QueryFailed, match=r"\$\.limit") as e:
+    with pytest.raises(QueryFailed, match="limit 0 is not allowed") as e:
         decode_query("search", b'{"text": "x", "limit": 0}')
     assert e.value.code == "invalid_query"
-    with pytest.raises(QueryFailed, match="unknown field") as e:
+    with pytest.raises(QueryFailed, match=r"no field .tenant.") as e:
         decode_query("agents", b'{"tenant": "other"}')
     with pytest.raises(QueryFailed) as e:
         decode_query("get_fact", b"[")
