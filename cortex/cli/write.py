@@ -129,28 +129,49 @@ async def cmd_agent_add(args: argparse.Namespace) -> int:
     )
 
 
-async def cmd_fact_add(args: argparse.Namespace) -> int:
+def _fact_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--type", default="knowledge")
+    p.add_argument("--tag", action="append", help="a tag (repeatable)")
+    p.add_argument("--confidence", type=float, default=1.0, help="0..1 (default 1)")
+    p.add_argument("--source", default="")
+    p.add_argument("--meta", help="a small JSON object")
+    p.add_argument("--valid-from", help="ISO 8601 world time the fact starts to hold")
+    p.add_argument("--valid-until", help="ISO 8601 world time the fact stops holding")
+    p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
+
+
+def _fact_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The new fact's fields, as ``fact add`` and ``fact edit`` take them."""
     try:
         meta = json.loads(args.meta) if args.meta else {}
     except json.JSONDecodeError as e:
         raise CortexError(f"--meta is not JSON: {e}", code="invalid_field") from e
     if not isinstance(meta, dict):
         raise CortexError("--meta must be a JSON object", code="invalid_field")
-    key = _read_key(args.key)
+    return {
+        "type": args.type,
+        "tags": args.tag or (),
+        "confidence": args.confidence,
+        "source": args.source,
+        "meta": meta,
+        "valid_from": parse_time(args.valid_from),
+        "valid_until": parse_time(args.valid_until),
+        "key": _read_key(args.key),
+    }
+
+
+async def cmd_fact_add(args: argparse.Namespace) -> int:
+    fields = _fact_fields(args)
+    return await _with_client(args, lambda c: c.store_fact(args.agent, args.content, **fields))
+
+
+async def cmd_fact_edit(args: argparse.Namespace) -> int:
+    """Store the successor and deprecate the fact in one atomic append."""
+    fact = parse_uuid(args.fact_id, "fact")
+    fields = _fact_fields(args)
     return await _with_client(
         args,
-        lambda c: c.store_fact(
-            args.agent,
-            args.content,
-            type=args.type,
-            tags=args.tag or (),
-            confidence=args.confidence,
-            source=args.source,
-            meta=meta,
-            valid_from=parse_time(args.valid_from),
-            valid_until=parse_time(args.valid_until),
-            key=key,
-        ),
+        lambda c: c.edit_fact(args.agent, fact, args.content, reason=args.reason, **fields),
     )
 
 
@@ -351,15 +372,21 @@ def _register_writes(sub: Any, common: argparse.ArgumentParser) -> None:
     p = fact.add_parser("add", parents=[common], help="store a fact")
     p.add_argument("content")
     p.add_argument("--agent", required=True, help="the registered agent asserting it")
-    p.add_argument("--type", default="knowledge")
-    p.add_argument("--tag", action="append", help="a tag (repeatable)")
-    p.add_argument("--confidence", type=float, default=1.0, help="0..1 (default 1)")
-    p.add_argument("--source", default="")
-    p.add_argument("--meta", help="a small JSON object")
-    p.add_argument("--valid-from", help="ISO 8601 world time the fact starts to hold")
-    p.add_argument("--valid-until", help="ISO 8601 world time the fact stops holding")
-    p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
+    _fact_options(p)
     p.set_defaults(func=cmd_fact_add)
+    p = fact.add_parser(
+        "edit",
+        parents=[common],
+        help="replace a fact: store its successor and deprecate it, both or neither",
+    )
+    p.add_argument("fact_id")
+    p.add_argument("content", help="the successor's content")
+    p.add_argument("--agent", required=True, help="the registered agent making the edit")
+    p.add_argument(
+        "--reason", default="", help="why (required unless the agent is the fact's author)"
+    )
+    _fact_options(p)
+    p.set_defaults(func=cmd_fact_edit)
     p = fact.add_parser(
         "deprecate", parents=[common], help="deprecate a fact, optionally naming its successor"
     )

@@ -233,3 +233,39 @@ async def test_show_and_search_as_of_a_seq_show_the_ledger_as_it_stood(
         hits_then = await cortex("search", "pluto", "--as-of", then, "--json", *url)
         assert [h["fact_id"] for h in hits_then.json()["items"]] == [fact]
         assert (await cortex("search", "pluto", "--json", *url)).json()["items"] == []
+
+
+async def test_fact_edit_replaces_a_fact_in_one_append(
+    server: EmbeddedServer, writer: LedgerWriter, tmp_path: Path
+) -> None:
+    url = ("--nats", server.url, "--tenant", "lab")
+    async with running_node(server.url, tmp_path / "node.db"):
+        for agent in ("ada", "bo"):
+            assert (await cortex("agent", "add", agent, *url)).code == 0
+        old = (
+            await cortex("fact", "add", "Pluto is a planet", "--agent", "ada", "--json", *url)
+        ).json()
+        refused = await cortex(
+            "fact", "edit", old["fact_id"], "Pluto is a dwarf", "--agent", "bo", *url
+        )
+        assert refused.code == 1
+        assert "reason_required" in refused.err + refused.out
+        edited = await cortex(
+            "fact",
+            "edit",
+            old["fact_id"],
+            "Pluto is a dwarf planet",
+            "--agent",
+            "bo",
+            "--reason",
+            "IAU 2006",
+            "--json",
+            *url,
+        )
+        assert edited.code == 0, edited.err
+        new = edited.json()
+        assert new["seq"] == old["seq"] + 1  # the refused edit appended nothing
+        shown = await cortex(
+            "show", old["fact_id"], "--min-seq", str(new["seq"] + 1), "--json", *url
+        )
+        assert shown.json()["fact"]["deprecated"]["successor_id"] == new["fact_id"]
