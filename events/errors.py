@@ -154,6 +154,10 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "chain_break": (ChainBroken, "a stored event does not link to the one before it"),
     "append_conflict": (AppendConflict, "another writer appended first"),
     "ledger_mismatch": (LedgerMismatch, "a database does not follow this ledger"),
+    "missing_events": (
+        LedgerError,
+        "the stream's state counts events its store no longer holds (cut or damaged)",
+    ),
     # queries
     "invalid_query": (QueryFailed, "a query parameter is missing, unknown or out of range"),
     "unknown_op": (QueryFailed, "no query of that name"),

@@ -56,10 +56,23 @@ class Bus:
             self._nc, events, expected_last_seq=expected_last_seq, timeout=self.timeout
         )
 
-    def read(self, start_seq: int = 1, end_seq: int | None = None) -> AsyncIterator[StoredEvent]:
-        """Stored events from ``start_seq`` to ``end_seq`` (default: the end when it starts)."""
+    def read(
+        self, start_seq: int = 1, end_seq: int | None = None, *, partial: bool = False
+    ) -> AsyncIterator[StoredEvent]:
+        """Stored events from ``start_seq`` to ``end_seq`` (default: the end when it starts).
+
+        Never waits for events the store has lost: LedgerError ``missing_events``
+        within about a second, or with ``partial`` the read just ends early (the
+        caller checks the last seq it got, as the audit does).
+        """
         return consumer.consume(
-            self._nc, self._js, start_seq, end_seq, to_end=end_seq is None, timeout=self.timeout
+            self._nc,
+            self._js,
+            start_seq,
+            end_seq,
+            to_end=end_seq is None,
+            timeout=self.timeout,
+            partial=partial,
         )
 
     def follow(self, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
