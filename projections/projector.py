@@ -6,6 +6,10 @@ chain hash the projector computed itself), so a crash or a kill never
 applies an event twice or skips one: on restart the projector resumes from
 the stored position, and the transaction it was in is simply gone.
 
+An event it cannot apply (``projections/quarantine.py``) is judged before it
+is folded and recorded in the ``quarantine`` table instead, in the same
+transaction as the rest of its batch; the projector goes on with the next.
+
 Consensus needs each fact's current votes and each agent's agreement counts;
 the projector keeps them in memory (loaded from the database on open) so a
 batch costs a handful of ``executemany`` calls, not one query per event.
@@ -39,6 +43,7 @@ from events.model import (
 )
 from projections.consensus import Consensus, consensus_of
 from projections.pool import ConnectionPool
+from projections.quarantine import INT64_MAX, INT64_MIN
 from projections.schema import DDL, SCHEMA_VERSION
 
 log = structlog.get_logger(__name__)
@@ -67,6 +72,7 @@ class _Batch:
     hashes: list[tuple[int, bytes, bytes]] = field(default_factory=list)
     tiles: list[tuple[int, bytes]] = field(default_factory=list)
     ledger: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    quarantine: list[tuple[int, str, str]] = field(default_factory=list)
     votes: dict[tuple[str, str], tuple[Any, ...] | None] = field(default_factory=dict)
     consensus: dict[str, tuple[Consensus, int]] = field(default_factory=dict)
     counts: set[tuple[str, str]] = field(default_factory=set)
@@ -87,6 +93,13 @@ class Projector:
         self.seq = 0
         self.head = GENESIS
         self.applied = 0
+        #: Events set aside so far (the rows of the quarantine table).
+        self.quarantined = 0
+        #: Whether whoever feeds this projector is following the ledger; when not,
+        #: why, and whether it stopped for good (``halted``). Set by the node.
+        self.following = True
+        self.stopped_reason = ""
+        self.halted = False
         self._advanced = asyncio.Condition()
         # The consensus book: current non-zero votes, agreement counts, settled directions.
         self._votes: dict[str, dict[str, int]] = {}
@@ -112,6 +125,9 @@ class Projector:
                     f"database schema {row[2]} is not {SCHEMA_VERSION}: rebuild it with `cortex replay`"
                 )
             self.seq, self.head = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+            async with conn.execute("SELECT count(*) FROM quarantine") as cur:
+                counted = await cur.fetchone()
+            self.quarantined = int(counted[0]) if counted else 0
             self._votes, self._counts, self._direction, self._fact_tenant = {}, {}, {}, {}
             self._fact_row = {}
             start = self.seq - self.seq % TILE
@@ -158,6 +174,7 @@ class Projector:
         """Advance the position after a commit and tell whoever waits on it."""
         self.seq, self.head = seq, head
         self.applied += count
+        self.quarantined += len(batch.quarantine)
         async with self._advanced:
             self._advanced.notify_all()
         if self.on_commit is not None:
@@ -197,13 +214,44 @@ class Projector:
             try:
                 event = decode_event(body)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                raise LedgerMismatch(
-                    f"the event at seq {seq} cannot be decoded ({e}): nothing of this batch "
-                    "is applied; run `cortex audit`"
-                ) from e
+                batch.hashes.append((seq, b"", head))
+                self._quarantine(batch, seq, "undecodable", "the body is not a CORTEX event", e)
+                continue
             batch.hashes.append((seq, event.id.bytes, head))
+            refusal = self._refusal(event)
+            if refusal is not None:
+                self._quarantine(batch, seq, *refusal)
+                continue
             self._fold(event, seq, batch)
         return seq, head
+
+    @staticmethod
+    def _quarantine(
+        batch: _Batch, seq: int, reason: str, detail: str, error: Exception | None = None
+    ) -> None:
+        batch.quarantine.append((seq, reason, detail))
+        log.warning(
+            "event_quarantined", seq=seq, reason=reason, detail=detail, error=error and str(error)
+        )
+
+    def _refusal(self, event: Event) -> tuple[str, str] | None:
+        """Why ``event`` cannot be applied to the book as it stands, or None.
+
+        Pure and with fixed texts: every node and every replay decides the same.
+        """
+        if not INT64_MIN <= event.ts <= INT64_MAX:
+            return "out_of_range", f"ts {event.ts} is not a 64-bit integer"
+        if isinstance(event, FactStored):
+            if str(event.fact_id) in self._fact_row:
+                return "fact_id_reused", f"fact {event.fact_id} was stored before"
+        elif isinstance(event, FactDeprecated | VoteCast):
+            if self._fact_tenant.get(str(event.fact_id)) != event.tenant:
+                return "unknown_fact", f"no fact {event.fact_id} in tenant {event.tenant}"
+            if isinstance(event, VoteCast) and event.value not in (-1, 0, 1):
+                return "invalid_vote", f"a vote of {event.value}"
+        elif isinstance(event, CheckpointSigned) and not 0 <= event.tree_size <= INT64_MAX:
+            return "out_of_range", f"tree_size {event.tree_size} is not a 64-bit integer"
+        return None
 
     def _fold(self, event: Event, seq: int, batch: _Batch) -> None:
         if isinstance(event, AgentRegistered):
@@ -362,6 +410,10 @@ class Projector:
             )
         for sql, row in batch.ledger:
             await conn.execute(sql, row)
+        if batch.quarantine:
+            await conn.executemany(
+                "INSERT INTO quarantine (seq, reason, detail) VALUES (?, ?, ?)", batch.quarantine
+            )
         if batch.agents:
             await conn.executemany(
                 # OR IGNORE: the first registration holds (see LedgerState.apply).
@@ -518,13 +570,26 @@ class Projector:
             raise
 
     async def wait_for(self, seq: int, *, timeout: float) -> bool:
-        """Wait until ``seq`` is applied; False if it is not within ``timeout`` seconds."""
+        """Wait until ``seq`` is applied; False if it is not within ``timeout`` seconds,
+        or as soon as the projector has stopped following for good (``halted``)."""
         try:
             async with asyncio.timeout(timeout), self._advanced:
-                await self._advanced.wait_for(lambda: self.seq >= seq)
+                await self._advanced.wait_for(lambda: self.seq >= seq or self.halted)
         except TimeoutError:
             return False
-        return True
+        return self.seq >= seq
+
+    async def mark_stopped(self, reason: str, *, halted: bool = False) -> None:
+        """Say the feed stopped (``halted``: for good), and wake every waiter."""
+        self.following, self.stopped_reason = False, reason
+        self.halted = self.halted or halted
+        async with self._advanced:
+            self._advanced.notify_all()
+
+    def mark_following(self) -> None:
+        """Say the feed follows the ledger again."""
+        if not self.halted:
+            self.following, self.stopped_reason = True, ""
 
 
 async def _take(queue: asyncio.Queue[Record | None], limit: int) -> tuple[list[Record], bool]:

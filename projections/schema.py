@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Final
 
 #: 3: full-text index with Porter stemming (word forms match); each vote keeps the
-#: consensus it led to, for reads as of a seq.
-SCHEMA_VERSION: Final = 3
+#: consensus it led to, for reads as of a seq. 4: the quarantine of events that
+#: cannot be applied.
+SCHEMA_VERSION: Final = 4
 
 DDL: Final = """
 CREATE TABLE IF NOT EXISTS position (
@@ -124,6 +125,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     note TEXT NOT NULL
 );
 
+-- Events the projector could not apply (projections/quarantine.py).
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+
 CREATE VIRTUAL TABLE IF NOT EXISTS facts_fts USING fts5 (
     content, tags, content='facts', content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2'
 );
@@ -166,4 +174,5 @@ DIGEST_TABLES: Final = (
         "checkpoints",
         "SELECT seq, tree_size, root, head, public_key, note FROM checkpoints ORDER BY seq",
     ),
+    ("quarantine", "SELECT seq, reason, detail FROM quarantine ORDER BY seq"),
 )
