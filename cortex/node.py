@@ -2,15 +2,25 @@
 
 ``projections`` knows SQLite, not NATS; this module joins the two. On start
 it checks that the database really follows this ledger (the hash it stored
-for its position must be the ledger's hash at that seq), then follows the
-stream live from there and answers ``cortex.query.<tenant>.<op>`` — in a
-queue group, so any node may answer any client.
+for its position must be the ledger's hash at that seq), catches up to the
+ledger's last seq as it stands then (logging its progress), and only then
+joins the query group: it answers ``cortex.query.<tenant>.<op>`` in a queue
+group, so any node may answer any client, and none answers from far behind.
+
+From then on it follows the stream live, supervised (``cortex.supervisor``):
+a stall or a lost connection restarts the follower with backoff (the read
+model says it is not following meanwhile, and a ``min_seq`` past it fails
+fast); a ledger it cannot follow (a broken chain, missing events, the stream
+gone) stops it for good, tells ``on_fatal`` (``cortex up`` then exits with
+that reason), and every query but ``status`` is refused from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -18,7 +28,8 @@ import msgspec
 import structlog
 
 from cortex.nats import Bus, Inbound, Serving
-from events.errors import CortexError, LedgerMismatch
+from cortex.supervisor import Backoff, as_cortex_error, fatal
+from events.errors import CortexError, LedgerMismatch, Unavailable
 from events.limits import MAX_WAIT_S
 from projections.cache import ReadCache
 from projections.feed import records
@@ -31,6 +42,10 @@ log = structlog.get_logger(__name__)
 QUERY_PREFIX: Final = "cortex.query"
 QUEUE_GROUP: Final = "cortex-query"
 HEALTH_CHECK_S: Final = 30.0
+#: How often a node catching up on start logs its progress.
+PROGRESS_LOG_S: Final = 2.0
+#: Failed attempts in a row, without progress, before a catch-up on start gives up.
+CATCH_UP_ATTEMPTS: Final = 5
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -57,7 +72,15 @@ async def verify_position(bus: Bus, projector: Projector, db: Path) -> None:
 class ProjectionNode:
     """Runs one node's projector and serves its queries; see the module doc."""
 
-    def __init__(self, bus: Bus, db: Path, *, readers: int = 4, cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        db: Path,
+        *,
+        readers: int = 4,
+        cache_size: int = 10_000,
+        on_fatal: Callable[[CortexError], None] | None = None,
+    ) -> None:
         self.bus = bus
         self.db = db
         self.pool = ConnectionPool(db, readers=readers)
@@ -69,6 +92,7 @@ class ProjectionNode:
         self._health: asyncio.Task[None] | None = None
         self._queries: set[asyncio.Task[None]] = set()
         self._sub: Serving | None = None
+        self._on_fatal = on_fatal
         self.service = ReadService(self.pool, self.projector, self.cache, ledger=bus, db=db)
 
     async def start(self) -> None:
@@ -77,24 +101,91 @@ class ProjectionNode:
         try:
             await self.projector.open()
             await verify_position(self.bus, self.projector, self.db)
+            await self._catch_up()
         except BaseException:
             await self.pool.close()
             raise
-        self._follow = asyncio.create_task(self._run(), name="cortex-projector")
+        self._follow = asyncio.create_task(self._supervise(), name="cortex-projector")
         self._health = asyncio.create_task(self._check_pool(), name="cortex-pool-health")
         self._sub = await self.bus.serve(f"{QUERY_PREFIX}.*.*", self._on_query, queue=QUEUE_GROUP)
         log.info("projector_started", db=str(self.db), seq=self.projector.seq)
 
-    async def _run(self) -> None:
-        try:
-            await self.projector.consume(
-                records(self.bus, self.projector.seq + 1, head=self.projector.head)
+    async def _catch_up(self) -> None:
+        """Apply the ledger up to its last seq as of now (a bounded read), before any
+        query is taken; a stall is retried a few times, a broken ledger is not."""
+        projector = self.projector
+        target = await self.bus.last_seq()
+        if projector.seq >= target:
+            return
+        started = time.monotonic()
+        logged = started
+        log.info("projector_catching_up", db=str(self.db), seq=projector.seq, target=target)
+
+        def progress(seq: int) -> None:
+            nonlocal logged
+            now = time.monotonic()
+            if now - logged >= PROGRESS_LOG_S:
+                logged = now
+                log.info("projector_catching_up", seq=seq, target=target)
+
+        backoff = Backoff(limit=CATCH_UP_ATTEMPTS)
+        while projector.seq < target:
+            before = projector.seq
+            try:
+                feed = records(self.bus, before + 1, target, head=projector.head)
+                await projector.consume(feed, progress=progress)
+            except Exception as e:
+                if projector.seq > before:
+                    backoff.progressed()
+                delay = None if fatal(e) else backoff.failed(e)
+                if delay is None:
+                    raise
+                log.warning("projector_catch_up_retry", seq=projector.seq, error=str(e), in_s=delay)
+                await asyncio.sleep(delay)
+        log.info(
+            "projector_caught_up",
+            seq=projector.seq,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def _supervise(self) -> None:
+        """Follow the ledger live; restart with backoff where that can help, else halt."""
+        projector, backoff = self.projector, Backoff()
+        while True:
+            before = projector.seq
+            error: Exception
+            try:
+                await self.bus.last_seq()  # the stream answers: the feed is back
+                projector.mark_following()
+                await projector.consume(records(self.bus, before + 1, head=projector.head))
+                error = Unavailable("the ledger feed ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                error = e
+            if projector.seq > before:
+                backoff.progressed()
+            delay = None if fatal(error) else backoff.failed(error)
+            if delay is None:
+                await self._halt(error)
+                return
+            await projector.mark_stopped(f"restarting after: {error}")
+            log.warning(
+                "projector_restarting",
+                seq=projector.seq,
+                error=str(error) or type(error).__name__,
+                in_s=delay,
+                attempt=backoff.attempts,
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("projector_stopped", seq=self.projector.seq)
-            raise
+            await asyncio.sleep(delay)
+
+    async def _halt(self, error: Exception) -> None:
+        """Stop following for good: refuse queries, say why, tell whoever runs the node."""
+        seq = self.projector.seq
+        await self.projector.mark_stopped(str(error) or type(error).__name__, halted=True)
+        log.critical("projector_stopped", db=str(self.db), seq=seq, error=str(error))
+        if self._on_fatal is not None:
+            self._on_fatal(as_cortex_error(error, f"the node's projector stopped at seq {seq}"))
 
     async def _check_pool(self) -> None:
         """Every half minute, replace any pooled connection that stopped answering."""

@@ -16,16 +16,28 @@ before its connection, every connection before the server::
 
 A role is anything with ``start()`` and ``stop()`` (``Role``); ``add`` runs
 any such object the same way, so a new front door is one more role.
+
+The runtime also watches what it started: if the embedded server exits, or a
+node's projector stops for good, it records the failure, and ``wait`` (what
+``cortex up`` blocks in) raises it, so the process exits saying why instead of
+running on with a dead part::
+
+        await rt.wait(stop)  # until ``stop`` is set, or raises the first failure
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
+import structlog
+
 from cortex.datalock import DataLock
+from cortex.errors import CortexError, ServerError
 from cortex.nats import Bus, Durability, EmbeddedServer
 from cortex.node import ProjectionNode
 from cortex.writer import LedgerWriter
@@ -43,6 +55,7 @@ class Role(Protocol):
 
 
 R = TypeVar("R", bound=Role)
+log = structlog.get_logger(__name__)
 
 
 class Runtime:
@@ -57,6 +70,9 @@ class Runtime:
         self.nodes: list[ProjectionNode] = []
         self._locked: set[Path] = set()
         self._stack = contextlib.AsyncExitStack()
+        #: The first failure of a part that cannot recover (see ``fail``).
+        self.failure: CortexError | None = None
+        self._failed = asyncio.Event()
 
     @property
     def url(self) -> str:
@@ -95,7 +111,41 @@ class Runtime:
         server = EmbeddedServer(data, port=port, durability=durability, extra_config=extra_config)
         self.server = await self.add(server)
         self._url = server.url
+        watch = asyncio.create_task(self._watch(server), name="cortex-server-watch")
+        self._stack.push_async_callback(_cancel, watch)  # before the server is stopped
         return server.url
+
+    async def _watch(self, server: EmbeddedServer) -> None:
+        """The server is a child process: if it ends while we run, nothing can go on."""
+        code = await server.exited()
+        if server.stopping:
+            return
+        how = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+        self.fail(
+            ServerError(
+                f"the embedded nats-server exited ({how}) while CORTEX was running on it",
+                code="server_exited",
+            )
+        )
+
+    def fail(self, error: CortexError) -> None:
+        """Record that a part failed for good; ``wait`` raises the first such failure."""
+        log.critical("runtime_failed", code=error.code, error=error.message)
+        if self.failure is None:
+            self.failure = error
+        self._failed.set()
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set; raises the failure if a part fails for good first."""
+        stopping = asyncio.create_task(stop.wait())
+        failing = asyncio.create_task(self._failed.wait())
+        try:
+            await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopping, failing):
+                await _cancel(task)
+        if self.failure is not None:
+            raise self.failure
 
     async def connect(self, role: str) -> Bus:
         """A connection of this runtime's own, named for ``role``, closed on exit."""
@@ -111,6 +161,7 @@ class Runtime:
 
     async def add_node(self, db: Path, **options: Any) -> ProjectionNode:
         """Start a node (projector into ``db``, and its queries) on its own connection."""
+        options.setdefault("on_fatal", self.fail)
         node = ProjectionNode(await self.connect("node"), db, **options)
         self.nodes.append(await self.add(node))
         return node
@@ -129,3 +180,16 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.__aexit__(exc_type, exc, tb)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)

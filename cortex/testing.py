@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,16 @@ class Up:
 
     proc: asyncio.subprocess.Process
     url: str
+    #: Where its stderr (the log, and the one-line error it exits with) goes.
+    log: Path
+
+    def err(self) -> str:
+        """What it wrote to stderr so far."""
+        return _text(self.log)
+
+    async def exited(self, timeout: float = 30) -> int:
+        """Wait, bounded, for it to exit on its own; the exit code."""
+        return await asyncio.wait_for(self.proc.wait(), timeout)
 
     async def stop(self, timeout: float = 30) -> int:
         """SIGTERM, as a user's Ctrl-C or service manager sends; the exit code."""
@@ -68,9 +79,31 @@ class Up:
 
 
 @contextlib.asynccontextmanager
-async def cortex_up(data: Path, *args: str, timeout: float = 30) -> AsyncIterator[Up]:
+async def cortex_up(
+    data: Path, *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> AsyncIterator[Up]:
     """``cortex up --data DATA --port -1 ARGS`` until it says it is up; killed after if
-    still running."""
+    still running. Its stderr goes to a file (``Up.err``), so a chatty log never
+    fills a pipe and blocks it."""
+    with tempfile.TemporaryDirectory(prefix="cortex-up-") as tmp:
+        log = Path(tmp) / "stderr.log"
+        with log.open("wb") as stderr:
+            async with _up(
+                data, args, stderr=stderr, log=log, timeout=timeout, env=env or {}
+            ) as up:
+                yield up
+
+
+@contextlib.asynccontextmanager
+async def _up(
+    data: Path,
+    args: tuple[str, ...],
+    *,
+    stderr: Any,
+    log: Path,
+    timeout: float,
+    env: dict[str, str],
+) -> AsyncIterator[Up]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -82,16 +115,18 @@ async def cortex_up(data: Path, *args: str, timeout: float = 30) -> AsyncIterato
         "-1",
         *args,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "CORTEX_NATS_URL": ""},
+        stderr=stderr,
+        env={**os.environ, "CORTEX_NATS_URL": "", "COLUMNS": "200", **env},
     )
     try:
         assert proc.stdout is not None
         line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode()
         match = re.search(r"serving (nats://127\.0\.0\.1:\d+)", line)
         if match is None:
-            raise AssertionError(f"cortex up did not come up: {line!r}")
-        yield Up(proc, match.group(1))
+            raise AssertionError(
+                f"cortex up did not come up: {line!r}; stderr: {_text(log)[-2000:]}"
+            )
+        yield Up(proc, match.group(1), log)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -110,3 +145,7 @@ async def running_node(url: str, db: Path) -> AsyncIterator[ProjectionNode]:
     """A started node (projector and queries) on its own connection; stopped after."""
     async with Runtime(url, name="test") as runtime:
         yield await runtime.add_node(db)
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")

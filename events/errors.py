@@ -164,6 +164,10 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "not_found": (CortexError, "no such event or fact (in this tenant, or in the ledger)"),
     "not_checkpointed": (QueryFailed, "the event is after the latest checkpoint"),
     "timeout": (QueryFailed, "the node did not reach min_seq in time"),
+    "not_following": (
+        QueryFailed,
+        "the node's projector is not following the ledger (restarting, or stopped for good)",
+    ),
     "not_yet": (QueryFailed, "the node has not applied that many events yet"),
     # the read model and the process
     "pool_error": (PoolError, "the read model's connections cannot serve"),
@@ -172,6 +176,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "unavailable": (Unavailable, "no server, writer or node answered in time"),
     "server_error": (ServerError, "the embedded nats-server could not start"),
     "usage": (CortexError, "the command line is not one `cortex` understands (see --help)"),
+    "server_exited": (ServerError, "the embedded nats-server ended while CORTEX ran on it"),
     "internal": (CortexError, "a bug: the reply says what failed"),
 }
 

@@ -256,6 +256,12 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     db: str
     pool: dict[str, int | bool]
     cache: dict[str, int]
+    #: False while the node's projector is not following the ledger (restarting
+    #: after a stall, or stopped for good); then ``stopped_reason`` says why.
+    following: bool = True
+    stopped_reason: str = ""
+    #: Events this read model set aside as impossible to apply (its quarantine table).
+    quarantined: int = 0
 
 
 class Digest(msgspec.Struct, frozen=True, kw_only=True):

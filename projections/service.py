@@ -6,6 +6,12 @@ query's ``min_seq``, answers from the cache where the table says the answer
 is cacheable, and dispatches the typed query with ``match``. ``respond``
 does the same from wire bytes to wire bytes, with errors as
 ``{"error": {"code", "message"}}`` — a query never takes the node down.
+
+It never answers from a read model known to have stopped following the
+ledger: once it stopped for good every query but ``status`` fails at once with
+``not_following`` (a ``min_seq`` wait too, instead of running out its time);
+while its follower restarts, a ``min_seq`` it does not reach in time fails with
+``not_following`` rather than ``timeout``; ``status`` says which and why.
 """
 
 from __future__ import annotations
@@ -75,9 +81,14 @@ class ReadService:
 
     async def run(self, tenant: str, query: Query) -> Any:
         """Answer ``query`` for ``tenant``, after waiting (bounded) for its ``min_seq``."""
+        projector = self.projector
+        if projector.halted and not isinstance(query, GetStatus):
+            raise self._not_following()
         if query.min_seq is not None:
             wait = min(query.timeout, MAX_WAIT_S)
-            if not await self.projector.wait_for(query.min_seq, timeout=wait):
+            if not await projector.wait_for(query.min_seq, timeout=wait):
+                if not projector.following:
+                    raise self._not_following(query.min_seq)
                 raise QueryFailed(
                     f"this node has applied the ledger up to seq {self.projector.seq}; "
                     f"min_seq {query.min_seq} was not reached within {wait} s",
@@ -174,6 +185,20 @@ class ReadService:
         self.cache.put(key, value, read_at=generation)
         return value
 
+    def _not_following(self, min_seq: int | None = None) -> QueryFailed:
+        projector = self.projector
+        wanted = "" if min_seq is None else f"; min_seq {min_seq} cannot be reached here"
+        state = (
+            "stopped following the ledger for good"
+            if projector.halted
+            else "is not following the ledger now"
+        )
+        return QueryFailed(
+            f"this node {state} (at seq {projector.seq}: {projector.stopped_reason}){wanted}; "
+            "ask another node, or see `cortex status`",
+            code="not_following",
+        )
+
     def status(self) -> NodeStatus:
         return NodeStatus(
             seq=self.projector.seq,
@@ -182,6 +207,9 @@ class ReadService:
             db=str(self.db or ""),
             pool=asdict(self.pool.stats()),
             cache=asdict(self.cache.stats()),
+            following=self.projector.following,
+            stopped_reason=self.projector.stopped_reason,
+            quarantined=self.projector.quarantined,
         )
 
 

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from cortex.audit import audit_ledger
 from cortex.cli.audit import print_audit
-from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_events, print_json, summary
+from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_events, print_json, summary
 from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
 from cortex.client import Client, Receipt
 from cortex.core.keys import create_key, load_key, public_hex, writer_key
@@ -66,15 +66,51 @@ def _read_key(path: str | None) -> Ed25519PrivateKey | None:
         raise CortexError(f"cannot read key file {path}: {e.strerror or e}", code="bad_key") from e
 
 
+DEFAULT_DATA: Final = ".cortex"
+DEFAULT_PORT: Final = 4222
+
+
+def _server_of(args: argparse.Namespace) -> str | None:
+    """The external server ``cortex up`` uses, or None to start the embedded one.
+
+    ``--nats`` names one; so does an exported CORTEX_NATS_URL, unless ``--data`` or
+    ``--port`` say where the embedded server should run: what is typed wins over
+    the environment. ``--nats`` and ``--port`` together contradict each other.
+    """
+    if not args.nats:
+        return None
+    from_env = args.nats == os.environ.get("CORTEX_NATS_URL")
+    if from_env and (args.data is not None or args.port is not None):
+        given = " and ".join(
+            f"{flag} {value}"
+            for flag, value in (("--data", args.data), ("--port", args.port))
+            if value is not None
+        )
+        err.print(
+            f"CORTEX_NATS_URL ({escape(args.nats)}) is ignored: {escape(given)} given, "
+            "starting the embedded nats-server"
+        )
+        return None
+    if args.port is not None:
+        raise CortexError(
+            f"--nats {args.nats} and --port {args.port} contradict each other: --port is for "
+            "the embedded nats-server, --nats uses a running one; give one of them",
+            code="invalid_field",
+        )
+    return str(args.nats)
+
+
 async def cmd_up(args: argparse.Namespace) -> int:
     """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
-    data = Path(args.data)
-    async with Runtime(args.nats or None) as runtime:
+    nats_url = _server_of(args)
+    data = Path(args.data or DEFAULT_DATA)
+    port = DEFAULT_PORT if args.port is None else args.port
+    async with Runtime(nats_url) as runtime:
         # The folder holds the store, the read model and the writer key: one
         # process at a time, external server or not.
         runtime.lock(data, purpose=f"cortex up --role {args.role}")
-        if not args.nats:
-            await runtime.serve(data, port=args.port, durability=Durability(args.durability))
+        if nats_url is None:
+            await runtime.serve(data, port=port, durability=Durability(args.durability))
         if args.role in ("all", "writer"):
             await runtime.add_writer(
                 max_batch=args.max_batch,
@@ -86,7 +122,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await runtime.add_node(data / "projection.db")
         url, writer = runtime.url, runtime.writer
         where = f"data in {data}" + (
-            f", durability {args.durability}" if not args.nats else ", external server"
+            f", durability {args.durability}" if nats_url is None else ", external server"
         )
         out.print(f"CORTEX is up: serving {url} ({where}; {args.role}). Ctrl-C to stop.")
         if writer is not None and writer.key is not None:
@@ -98,7 +134,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        # Until Ctrl-C, or until a part fails for good (the server died, the
+        # ledger cannot be followed): then its error is the one line we exit with.
+        await runtime.wait(stop)
         out.print("stopping…")
     return EXIT_OK
 
@@ -310,10 +348,15 @@ def _register_run(sub: Any) -> None:
         help="use this NATS server or cluster instead of starting one (env CORTEX_NATS_URL)",
     )
     p.add_argument(
-        "--data", default=".cortex", help="data folder of the embedded server (default ./.cortex)"
+        "--data",
+        help=f"data folder: store, read model, writer key (default ./{DEFAULT_DATA}); "
+        "given, it wins over CORTEX_NATS_URL",
     )
     p.add_argument(
-        "--port", type=int, default=4222, help="port of the embedded server (default 4222)"
+        "--port",
+        type=int,
+        help=f"port of the embedded server (default {DEFAULT_PORT}); given, it wins over "
+        "CORTEX_NATS_URL, and contradicts --nats",
     )
     p.add_argument(
         "--durability",

@@ -47,8 +47,10 @@ async def connect(url: str, *, name: str, timeout: float) -> NatsClient:
 
 
 async def close(nc: NatsClient) -> None:
-    """Drain (finish what is in flight), then close."""
-    with contextlib.suppress(nats.errors.Error):
-        await nc.drain()
+    """Drain (finish what is in flight), then close; with the server gone, just close."""
+    if nc.is_connected:
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await nc.drain()
     if not nc.is_closed:
-        await nc.close()
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await nc.close()

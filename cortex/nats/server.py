@@ -96,6 +96,8 @@ class EmbeddedServer:
         self.extra_config = extra_config
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
+        #: Set once ``stop`` was called: an exit after it was asked for.
+        self.stopping = False
         self._drain: asyncio.Task[None] | None = None
 
     def _write_config(self) -> Path:
@@ -116,6 +118,7 @@ class EmbeddedServer:
 
     async def start(self, *, timeout: float = 20.0) -> str:
         """Start the server and return its URL once it accepts clients."""
+        self.stopping = False
         config = self._write_config()
         self._proc = await asyncio.create_subprocess_exec(
             str(nats_server_binary()),
@@ -166,8 +169,16 @@ class EmbeddedServer:
             if "[ERR]" in line or "[FTL]" in line or "[WRN]" in line:
                 log.warning("nats_server", line=line)
 
+    async def exited(self) -> int:
+        """Wait until the server process ends (for whatever reason); its exit code
+        (negative: the signal that killed it)."""
+        if self._proc is None:
+            raise ServerError("nats-server is not running")
+        return await self._proc.wait()
+
     async def stop(self, *, timeout: float = 10.0) -> None:
         """Stop the server gracefully (SIGTERM), then forcefully if it hangs."""
+        self.stopping = True
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
             proc.terminate()
