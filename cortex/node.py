@@ -33,6 +33,7 @@ from events.errors import CortexError, LedgerMismatch, Unavailable
 from events.limits import MAX_WAIT_S
 from projections.cache import ReadCache
 from projections.feed import records
+from projections.integrity import check_position
 from projections.pool import ConnectionPool
 from projections.projector import Projector
 from projections.service import ReadService
@@ -100,6 +101,7 @@ class ProjectionNode:
         await self.pool.open()
         try:
             await self.projector.open()
+            await check_position(self.pool, self.db)  # its rows end where it says
             await verify_position(self.bus, self.projector, self.db)
             await self._catch_up()
         except BaseException:

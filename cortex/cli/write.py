@@ -16,6 +16,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.markup import escape
 
+from cortex import served
 from cortex.audit import audit_ledger
 from cortex.cli.audit import print_audit
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_events, print_json, summary
@@ -121,6 +122,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
         if args.role in ("all", "node"):
             await runtime.add_node(data / "projection.db")
         url, writer = runtime.url, runtime.writer
+        # Where `cortex log`, `audit` and `replay` beside us reach this folder's ledger.
+        served.announce(data, url)
         where = f"data in {data}" + (
             f", durability {args.durability}" if nats_url is None else ", external server"
         )
@@ -136,7 +139,10 @@ async def cmd_up(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         # Until Ctrl-C, or until a part fails for good (the server died, the
         # ledger cannot be followed): then its error is the one line we exit with.
-        await runtime.wait(stop)
+        try:
+            await runtime.wait(stop)
+        finally:
+            served.withdraw(data)
         out.print("stopping…")
     return EXIT_OK
 

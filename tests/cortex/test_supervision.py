@@ -217,8 +217,11 @@ async def test_an_exported_nats_url_gives_way_to_an_explicit_data_and_port(
         async with await Client.connect(up.url, tenant="t") as client:
             await client.register_agent("a")
         assert "CORTEX_NATS_URL (nats://127.0.0.1:1) is ignored" in up.err()
+        # It says where it serves, for `cortex log`/`audit`/`replay` run beside it.
+        assert (tmp_path / "d" / "nats.url").read_text().strip() == up.url
         assert await up.stop() == 0
     assert (tmp_path / "d" / "store" / "jetstream").is_dir()
+    assert not (tmp_path / "d" / "nats.url").exists()
 
 
 async def test_an_explicit_nats_url_and_port_are_refused_together(tmp_path: Path) -> None:
