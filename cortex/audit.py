@@ -25,6 +25,7 @@ from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier
 from projections.integrity import compare
+from projections.quarantine import quarantined
 from projections.replay import Progress, replay
 from projections.schema import SCHEMA_VERSION
 
@@ -114,7 +115,8 @@ async def audit_ledger(
     total = await bus.last_seq()
     verifier = LedgerVerifier(pinned=None if writer_keys is None else frozenset(writer_keys))
     chunk: list[StoredEvent] = []
-    async for stored in bus.read(1, total):
+    # partial: a store missing its last events ends the read early; the check below names it.
+    async for stored in bus.read(1, total, partial=True):
         chunk.append(stored)
         if len(chunk) == _CHUNK:
             verifier.feed_many(chunk)
@@ -147,8 +149,26 @@ async def audit_ledger(
     report.keys = {name: key for key, name in verifier.writer_keys.items()}
     for db in dbs:
         report.projections.append(await _check_projection(bus, db, report))
+        await _report_quarantine(db, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def _report_quarantine(db: Path, report: AuditReport) -> None:
+    """Events the database set aside because no writer could have appended them."""
+    try:
+        held = await quarantined(db)
+    except (aiosqlite.Error, OSError):
+        return  # an old or broken database: the projection check has said so already
+    report.violations.extend(
+        Violation(
+            "quarantined_event",
+            q.seq,
+            f"the read model could not apply it ({q.reason}: {q.detail})",
+            location=f"{db}: quarantine",
+        )
+        for q in held
+    )
 
 
 def _read_only(db: Path) -> str:

@@ -24,6 +24,7 @@ import gc
 import time
 from typing import Final
 
+import msgspec
 import structlog
 
 from cortex.commands_wire import Request, Result, encode_reply, error, parse
@@ -322,4 +323,12 @@ class LedgerWriter:
                     seq=stored.seq,
                 )
                 raise self._broken
-            self.state.apply(decode_event(stored.body), stored.seq, stored.hash)
+            try:
+                event = decode_event(stored.body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                # No writer appended this: it was published around it. It stays in the
+                # chain (the audit names it); the writer carries on after it.
+                log.warning("unreadable_event_skipped", seq=stored.seq, error=str(e))
+                self.state.skip(stored.seq, stored.hash)
+                continue
+            self.state.apply(event, stored.seq, stored.hash)

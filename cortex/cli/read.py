@@ -151,6 +151,16 @@ async def cmd_status(args: argparse.Namespace) -> int:
     table = Table(title="cortex status", show_header=False)
     table.add_row("ledger ends at seq", str(status["ledger_last_seq"]))
     table.add_row("this node applied up to", str(status["seq"]))
+    following = status.get("following", True)
+    table.add_row(
+        "following the ledger",
+        "yes" if following else f"[bold red]no[/]: {escape(status.get('stopped_reason', ''))}",
+    )
+    if status.get("quarantined"):
+        table.add_row(
+            "quarantined events",
+            f"{status['quarantined']} (events no writer could have appended; `cortex audit --db`)",
+        )
     table.add_row("read model", status["db"])
     pool, cache = status["pool"], status["cache"]
     table.add_row(

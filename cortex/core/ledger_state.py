@@ -63,6 +63,14 @@ class LedgerState:
         """Whether ``command`` may be appended for ``tenant`` given the ledger so far."""
         return rules.judge(self, command, tenant)
 
+    def skip(self, seq: int, event_hash: bytes) -> None:
+        """Fold in an event nobody can read (only forged onto the stream): it stays in the
+        chain and the tree, and means nothing else — as every node quarantines it."""
+        self.seq, self.head = seq, event_hash
+        self.tree.append(leaf_hash(event_hash))
+        if seq == 1:
+            self.first_hash = event_hash
+
     def apply(self, event: Event, seq: int, event_hash: bytes, undo: Undo | None = None) -> None:
         """Fold one appended (or about to be appended) event into the state."""
         prev_seq, prev_head = self.seq, self.head
@@ -85,8 +93,9 @@ class LedgerState:
                     undo.append(lambda: self.agents.pop(agent, None))
         elif isinstance(event, FactStored):
             fact = event.fact_id.bytes
-            owner = (event.tenant, event.agent_id)
-            self.facts[fact] = self._owners.setdefault(owner, owner)
+            if fact not in self.facts:  # the first holds: a forged re-store takes nothing over
+                owner = (event.tenant, event.agent_id)
+                self.facts[fact] = self._owners.setdefault(owner, owner)
             if undo is not None:
                 undo.append(lambda: self.facts.pop(fact, None))
         elif isinstance(event, FactDeprecated):

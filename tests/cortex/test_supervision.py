@@ -15,6 +15,7 @@ import pytest
 import structlog
 from conftest import Forge
 
+from cortex.audit import audit_ledger
 from cortex.client import Client
 from cortex.errors import CortexError, QueryFailed
 from cortex.nats import STREAM, Bus, EmbeddedServer, Outgoing, ledger_subject
@@ -159,6 +160,12 @@ async def test_bad_events_on_the_stream_are_quarantined_and_the_node_goes_on(
         (last + 2, "undecodable"),
     ]
     assert (await replay(bus, tmp_path / "fresh.db")).digest == live
+    # The audit of that database names both: no writer could have appended them.
+    report = await audit_ledger(bus, dbs=[db])
+    assert [(v.type, v.seq) for v in report.violations if v.type == "quarantined_event"] == [
+        ("quarantined_event", last + 1),
+        ("quarantined_event", last + 2),
+    ]
 
 
 def _children(pid: int) -> list[int]:

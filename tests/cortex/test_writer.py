@@ -302,3 +302,48 @@ async def test_an_atomic_request_larger_than_a_batch_still_lands_whole_or_not_at
         )
         assert [r["error"]["code"] for r in replies] == ["aborted", "agent_exists"]
         assert await bus.last_seq() == before
+
+
+async def test_a_writer_carries_on_past_events_it_cannot_read(
+    server: EmbeddedServer, bus: Bus, forge: Any
+) -> None:
+    """An undecodable event published around the writer, correctly chained: the running writer
+    keeps appending after it (it used to answer `internal` to everything), a restarted writer
+    starts (it used to fail with a ValidationError), and neither lets a forged event take over
+    another tenant's fact."""
+    async with (
+        running_writer(server.url) as live,
+        await Client.connect(server.url, tenant="acme") as client,
+    ):
+        await client.register_agent("a")
+        owned = await client.store_fact("a", "acme's own")
+        assert owned.fact_id is not None
+
+        async def forged(subject: str, body: bytes) -> None:
+            last = await bus.get(await bus.last_seq())
+            await forge(
+                subject,
+                body,
+                {"Cortex-Prev": last.hash.hex(), "Cortex-Hash": link(last.hash, body).hex()},
+            )
+
+        await forged("cortex.ledger.acme.fact_stored", b'{"kind": "fact_stored", "broken": ')
+        hijack = {
+            "kind": "fact_stored",
+            "id": str(new_id()),
+            "tenant": "rival",
+            "ts": 1,
+            "fact_id": str(owned.fact_id),
+            "agent_id": "r",
+            "content": "mine now",
+        }
+        await forged("cortex.ledger.rival.fact_stored", json.dumps(hijack).encode())
+        after = await client.vote("a", owned.fact_id, 1)  # still acme's fact, still accepted
+        assert after.seq == await bus.last_seq()
+        assert live.internal_errors == 0
+    async with (
+        running_writer(server.url),
+        await Client.connect(server.url, tenant="acme") as client,
+    ):
+        again = await client.vote("a", owned.fact_id, -1)
+        assert again.seq == after.seq + 1
