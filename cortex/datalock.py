@@ -21,14 +21,14 @@ from typing import Final, Self
 
 import structlog
 
-from events.errors import StateConflict
+from events.errors import ServerError
 
 log = structlog.get_logger(__name__)
 
 LOCK_FILE: Final = "LOCK"
 
 
-class DataFolderLocked(StateConflict):
+class DataFolderLocked(ServerError):
     """Another process holds the data folder."""
 
     code = "data_locked"

@@ -109,6 +109,8 @@ class ProjectionNode:
             raise
         self._follow = asyncio.create_task(self._supervise(), name="cortex-projector")
         self._health = asyncio.create_task(self._check_pool(), name="cortex-pool-health")
+        for task in (self._follow, self._health):
+            task.add_done_callback(self._ended)
         self._sub = await self.bus.serve(f"{QUERY_PREFIX}.*.*", self._on_query, queue=QUEUE_GROUP)
         log.info("projector_started", db=str(self.db), seq=self.projector.seq)
 
@@ -157,9 +159,14 @@ class ProjectionNode:
             before = projector.seq
             error: Exception
             try:
-                await self.bus.last_seq()  # the stream answers: the feed is back
+                target = await self.bus.last_seq()  # the stream answers: the feed is back
+                if not projector.following and projector.seq < target:
+                    # Back after a stop: catch up (a bounded read) before saying so, or
+                    # reads would be answered from a model known to be behind.
+                    feed = records(self.bus, projector.seq + 1, target, head=projector.head)
+                    await projector.consume(feed)
                 projector.mark_following()
-                await projector.consume(records(self.bus, before + 1, head=projector.head))
+                await projector.consume(records(self.bus, projector.seq + 1, head=projector.head))
                 error = Unavailable("the ledger feed ended")
             except asyncio.CancelledError:
                 raise
@@ -189,6 +196,18 @@ class ProjectionNode:
         if self._on_fatal is not None:
             self._on_fatal(as_cortex_error(error, f"the node's projector stopped at seq {seq}"))
 
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A long-lived task ended on its own: nothing may die silently."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None and task is self._follow and self.projector.halted:
+            return  # _halt has said why already
+        failure = error or RuntimeError(f"{task.get_name()} ended")
+        log.critical("node_task_ended", task=task.get_name(), error=str(failure))
+        if self._on_fatal is not None:
+            self._on_fatal(as_cortex_error(failure, f"the node's {task.get_name()} task ended"))
+
     async def _check_pool(self) -> None:
         """Every half minute, replace any pooled connection that stopped answering."""
         while True:
@@ -196,7 +215,7 @@ class ProjectionNode:
             try:
                 if replaced := await self.pool.check():
                     log.warning("pool_connections_replaced", count=replaced)
-            except CortexError:
+            except Exception:  # a failed check is retried at the next one
                 log.exception("pool_check_failed")
 
     async def stop(self) -> None:

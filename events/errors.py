@@ -147,7 +147,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "aborted": (StateConflict, "another command of the same atomic request was refused"),
     "no_key": (StateConflict, "the writer has no key to sign checkpoints with"),
     "no_checkpoint": (StateConflict, "the ledger is empty: nothing to checkpoint"),
-    "data_locked": (StateConflict, "another process holds the data folder"),
+    "data_locked": (ServerError, "another process holds the data folder"),
     "busy": (Unavailable, "the writer's batch was full; ask again"),
     # the ledger
     "ledger_error": (LedgerError, "the ledger stream is missing, misconfigured or refused"),

@@ -82,18 +82,29 @@ class ReadService:
     async def run(self, tenant: str, query: Query) -> Any:
         """Answer ``query`` for ``tenant``, after waiting (bounded) for its ``min_seq``."""
         projector = self.projector
-        if projector.halted and not isinstance(query, GetStatus):
-            raise self._not_following()
-        if query.min_seq is not None:
+        if isinstance(query, GetStatus):
+            return self.status()  # always: it is how a node says it is not following
+        if projector.halted:
+            raise self._not_following(query.min_seq)
+        # A read as of a seq this node has not reached would be answered as of now:
+        # wait for it as for min_seq.
+        as_of: int | None = getattr(query, "as_of_seq", None)
+        needed = max(query.min_seq or 0, as_of or 0)
+        if needed > projector.seq:
+            # Waits through a restart too: read-your-writes survives a blip of the feed.
             wait = min(query.timeout, MAX_WAIT_S)
-            if not await projector.wait_for(query.min_seq, timeout=wait):
+            if not await projector.wait_for(needed, timeout=wait):
                 if not projector.following:
-                    raise self._not_following(query.min_seq)
+                    raise self._not_following(needed)
+                what = "min_seq" if needed == query.min_seq else "as_of_seq"
                 raise QueryFailed(
                     f"this node has applied the ledger up to seq {self.projector.seq}; "
-                    f"min_seq {query.min_seq} was not reached within {wait} s",
+                    f"{what} {needed} was not reached within {wait} s",
                     code="timeout",
                 )
+        elif not projector.following and query.min_seq is None:
+            # Restarting, and the read asked for no position: its rows may be stale.
+            raise self._not_following()
         return await self._answer(tenant, query)
 
     async def _answer(self, tenant: str, query: Query) -> Any:  # noqa: PLR0912 (one case per op)
@@ -153,12 +164,12 @@ class ReadService:
             case GetProof(event=event, tree_size=tree_size):
                 if self.ledger is None:
                     raise QueryFailed(
-                        "this node cannot read the ledger for proofs", code="internal"
+                        "this node cannot read the ledger for proofs", code="unavailable"
                     )
                 return await proofs.inclusion_proof(pool, self.ledger, tenant, event, tree_size)
             case GetConsistency(old_size=old, new_size=new):
                 return await proofs.consistency_proof(pool, old, new)
-        raise QueryFailed(f"no handler for {type(query).__name__}", code="internal")
+        raise InternalError(TypeError(f"no handler for {type(query).__name__}"))
 
     async def respond(self, tenant: str, op: str, payload: bytes) -> bytes:
         """One query from wire bytes to reply bytes: ``{"result": …}`` or ``{"error": …}``."""

@@ -24,6 +24,7 @@ from events.chain import GENESIS, link
 from events.codec import decode_event
 from events.errors import LedgerMismatch
 from events.model import kind_of
+from events.operations import GetFact
 from projections import queries
 from projections.digest import digest
 from projections.pool import ConnectionPool
@@ -83,6 +84,21 @@ async def test_min_seq_beyond_the_ledger_times_out_clearly(
     assert info.value.code == "timeout"
     assert node.projector.seq == 1  # the node is fine and still serving
     assert [a["agent_id"] for a in await client.agents()] == ["a"]
+
+
+async def test_a_read_as_of_a_seq_the_node_has_not_reached_waits_for_it(
+    client: Client, node: ProjectionNode
+) -> None:
+    """ "As of N" past this node's position would be answered as of now, and differ from
+    another node's answer: it waits for N like min_seq, then says it was not reached."""
+    await client.register_agent("a")
+    fact = await client.store_fact("a", "Pluto is a planet")
+    assert fact.fact_id is not None
+    with pytest.raises(QueryFailed, match="as_of_seq 1000000 was not reached") as info:
+        await client.ask(GetFact(fact_id=fact.fact_id, as_of_seq=10**6, timeout=0.3))
+    assert info.value.code == "timeout"
+    then = await client.ask(GetFact(fact_id=fact.fact_id, as_of_seq=fact.seq, timeout=5))
+    assert then is not None and then.content == "Pluto is a planet"
 
 
 async def test_bad_queries_get_error_replies_and_the_node_keeps_serving(
