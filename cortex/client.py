@@ -21,6 +21,7 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Self
 
 import msgspec
@@ -28,8 +29,16 @@ import uuid_utils.compat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cortex.commands_wire import ATOMIC_KIND, BATCH_KIND
-from cortex.errors import CortexError, InvalidCommand, QueryFailed, Unavailable, rejection
-from cortex.nats import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, command_subject
+from cortex.errors import (
+    CortexError,
+    Forbidden,
+    InvalidCommand,
+    QueryFailed,
+    Unavailable,
+    rejection,
+)
+from cortex.nats import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, Credentials, Role, command_subject
+from cortex.nats.auth import from_env as credentials_from_env
 from events import signing
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
@@ -70,6 +79,20 @@ def _public_hex(key: str | Ed25519PublicKey | Ed25519PrivateKey) -> str:
     if isinstance(key, Ed25519PrivateKey):
         key = key.public_key()
     return raw_public(key).hex() if isinstance(key, Ed25519PublicKey) else key
+
+
+def _tenant_of(creds: Credentials | None, tenant: str | None) -> str:
+    """The tenant a client acts in: an agent's own (another is refused), else the one
+    asked for, else the default."""
+    if creds is None or creds.role is not Role.AGENT:
+        return tenant or DEFAULT_TENANT
+    if tenant is not None and tenant != creds.tenant:
+        raise Forbidden(
+            f"these credentials are for tenant {creds.tenant!r}, not {tenant!r}: an agent acts "
+            "in its own tenant only (the server refuses any other)",
+            code="wrong_tenant",
+        )
+    return creds.tenant
 
 
 def _results(raw: bytes, count: int) -> list[dict[str, Any]]:
@@ -139,12 +162,29 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, url: str = DEFAULT_URL, *, tenant: str = DEFAULT_TENANT, **options: Any
+        cls,
+        url: str | None = None,
+        *,
+        tenant: str | None = None,
+        creds: Credentials | Path | str | None = None,
+        **options: Any,
     ) -> Self:
+        """Connect to ``url`` (default: the one in the credentials, else the local
+        default) as ``creds`` (a credentials file or object; default ``CORTEX_CREDS``).
+
+        Agent credentials name their tenant, and the server lets them send to that
+        tenant only: the client takes the tenant from them and refuses another.
+        """
+        if creds is not None and not isinstance(creds, Credentials):
+            creds = Credentials.load(creds)
+        elif creds is None:
+            creds = credentials_from_env()
+        tenant = _tenant_of(creds, tenant)
         refused = check_tenant(tenant)
         if refused is not None:
             raise refused.error()
-        bus = await Bus.connect(url, name=f"cortex-client-{tenant}")
+        url = url or (creds.url if creds is not None and creds.url else DEFAULT_URL)
+        bus = await Bus.connect(url, name=f"cortex-client-{tenant}", creds=creds)
         try:
             return cls(bus, tenant=tenant, owns_bus=True, **options)
         except BaseException:

@@ -38,7 +38,8 @@ import structlog
 
 from cortex.datalock import DataLock
 from cortex.errors import CortexError, ServerError
-from cortex.nats import Bus, Durability, EmbeddedServer
+from cortex.nats import Bus, Credentials, Durability, EmbeddedServer
+from cortex.nats.permissions import Role as User
 from cortex.node import ProjectionNode
 from cortex.writer import LedgerWriter
 
@@ -61,8 +62,13 @@ log = structlog.get_logger(__name__)
 class Runtime:
     """Starts roles, remembers what it owns, and stops it all in reverse order on exit."""
 
-    def __init__(self, url: str | None = None, *, name: str = "cortex") -> None:
+    def __init__(
+        self, url: str | None = None, *, name: str = "cortex", creds: Credentials | None = None
+    ) -> None:
         self._url = url
+        #: What every role connects as on a server this runtime did not start (None:
+        #: ``CORTEX_CREDS``, else anonymous). On its own server each role is its own user.
+        self._creds = creds
         #: Connections are named ``<name>-<role>`` (as the server's monitoring shows them).
         self.name = name
         self.server: EmbeddedServer | None = None
@@ -147,9 +153,18 @@ class Runtime:
         if self.failure is not None:
             raise self.failure
 
+    def credentials(self, role: str) -> Credentials | None:
+        """Who a connection for ``role`` is: on the runtime's own server, the folder's
+        writer or node user for those roles and its admin for anything else (readers,
+        audits); elsewhere the credentials given (or None: ``CORTEX_CREDS``)."""
+        if self.server is None:
+            return self._creds
+        known = {"writer": User.WRITER, "node": User.NODE}
+        return self.server.credentials(known.get(role, User.ADMIN))
+
     async def connect(self, role: str) -> Bus:
         """A connection of this runtime's own, named for ``role``, closed on exit."""
-        bus = await Bus.connect(self.url, name=f"{self.name}-{role}")
+        bus = await Bus.connect(self.url, name=f"{self.name}-{role}", creds=self.credentials(role))
         self._stack.push_async_callback(bus.close)
         return bus
 

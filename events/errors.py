@@ -14,7 +14,10 @@
     │   ├── PoolTimeout          no connection came free within the acquire timeout
     │   └── PoolClosed           the pool is closed (or was never opened)
     ├── Unavailable              no server, writer or node answered in time
-    └── ServerError              the embedded nats-server could not be found or started
+    ├── ServerError              the embedded nats-server could not be found or started
+    ├── Forbidden                NATS refused this identity: no or wrong credentials, or
+    │                            a subject its permissions do not allow
+    └── CredentialsError         a credentials file is unreadable, malformed or not private
 
 Each carries a stable ``code`` (and ``seq`` or ``in_use`` where they help),
 listed with its meaning in ``CODES``: scripts and other front doors match on
@@ -121,6 +124,18 @@ class ServerError(CortexError):
     code = "server_error"
 
 
+class Forbidden(CortexError):
+    """NATS (or the client, knowing its credentials) refused what this identity tried."""
+
+    code = "forbidden"
+
+
+class CredentialsError(CortexError):
+    """A credentials or key file cannot be used: unreadable, malformed, or readable by others."""
+
+    code = "bad_credentials"
+
+
 #: Every stable code an error can carry: its class (what a client raises for
 #: it) and what it means. ``tests/test_codes.py`` checks that the code base
 #: produces exactly these.
@@ -178,6 +193,14 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "usage": (CortexError, "the command line is not one `cortex` understands (see --help)"),
     "server_exited": (ServerError, "the embedded nats-server ended while CORTEX ran on it"),
     "internal": (CortexError, "a bug: the reply says what failed"),
+    "forbidden": (Forbidden, "the server's permissions do not let this identity do that"),
+    "not_authorized": (Forbidden, "the server refused the connection: no or wrong credentials"),
+    "wrong_tenant": (Forbidden, "the credentials belong to another tenant than the one asked"),
+    "bad_credentials": (CredentialsError, "a credentials file cannot be read or is not one"),
+    "insecure_permissions": (
+        CredentialsError,
+        "a key or credentials file (or its folder) is readable by other users",
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
-from cortex.cli.ledger import add_data_option, open_ledger
+from cortex.cli.ledger import open_ledger
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_json, progress_bar
 from cortex.errors import CortexError
 from events.note import NoteError, parse_verifier_key
@@ -107,5 +107,4 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="trust only checkpoints signed by this writer key (as `cortex checkpoint` "
         "prints it; repeatable)",
     )
-    add_data_option(p)
     p.set_defaults(func=cmd_audit)

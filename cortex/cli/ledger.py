@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from cortex import served
+from cortex.cli.connect import credentials
 from cortex.datalock import LOCK_FILE, DataFolderLocked
 from cortex.errors import Unavailable
 from cortex.nats import DEFAULT_URL, Bus
@@ -79,10 +80,11 @@ async def open_ledger(
         async with runtime:
             if writes is not None:
                 refuse_if_in_use(writes, runtime)
+            folder = data_folder(args, dbs)
             if args.nats:
-                bus = await Bus.connect(args.nats, name=name)
+                bus = await Bus.connect(args.nats, name=name, creds=credentials(args, folder))
             else:
-                bus = await _local(args, name, data_folder(args, dbs), runtime)
+                bus = await _local(args, name, folder, runtime)
             try:
                 yield bus
             finally:
@@ -96,7 +98,7 @@ async def _local(args: argparse.Namespace, name: str, folder: Path, runtime: Run
     command = f"cortex {args.command}"
     if not holds_ledger(folder):
         try:
-            return await Bus.connect(DEFAULT_URL, name=name)
+            return await Bus.connect(DEFAULT_URL, name=name, creds=credentials(args, folder))
         except Unavailable as e:
             raise Unavailable(
                 f"no ledger in {folder} and nothing answers at {DEFAULT_URL}: run this in the "
@@ -108,7 +110,7 @@ async def _local(args: argparse.Namespace, name: str, folder: Path, runtime: Run
     except DataFolderLocked:
         url = served.served_url(folder) or DEFAULT_URL
         try:
-            return await Bus.connect(url, name=name)
+            return await Bus.connect(url, name=name, creds=credentials(args, folder))
         except Unavailable as e:
             raise Unavailable(
                 f"{folder} is held by {holder(folder)} but nothing answers at {url}: stop that "
@@ -117,16 +119,7 @@ async def _local(args: argparse.Namespace, name: str, folder: Path, runtime: Run
             ) from e
     url = await runtime.serve(folder, port=-1)
     served.announce(folder, url)
-    return await Bus.connect(url, name=name)
-
-
-def add_data_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data",
-        metavar="DIR",
-        help="data folder of the ledger when no --nats is given (default: the --db's folder "
-        "if it is one, else ./.cortex); its server is started if nothing runs there",
-    )
+    return await Bus.connect(url, name=name, creds=credentials(args, folder))
 
 
 def refuse_if_in_use(db: Path, runtime: Runtime) -> None:

@@ -22,7 +22,7 @@ from typing import NoReturn
 import structlog
 from rich.markup import escape
 
-from cortex.cli import audit, proof, read, write
+from cortex.cli import audit, connect, proof, read, tenant, write
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, print_json
 from cortex.errors import CortexError
 from cortex.nats import DEFAULT_URL
@@ -69,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--tenant",
-        default=os.environ.get("CORTEX_TENANT", "default"),
-        help="tenant to act in (env CORTEX_TENANT; default 'default')",
+        default=os.environ.get("CORTEX_TENANT"),
+        help="tenant to act in (env CORTEX_TENANT; default: the agent credentials' own, "
+        "else 'default')",
     )
+    connect.add_options(common)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("-v", "--verbose", action="store_true", help="log what happens to stderr")
 
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # In the order `cortex --help` lists them.
     write.register(sub, common)
+    tenant.register(sub, common)
     read.register_log(sub, common)
     audit.register(sub, common)
     read.register(sub, common)

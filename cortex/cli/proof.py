@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cortex.cli.connect import open_client
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, print_json
-from cortex.client import Client
 from cortex.errors import CortexError
-from cortex.nats import DEFAULT_URL
 from events.proof import check_proof
 
 
@@ -27,7 +26,7 @@ def _print(value: Any) -> None:
 
 
 async def cmd_checkpoint(args: argparse.Namespace) -> int:
-    async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as c:
+    async with await open_client(args) as c:
         cp = await c.make_checkpoint()
     if args.json:
         _print(cp)
@@ -40,7 +39,7 @@ async def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 async def _fetch_proof(args: argparse.Namespace) -> dict[str, Any]:
-    async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as c:
+    async with await open_client(args) as c:
         if args.consistency:
             old, new = args.consistency
             return await c.consistency_proof(old, new)

@@ -15,7 +15,8 @@ import msgspec
 from rich.markup import escape
 from rich.table import Table
 
-from cortex.cli.ledger import add_data_option, open_ledger
+from cortex.cli.connect import open_client
+from cortex.cli.ledger import open_ledger
 from cortex.cli.output import (
     EXIT_OK,
     out,
@@ -28,7 +29,6 @@ from cortex.cli.output import (
 from cortex.cli.parse import positive
 from cortex.client import Client
 from cortex.errors import CortexError
-from cortex.nats import DEFAULT_URL
 from events.codec import decode_event
 from events.model import kind_of
 from projections.digest import file_digest
@@ -36,7 +36,7 @@ from projections.replay import replay
 
 
 async def _client(args: argparse.Namespace) -> Client:
-    return await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant)
+    return await open_client(args)
 
 
 def _print_page(page: dict[str, Any], args: argparse.Namespace, title: str, *, rank: bool) -> None:
@@ -256,7 +256,6 @@ def register_log(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("log", parents=[common], help="list the ledger's events")
     p.add_argument("--from", dest="start", type=int, default=1, help="first seq (default 1)")
     p.add_argument("--limit", type=int, help="at most this many events")
-    add_data_option(p)
     p.set_defaults(func=cmd_log)
 
 
@@ -308,7 +307,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="database to (re)build (default ./cortex-replay.db)",
     )
     p.add_argument("--until", type=int, help="stop at this seq: the state as of then")
-    add_data_option(p)
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser(

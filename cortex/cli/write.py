@@ -18,13 +18,15 @@ from rich.markup import escape
 
 from cortex import served
 from cortex.audit import audit_ledger
+from cortex.cli import tenant
 from cortex.cli.audit import print_audit
+from cortex.cli.connect import open_client
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_events, print_json, summary
 from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
 from cortex.client import Client, Receipt
 from cortex.core.keys import create_key, load_key, public_hex, writer_key
 from cortex.errors import CortexError
-from cortex.nats import DEFAULT_URL, Durability
+from cortex.nats import Credentials, Durability, LocalAuth
 from cortex.runtime import Runtime
 from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH
 from events.codec import decode_event
@@ -43,7 +45,7 @@ def _receipt_dict(r: Receipt) -> dict[str, Any]:
 async def _with_client(
     args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]
 ) -> int:
-    async with await Client.connect(args.nats or DEFAULT_URL, tenant=args.tenant) as client:
+    async with await open_client(args) as client:
         receipt = await work(client)
     if args.json:
         print_json(_receipt_dict(receipt))
@@ -106,7 +108,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
     nats_url = _server_of(args)
     data = Path(args.data or DEFAULT_DATA)
     port = DEFAULT_PORT if args.port is None else args.port
-    async with Runtime(nats_url) as runtime:
+    creds = Credentials.load(args.creds) if nats_url is not None and args.creds else None
+    async with Runtime(nats_url, creds=creds) as runtime:
         # The folder holds the store, the read model and the writer key: one
         # process at a time, external server or not.
         runtime.lock(data, purpose=f"cortex up --role {args.role}")
@@ -128,6 +131,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
             f", durability {args.durability}" if nats_url is None else ", external server"
         )
         out.print(f"CORTEX is up: serving {url} ({where}; {args.role}). Ctrl-C to stop.")
+        if runtime.server is not None:
+            out.print(
+                f"no anonymous access: commands run here use {runtime.server.admin_creds}; "
+                "issue agents theirs with `cortex tenant add TENANT`"
+            )
         if writer is not None and writer.key is not None:
             out.print(
                 f"checkpoints are signed by {escape(writer.key.verifier)} "
@@ -168,9 +176,14 @@ async def cmd_keygen(args: argparse.Namespace) -> int:
 async def cmd_agent_add(args: argparse.Namespace) -> int:
     key = _read_key(args.key)
     public_key = args.public_key if key is None else public_hex(key)
-    return await _with_client(
+    code = await _with_client(
         args, lambda c: c.register_agent(args.agent_id, public_key=public_key)
     )
+    if args.creds_out:
+        done = await tenant.issue(args, tenant.default_tenant(args), Path(args.creds_out))
+        if not args.json:
+            out.print(f"its credentials (tenant {escape(done['tenant'])}): {done['file']}")
+    return code
 
 
 def _fact_options(p: argparse.ArgumentParser) -> None:
@@ -252,6 +265,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     """Start a throwaway server, run three agents through a short story, prove and audit it."""
     with tempfile.TemporaryDirectory(prefix="cortex-demo-") as tmp:
         data = Path(tmp)
+        # The agents' own credentials: they may write and read tenant "demo" only.
+        agents = LocalAuth(data).add_agent("demo")
         async with Runtime(name="cortex-demo") as runtime:
             url = await runtime.serve(data, port=-1)
             await runtime.add_writer(key=writer_key(data))
@@ -259,9 +274,12 @@ async def cmd_demo(args: argparse.Namespace) -> int:
             bus = await runtime.connect("reader")
             if not args.json:
                 out.print(f"CORTEX demo: nats-server {url}, ledger in {tmp}")
-            async with await Client.connect(url, tenant="demo") as client:
+            async with (
+                await Client.connect(url, creds=agents) as client,
+                await Client.connect(url, creds=runtime.credentials("admin")) as operator,
+            ):
                 signed_vote = await _demo_story(client)
-                checkpoint = await client.make_checkpoint()
+                checkpoint = await operator.make_checkpoint()  # an operator's request
                 proof = check_proof(
                     await client.proof(signed_vote), verifier=checkpoint["verifier"]
                 )
@@ -354,6 +372,13 @@ def _register_run(sub: Any) -> None:
         help="use this NATS server or cluster instead of starting one (env CORTEX_NATS_URL)",
     )
     p.add_argument(
+        "--creds",
+        metavar="FILE",
+        default=os.environ.get("CORTEX_CREDS"),
+        help="with --nats: the credentials the writer and node connect with (env "
+        "CORTEX_CREDS); the embedded server's roles use the data folder's own",
+    )
+    p.add_argument(
         "--data",
         help=f"data folder: store, read model, writer key (default ./{DEFAULT_DATA}); "
         "given, it wins over CORTEX_NATS_URL",
@@ -412,6 +437,11 @@ def _register_writes(sub: Any, common: argparse.ArgumentParser) -> None:
     signer.add_argument("--public-key", help="the agent's Ed25519 public key, 64 hex digits")
     signer.add_argument(
         "--key", metavar="FILE", help="register the public key of this key file (cortex keygen)"
+    )
+    p.add_argument(
+        "--creds-out",
+        metavar="FILE",
+        help="also issue NATS credentials for the agent's tenant into FILE (cortex tenant add)",
     )
     p.set_defaults(func=cmd_agent_add)
 

@@ -5,6 +5,8 @@
     consumer    read the ledger in order, to a seq or followed live (the hot path)
     rpc         serve a subject / send a request; handlers see an ``Inbound``
     server      the embedded nats-server process
+    auth        credentials (nkeys) and the data folder's users
+    permissions the roles' subject permissions, as nats-server configuration
     errors      nats-py's errors translated into ``cortex.errors``, one table
     bus         ``Bus``, the facade over all of it
 
@@ -16,7 +18,9 @@ nats`` in here is nats-py, never this package.
 from __future__ import annotations
 
 from cortex.core.records import Outgoing, StoredEvent
+from cortex.nats.auth import Credentials, LocalAuth
 from cortex.nats.bus import Bus
+from cortex.nats.permissions import Role
 from cortex.nats.rpc import Handler, Inbound, Serving
 from cortex.nats.server import Durability, EmbeddedServer
 from cortex.nats.subjects import (
@@ -36,6 +40,7 @@ __all__ = [
     "Bus",
     "CHECKPOINT_SUBJECT",
     "COMMAND_PREFIX",
+    "Credentials",
     "DEFAULT_URL",
     "DUPLICATE_WINDOW_S",
     "Durability",
@@ -45,7 +50,9 @@ __all__ = [
     "Handler",
     "Inbound",
     "LEDGER_PREFIX",
+    "LocalAuth",
     "Outgoing",
+    "Role",
     "STREAM",
     "Serving",
     "StoredEvent",

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Sequence
 from nats.aio.client import Client as NatsClient
 
 from cortex.core.records import Outgoing, StoredEvent
-from cortex.nats import connection, consumer, rpc, store
+from cortex.nats import auth, connection, consumer, rpc, store
+from cortex.nats.auth import Credentials
 from cortex.nats.subjects import DEFAULT_URL
 
 
@@ -27,10 +28,20 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str = DEFAULT_URL, *, name: str = "cortex", timeout: float = 5.0
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        name: str = "cortex",
+        timeout: float = 5.0,
+        creds: Credentials | None = None,
     ) -> Bus:
-        """Connect, failing fast with a clear error when nothing listens at ``url``."""
-        return cls(await connection.connect(url, name=name, timeout=timeout), timeout=timeout)
+        """Connect as ``creds`` (default: the file ``CORTEX_CREDS`` names, else none),
+        failing fast with a clear error when nothing listens at ``url`` or the server
+        refuses the identity."""
+        if creds is None:
+            creds = auth.from_env()
+        nc = await connection.connect(url, name=name, timeout=timeout, creds=creds)
+        return cls(nc, timeout=timeout)
 
     async def close(self) -> None:
         await connection.close(self._nc)

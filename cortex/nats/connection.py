@@ -1,37 +1,119 @@
-"""Opening and closing a connection to NATS."""
+"""Opening and closing a connection to NATS, as one identity.
+
+A connection is made with ``Credentials`` (an nkey seed: nats-py signs the
+server's nonce with it) and subscribes only under that user's inbox prefix,
+the one its permissions allow. The server reports a subject the permissions
+do not allow asynchronously (``-ERR 'Permissions Violation …'``, which
+nats-py hands to the error callback and otherwise ignores); ``Guard`` turns
+it into a ``Forbidden`` for the request or subscription that caused it,
+instead of a request that waits for its timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Any
+import re
+from typing import Any, Final
 
 import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from cortex.errors import Forbidden, Unavailable
+from cortex.nats.auth import Credentials
 from cortex.nats.consumer import header_lines
 from cortex.nats.errors import translated
 
 log = structlog.get_logger(__name__)
 
+#: nats-py lower-cases the server's error text before it reaches the callback.
+_VIOLATION: Final = re.compile(r'permissions violation for (publish|subscription) to "([^"]*)"')
+
+
+class Guard:
+    """A connection's permission violations, matched to what is waiting on them."""
+
+    __slots__ = ("denied_subscriptions", "unauthorized", "waiting")
+
+    def __init__(self) -> None:
+        #: The server refused the connection's credentials (or their absence).
+        self.unauthorized = False
+        #: lower-cased subject → the tasks whose request to it is in flight.
+        self.waiting: dict[str, set[asyncio.Task[Any]]] = {}
+        #: Subscriptions the server refused (lower-cased), for ``rpc.serve`` to report.
+        self.denied_subscriptions: set[str] = set()
+
+    def violated(self, kind: str, subject: str) -> None:
+        if kind == "subscription":
+            self.denied_subscriptions.add(subject)
+            return
+        for task in self.waiting.pop(subject, ()):
+            task.cancel(msg=_DENIED)
+
+
+#: The cancel message that says "the server refused this request's subject".
+_DENIED: Final = "cortex: permissions violation"
+
+
+def denied(e: asyncio.CancelledError) -> bool:
+    """Whether a cancellation is ``Guard``'s (the request's subject was refused)."""
+    return bool(e.args) and e.args[0] == _DENIED
+
 
 class _Client(NatsClient):
-    """nats-py's client with the lighter header parser of ``consumer.header_lines``.
-    Should a later nats-py stop calling this hook, reads get slower, not wrong."""
+    """nats-py's client with the lighter header parser of ``consumer.header_lines``
+    and a ``Guard``. Should a later nats-py stop calling the parser hook, reads get
+    slower, not wrong."""
 
     _parse_header_lines = staticmethod(header_lines)
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.guard = Guard()
 
-async def _log_nats_error(e: Exception) -> None:
-    # nats-py prints tracebacks for connection trouble by default; a user
-    # gets one clear CORTEX error instead, and the detail goes to the log.
-    log.debug("nats_error", error=str(e) or type(e).__name__)
+    async def _log_error(self, e: Exception) -> None:
+        # nats-py prints tracebacks for connection trouble by default; a user
+        # gets one clear CORTEX error instead, and the detail goes to the log.
+        text = str(e) or type(e).__name__
+        if isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in text:
+            self.guard.unauthorized = True
+        if match := _VIOLATION.search(text):
+            log.warning("nats_permission_denied", kind=match.group(1), subject=match.group(2))
+            self.guard.violated(match.group(1), match.group(2))
+            return
+        log.debug("nats_error", error=text)
 
 
-async def connect(url: str, *, name: str, timeout: float) -> NatsClient:
-    """Connect, failing fast with Unavailable when nothing listens at ``url``."""
+def guard_of(nc: NatsClient) -> Guard | None:
+    return nc.guard if isinstance(nc, _Client) else None
+
+
+async def connect(
+    url: str, *, name: str, timeout: float, creds: Credentials | None = None
+) -> NatsClient:
+    """Connect as ``creds`` (anonymously without), failing fast with Unavailable when
+    nothing listens at ``url`` and Forbidden when the server refuses the identity."""
+    nc = _Client()
+    try:
+        await _connect(nc, url, name=name, timeout=timeout, creds=creds)
+    except Unavailable as e:
+        if nc.guard.unauthorized:
+            raise Forbidden(
+                f"NATS at {url} refused the connection: no or wrong credentials (give --creds "
+                "FILE or CORTEX_CREDS; for a `cortex up` data folder, --data DIR finds its own)",
+                code="not_authorized",
+            ) from e
+        raise
+    # …but once connected, ride out restarts and cluster fail-overs.
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+async def _connect(
+    nc: _Client, url: str, *, name: str, timeout: float, creds: Credentials | None
+) -> None:
     with translated("connect", url=url):
-        nc = _Client()
         # nats-py types these seconds as int; it takes (and uses) floats.
         options: dict[str, Any] = {
             "connect_timeout": timeout,
@@ -40,10 +122,10 @@ async def connect(url: str, *, name: str, timeout: float) -> NatsClient:
             "reconnect_time_wait": 0.5,
             "allow_reconnect": True,
         }
-        await nc.connect(url, name=name, error_cb=_log_nats_error, **options)
-    # …but once connected, ride out restarts and cluster fail-overs.
-    nc.options["max_reconnect_attempts"] = -1
-    return nc
+        if creds is not None:
+            options["nkeys_seed_str"] = creds.seed
+            options["inbox_prefix"] = creds.inbox_prefix
+        await nc.connect(url, name=name, error_cb=nc._log_error, **options)
 
 
 async def close(nc: NatsClient) -> None:

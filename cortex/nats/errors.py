@@ -17,7 +17,13 @@ from typing import Any, Final, Literal, NamedTuple
 import nats.errors
 import nats.js.errors
 
-from cortex.errors import AppendConflict, CortexError, InvalidCommand, LedgerError, Unavailable
+from cortex.errors import (
+    AppendConflict,
+    CortexError,
+    InvalidCommand,
+    LedgerError,
+    Unavailable,
+)
 
 #: The kinds of call into nats-py; each has its rows in ``_TABLE``.
 Op = Literal["connect", "create_stream", "stream_info", "get", "append", "read", "serve", "request"]

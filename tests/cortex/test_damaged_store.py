@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import AsAdmin
 
 from cortex.client import Client
 from cortex.errors import LedgerError
@@ -32,9 +33,10 @@ def _cut(data: Path, keep: int) -> None:
 
 
 @pytest.fixture
-async def damaged(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedServer, int]]:
+async def damaged(tmp_path: Path, as_admin: AsAdmin) -> AsyncIterator[tuple[EmbeddedServer, int]]:
     """A server whose stream claims four events and holds three; and that last seq."""
     data = tmp_path / "data"
+    as_admin(data)
     async with (
         EmbeddedServer(data, port=-1) as server,
         running_writer(server.url),
@@ -82,8 +84,11 @@ async def test_log_audit_and_up_on_a_cut_ledger_fail_within_seconds(
     assert "error [missing_events]" in up.err
 
 
-async def test_an_empty_stream_whose_state_says_otherwise_is_reported(tmp_path: Path) -> None:
+async def test_an_empty_stream_whose_state_says_otherwise_is_reported(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     data = tmp_path / "data"
+    as_admin(data)
     async with (
         EmbeddedServer(data, port=-1) as server,
         running_writer(server.url),

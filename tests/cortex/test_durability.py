@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from conftest import AsAdmin
+
 from cortex.audit import audit_ledger
 from cortex.client import Client
 from cortex.nats import Bus, Durability, EmbeddedServer
@@ -22,8 +24,11 @@ async def test_the_embedded_default_fsyncs_before_acknowledging(tmp_path: Path) 
     assert "sync_interval: always" in (Path(__file__).parents[2] / "nats.conf").read_text()
 
 
-async def test_acknowledged_events_survive_a_killed_server(tmp_path: Path) -> None:
+async def test_acknowledged_events_survive_a_killed_server(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     """SIGKILL the server after the receipts: on restart every event is there, chain intact."""
+    as_admin(tmp_path / "data")
     server = EmbeddedServer(tmp_path / "data", port=-1)
     await server.start()
     bus = await Bus.connect(server.url)
@@ -52,8 +57,11 @@ async def test_acknowledged_events_survive_a_killed_server(tmp_path: Path) -> No
         await restarted.stop()
 
 
-async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     """`cortex up` as a user runs it: says its URL, takes commands, exits 0 on SIGTERM."""
+    as_admin(tmp_path / "d")
     async with cortex_up(tmp_path / "d") as up:
         async with await Client.connect(up.url, tenant="t") as c:
             receipt = await c.register_agent("a")
@@ -63,9 +71,12 @@ async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> 
     assert (tmp_path / "d" / "writer.key").stat().st_mode & 0o777 == 0o600
 
 
-async def test_a_second_cortex_up_on_the_same_data_folder_is_refused(tmp_path: Path) -> None:
+async def test_a_second_cortex_up_on_the_same_data_folder_is_refused(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     """Two `cortex up` on one folder would each append their own seq 2: the second must not start."""
     data = tmp_path / "d"
+    as_admin(data)
     async with cortex_up(data) as up:
         second = await cortex("up", "--data", str(data), "--port", "-1")
         assert second.code == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiosqlite
 import pytest
-from conftest import Forge
+from conftest import AsAdmin, Forge
 
 from cortex.client import Client
 from cortex.errors import QueryFailed
@@ -198,13 +198,14 @@ async def test_replay_until_gives_the_state_as_of_that_seq(
     assert fact.deprecated is None
 
 
-async def test_a_database_from_another_ledger_is_refused(tmp_path: Path) -> None:
+async def test_a_database_from_another_ledger_is_refused(tmp_path: Path, as_admin: AsAdmin) -> None:
     """The stored position's hash must be this ledger's: otherwise say so and how to rebuild."""
     one, other = LedgerBuilder(), LedgerBuilder()
     one.agent("a")
     one.fact("a", "ledger one")
     other.agent("b")
     other.fact("b", "ledger two")
+    as_admin(tmp_path / "s1")
     async with EmbeddedServer(tmp_path / "s1", port=-1, durability=Durability.FAST) as s1:
         bus = await Bus.connect(s1.url)
         await _append(bus, one)
@@ -213,6 +214,7 @@ async def test_a_database_from_another_ledger_is_refused(tmp_path: Path) -> None
         assert await n.projector.wait_for(2, timeout=10)
         await n.stop()
         await bus.close()
+    as_admin(tmp_path / "s2")
     async with EmbeddedServer(tmp_path / "s2", port=-1, durability=Durability.FAST) as s2:
         bus = await Bus.connect(s2.url)
         await _append(bus, other)
@@ -238,7 +240,9 @@ async def _position(db: Path) -> int:
     return 0 if row is None else int(row[0])
 
 
-async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(tmp_path: Path) -> None:
+async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     """SIGKILL `cortex up` while it projects; the restarted node ends with exactly a fresh replay's rows."""
     builder = LedgerBuilder()
     for i in range(20):
@@ -246,6 +250,7 @@ async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(tmp_path: Pat
     facts = [builder.fact(f"agent{i % 20}", f"fact {i} about things") for i in range(4000)]
     for i in range(36_000):
         builder.vote(f"agent{i % 20}", facts[(i * 7) % 4000], 1 if i % 3 else -1)
+    as_admin(tmp_path / "srv")
     async with EmbeddedServer(tmp_path / "srv", port=-1, durability=Durability.FAST) as srv:
         bus = await Bus.connect(srv.url)
         total = await _append(bus, builder)

@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import AsAdmin
 
 from cortex import served
 from cortex.client import Client
@@ -23,11 +24,12 @@ async def _told(url: str) -> int:
 
 
 async def test_after_cortex_up_exits_log_audit_and_replay_start_the_server_themselves(
-    tmp_path: Path,
+    tmp_path: Path, as_admin: AsAdmin
 ) -> None:
     """What ledger_mismatch and chain_break advise must be runnable once `cortex up` is gone
     (it took its embedded server with it): before, each failed with `unavailable`."""
     data = tmp_path / "data"
+    as_admin(data)  # for the client; the commands find the folder's credentials themselves
     async with cortex_up(data) as up:
         last = await _told(up.url)
         assert await up.stop() == 0
@@ -48,9 +50,10 @@ async def test_after_cortex_up_exits_log_audit_and_replay_start_the_server_thems
 
 
 async def test_beside_a_live_owner_they_use_its_server_and_replay_refuses_its_database(
-    tmp_path: Path,
+    tmp_path: Path, as_admin: AsAdmin
 ) -> None:
     data = tmp_path / "data"
+    as_admin(data)
     async with Runtime(name="test") as owner:  # holds the data folder's lock, as cortex up
         url = await owner.serve(data, port=-1)
         await owner.add_writer()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import AsAdmin
 
 from cortex.client import Client
 from cortex.errors import Unavailable
@@ -37,9 +38,12 @@ async def _server_is_gone(url: str) -> bool:
     return False
 
 
-async def test_server_writer_and_node_serve_a_write_and_a_read(tmp_path: Path) -> None:
+async def test_server_writer_and_node_serve_a_write_and_a_read(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     """What `cortex up` runs: a receipt's seq is readable through the node with min_seq;
     after the block the server is stopped."""
+    as_admin(tmp_path / "data")
     async with Runtime(name="test") as runtime:
         url = await runtime.serve(tmp_path / "data", port=-1)
         writer = await runtime.add_writer()
@@ -83,8 +87,9 @@ async def test_a_role_that_fails_to_start_stops_everything_started_before(
     assert await _server_is_gone(url)
 
 
-async def test_an_external_url_is_used_as_given(tmp_path: Path) -> None:
+async def test_an_external_url_is_used_as_given(tmp_path: Path, as_admin: AsAdmin) -> None:
     """With a URL the runtime starts no server of its own, and refuses to start one."""
+    as_admin(tmp_path / "data")
     async with Runtime(name="test") as outer:
         url = await outer.serve(tmp_path / "data", port=-1)
         async with Runtime(url, name="test") as runtime:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from conftest import Forge
+from conftest import AsAdmin, Forge
 
 from cortex.audit import audit_ledger
 from cortex.client import Client
@@ -194,9 +194,12 @@ async def test_cortex_up_exits_with_a_reason_when_its_nats_server_dies(tmp_path:
         )
 
 
-async def test_cortex_up_exits_with_a_reason_when_its_ledger_breaks(tmp_path: Path) -> None:
+async def test_cortex_up_exits_with_a_reason_when_its_ledger_breaks(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
     """An event that breaks the chain, appended around the writer: the node cannot
     follow, and `cortex up` exits 1 naming the broken seq."""
+    as_admin(tmp_path / "d")  # an insider: only the admin could append around the writer
     async with cortex_up(tmp_path / "d") as up:
         bus = await Bus.connect(up.url)
         try:
@@ -215,11 +218,12 @@ async def test_cortex_up_exits_with_a_reason_when_its_ledger_breaks(tmp_path: Pa
 
 
 async def test_an_exported_nats_url_gives_way_to_an_explicit_data_and_port(
-    tmp_path: Path,
+    tmp_path: Path, as_admin: AsAdmin
 ) -> None:
     """CORTEX_NATS_URL names a server nobody runs; `cortex up --data X --port P` starts
     its own, as typed, and says it ignored the environment."""
     nowhere = "nats://127.0.0.1:1"
+    as_admin(tmp_path / "d")
     async with cortex_up(tmp_path / "d", env={"CORTEX_NATS_URL": nowhere}) as up:
         async with await Client.connect(up.url, tenant="t") as client:
             await client.register_agent("a")

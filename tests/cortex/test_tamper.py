@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -46,7 +47,16 @@ from cortex.client import Client, Receipt, new_id
 from cortex.core.keys import WriterKey, public_hex, writer_key
 from cortex.core.sequencer import origin_of
 from cortex.errors import CortexError, LedgerError
-from cortex.nats import HDR_HASH, HDR_PREV, STREAM, Bus, EmbeddedServer, Outgoing, ledger_subject
+from cortex.nats import (
+    HDR_HASH,
+    HDR_PREV,
+    STREAM,
+    Bus,
+    Credentials,
+    EmbeddedServer,
+    Outgoing,
+    ledger_subject,
+)
 from cortex.node import ProjectionNode
 from cortex.testing import run_cli
 from cortex.writer import LedgerWriter
@@ -133,8 +143,16 @@ async def _bus(url: str) -> AsyncIterator[Bus]:
 
 @contextlib.asynccontextmanager
 async def _jetstream(url: str) -> AsyncIterator[JetStreamContext]:
-    """A raw nats-py connection, as an attacker would open one: no CORTEX in between."""
-    nc = await nats.connect(url, connect_timeout=WAIT, max_reconnect_attempts=1)
+    """A raw nats-py connection, as an attacker with the admin's credentials (an insider)
+    would open one: no CORTEX in between."""
+    admin = Credentials.load(os.environ["CORTEX_CREDS"])
+    nc = await nats.connect(
+        url,
+        connect_timeout=WAIT,
+        max_reconnect_attempts=1,
+        nkeys_seed_str=admin.seed,
+        inbox_prefix=admin.inbox_prefix,
+    )
     try:
         yield nc.jetstream(timeout=WAIT)
     finally:
