@@ -22,6 +22,7 @@ PACKAGES = ("cortex", "events", "projections", "ops", "tests")
 RAW_NATS_ALLOWED = {
     "tests/conftest.py": "the forge fixture publishes around the writer, as anyone could",
     "tests/cortex/test_tamper.py": "plays an attacker with a raw connection",
+    "tests/cortex/test_permissions.py": "attacks the server's permissions with raw connections",
     "ops/bench/write.py": "the plain nats-py baseline the writer is measured against",
 }
 

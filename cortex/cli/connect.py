@@ -17,12 +17,14 @@ announced (``<data>/nats.url``), else the default.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Final
 
 from cortex import served
 from cortex.client import Client
 from cortex.nats import DEFAULT_URL, Credentials, LocalAuth, Role
+from cortex.nats.auth import ENV_CREDS
 
 DEFAULT_DATA: Final = Path(".cortex")
 
@@ -63,7 +65,7 @@ def add_options(common: argparse.ArgumentParser) -> None:
     common.add_argument(
         "--creds",
         metavar="FILE",
-        default=None,
+        default=os.environ.get(ENV_CREDS) or None,
         help="credentials file to connect with (env CORTEX_CREDS; default: the data "
         "folder's own, for the operator)",
     )

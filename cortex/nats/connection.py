@@ -76,7 +76,10 @@ class _Client(NatsClient):
         # nats-py prints tracebacks for connection trouble by default; a user
         # gets one clear CORTEX error instead, and the detail goes to the log.
         text = str(e) or type(e).__name__
-        if isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in text:
+        if (
+            isinstance(e, nats.errors.AuthorizationError)
+            or "authorization violation" in text.lower()
+        ):
             self.guard.unauthorized = True
         if match := _VIOLATION.search(text):
             log.warning("nats_permission_denied", kind=match.group(1), subject=match.group(2))
