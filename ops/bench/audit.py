@@ -375,6 +375,9 @@ async def bench_stream(events: int, root: Path, report: Report) -> Built:
     """Build the ledger, append it to a fresh server, read it plainly, then audit it."""
     server = EmbeddedServer(root / "nats", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
+    # The server admits no one anonymously: this run (and its child processes) is
+    # its operator.
+    os.environ["CORTEX_CREDS"] = str(server.admin_creds)
     try:
         bus = await Bus.connect(url, name="bench-audit")
         try:
@@ -399,6 +402,9 @@ async def bench_small(root: Path, report: Report) -> None:
     """A 10,000-event ledger on a fresh server: plain read and audit, SMALL_RUNS times each."""
     server = EmbeddedServer(root / "nats-small", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
+    # The server admits no one anonymously: this run (and its child processes) is
+    # its operator.
+    os.environ["CORTEX_CREDS"] = str(server.admin_creds)
     try:
         bus = await Bus.connect(url, name="bench-audit-small")
         try:

@@ -280,6 +280,9 @@ async def bench_nats(
 ) -> Series:
     server = EmbeddedServer(root / "nats", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
+    # The server admits no one anonymously: this run (and its child processes) is
+    # its operator.
+    os.environ["CORTEX_CREDS"] = str(server.admin_creds)
     node = node_process(url, root / "node", root / "node.log")
     async with stopped_after(node, server, log_label="node log", name="the node"):
         report.append_seconds = (await append_ledger(url, ledger)).seconds

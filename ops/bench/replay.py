@@ -437,6 +437,9 @@ async def bench_replay(url: str, ledger: synth.Ledger, root: Path, report: Repor
 async def bench_jetstream(ledger: synth.Ledger, root: Path, report: Report) -> None:
     server = EmbeddedServer(root / "nats", port=-1, durability=Durability.FAST)
     url = await server.start(timeout=SERVER_START_S)
+    # The server admits no one anonymously: this run (and its child processes) is
+    # its operator.
+    os.environ["CORTEX_CREDS"] = str(server.admin_creds)
     try:
         report.append = await append_ledger(url, ledger)
         await bench_replay(url, ledger, root, report)

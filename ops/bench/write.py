@@ -55,7 +55,15 @@ from rich.table import Table
 
 from cortex.client import Client, Receipt, new_id
 from cortex.errors import Unavailable
-from cortex.nats import LEDGER_PREFIX, Bus, Durability, EmbeddedServer
+from cortex.nats import (
+    LEDGER_PREFIX,
+    Bus,
+    Credentials,
+    Durability,
+    EmbeddedServer,
+    LocalAuth,
+    Role,
+)
 from events.codec import encode
 from events.commands import StoreFact, to_event
 from events.model import SYSTEM_TENANT
@@ -171,20 +179,26 @@ def _store(client: Client, i: int) -> Awaitable[Receipt]:
 # -- 1. plain JetStream -----------------------------------------------------
 
 
-async def bench_baseline(url: str, events: int, payload: bytes) -> tuple[float, float]:
+async def bench_baseline(
+    url: str, events: int, payload: bytes, creds: Credentials
+) -> tuple[float, float]:
     """(msgs/s, seconds) for ``events`` plain async publishes to a file stream.
 
     Plain nats-py on purpose, the one place outside ``cortex.nats`` that
     imports it: this is the floor the writer is measured against.
     """
     try:
-        return await _baseline(url, events, payload)
+        return await _baseline(url, events, payload, creds)
     except nats.errors.Error as e:  # e.g. stalled: cancelled while waiting for acks
         raise BenchError(f"plain JetStream publishing failed: {e}") from e
 
 
-async def _baseline(url: str, events: int, payload: bytes) -> tuple[float, float]:
-    nc = await nats.connect(url, name="bench-baseline")
+async def _baseline(
+    url: str, events: int, payload: bytes, creds: Credentials
+) -> tuple[float, float]:
+    nc = await nats.connect(
+        url, name="bench-baseline", nkeys_seed_str=creds.seed, inbox_prefix=creds.inbox_prefix
+    )
     try:
         js = nc.jetstream(publish_async_max_pending=BASELINE_PENDING)
         await js.add_stream(
@@ -220,11 +234,20 @@ async def _baseline(url: str, events: int, payload: bytes) -> tuple[float, float
 # -- 2. the writer in its own process ---------------------------------------
 
 
-def writer_process(url: str, log_path: Path) -> CortexUp:
-    """``cortex up --nats URL --role writer`` as a child process."""
+def writer_process(url: str, log_path: Path, creds: Path) -> CortexUp:
+    """``cortex up --nats URL --role writer --creds WRITER`` as a child process."""
     return CortexUp(
         "the writer",
-        ["--nats", url, "--role", "writer", "--data", str(log_path.parent / "writer-data")],
+        [
+            "--nats",
+            url,
+            "--role",
+            "writer",
+            "--data",
+            str(log_path.parent / "writer-data"),
+            "--creds",
+            str(creds),
+        ],
         log_path,
         start_s=WRITER_START_S,
         stop_s=WRITER_STOP_S,
@@ -329,14 +352,14 @@ async def bench_latency(client: Client, *, rate: float, seconds: float, first: i
 _OWN_SUBJECTS: Final = f"{LEDGER_PREFIX}.{SYSTEM_TENANT}."
 
 
-async def _check_ledger(url: str, seqs: Sequence[int]) -> int:
+async def _check_ledger(url: str, seqs: Sequence[int], admin: Credentials) -> int:
     """The ledger's length; besides the writer's own events (its key, its
     checkpoints) it must hold exactly the receipted events, once each."""
     if len(set(seqs)) != len(seqs):
         raise BenchError(
             f"receipts of the run repeat seqs: {len(seqs) - len(set(seqs))} duplicates"
         )
-    bus = await Bus.connect(url, name="bench-check")
+    bus = await Bus.connect(url, name="bench-check", creds=admin)
     try:
         last = await bus.last_seq()
         agents = {s.seq async for s in bus.read(1, last) if not s.subject.startswith(_OWN_SUBJECTS)}
@@ -366,9 +389,11 @@ async def _register(client: Client) -> Receipt:
             await asyncio.sleep(0.05)
 
 
-async def _measure_writer(url: str, events: int, result: ModeResult) -> None:
-    """Phases 2 and 3 against a running writer process."""
-    async with await Client.connect(url, tenant=TENANT) as client:
+async def _measure_writer(
+    url: str, events: int, result: ModeResult, server: EmbeddedServer, agent: Credentials
+) -> None:
+    """Phases 2 and 3 against a running writer process, as an agent of TENANT."""
+    async with await Client.connect(url, creds=agent) as client:
         seqs = [(await _register(client)).seq]
         # Warm-up, not measured: connections, the stream's first block, caches.
         warm = await asyncio.gather(*(_store(client, -1 - i) for i in range(500)))
@@ -382,7 +407,7 @@ async def _measure_writer(url: str, events: int, result: ModeResult) -> None:
     result.p50_ms, result.p99_ms = latency.p50_ms, latency.p99_ms
     result.latency_achieved_s = latency.achieved_s
     result.latency_requests, result.latency_errors = latency.requests, latency.errors
-    result.ledger_events = await _check_ledger(url, seqs)
+    result.ledger_events = await _check_ledger(url, seqs, server.credentials(Role.ADMIN))
 
 
 async def bench_mode(durability: Durability, events: int, payload: bytes) -> ModeResult:
@@ -392,9 +417,12 @@ async def bench_mode(durability: Durability, events: int, payload: bytes) -> Mod
         prefix=f"cortex-bench-{durability.value}-", ignore_cleanup_errors=True
     ) as tmp:
         root = Path(tmp)
+        # Authentication on, as `cortex up` runs: the writer, the agent and the
+        # baseline's publisher each connect with their own nkey credentials.
+        agent = LocalAuth(root / "data").add_agent(TENANT)
         server = EmbeddedServer(root / "data", port=-1, durability=durability)
         url = await server.start(timeout=SERVER_START_S)
-        writer = writer_process(url, root / "writer.log")
+        writer = writer_process(url, root / "writer.log", server.auth.path(Role.WRITER))
         async with stopped_after(
             writer,
             server,
@@ -402,10 +430,10 @@ async def bench_mode(durability: Durability, events: int, payload: bytes) -> Mod
             name=f"the {durability.value} writer",
         ):
             result.baseline_msgs_s, result.baseline_seconds = await bench_baseline(
-                url, events, payload
+                url, events, payload, server.credentials(Role.ADMIN)
             )
             await writer.start()
-            await _measure_writer(url, events, result)
+            await _measure_writer(url, events, result, server, agent)
             result.ratio = result.writer_events_s / result.baseline_msgs_s
     return result
 
