@@ -12,7 +12,7 @@ from conftest import AsAdmin
 from cortex.client import Client
 from cortex.errors import CredentialsError
 from cortex.nats import Credentials, EmbeddedServer, LocalAuth, Role
-from cortex.nats.permissions import QUERY_PREFIX, QUERY_QUEUE, WRITER_QUEUE
+from cortex.nats.permissions import QUERY_PREFIX, QUERY_QUEUE, WRITER_QUEUE, roles_table
 from cortex.node import QUERY_PREFIX as NODE_QUERY_PREFIX
 from cortex.node import QUEUE_GROUP as NODE_QUEUE
 from cortex.testing import cortex_up, run_cli
@@ -145,3 +145,10 @@ async def test_the_cli_uses_the_data_folders_own_credentials_by_default(
         assert added.code == 0, added.err
         listed = await run_cli("agents", "--data", str(data), "--json", "--min-seq", "2")
         assert [a["agent_id"] for a in listed.json()["items"]] == ["ada"]
+
+
+def test_the_external_server_snippet_is_the_permission_table() -> None:
+    """ops/nats-auth.conf, what an operator of an external server copies, is exactly
+    what the embedded server is given (for placeholder keys)."""
+    snippet = Path(__file__).parents[2] / "ops" / "nats-auth.conf"
+    assert snippet.read_text().endswith(roles_table())
