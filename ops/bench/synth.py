@@ -68,6 +68,8 @@ _TAGS: Final = tuple(_TAG_WORDS.split())
 _TYPES: Final = ("knowledge", "decision", "observation", "preference", "procedure")
 _TYPE_WEIGHTS: Final = (60, 15, 15, 5, 5)
 _REASONS: Final = ("", "", "", "duplicate", "outdated", "wrong source", "superseded")
+#: A deprecation by anyone but the author must say why (events.rules), so these never empty.
+_DEPRECATION_REASONS: Final = ("duplicate", "outdated", "wrong source", "superseded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +332,7 @@ class _Generator:
             id=self.uuid7(seq),
             fact_id=tenant.facts[index],
             agent_id=rng.choice(tenant.agents),
-            reason=rng.choice(_REASONS),
+            reason=rng.choice(_DEPRECATION_REASONS),
             successor_id=successor,
         )
 
