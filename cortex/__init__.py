@@ -22,6 +22,7 @@ from cortex.errors import (
     QueryFailed,
     ServerError,
     StateConflict,
+    StreamUnsafe,
     Unavailable,
     UnknownReference,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "Receipt",
     "ServerError",
     "StateConflict",
+    "StreamUnsafe",
     "Unavailable",
     "UnknownReference",
     "VoteCast",

@@ -1,6 +1,9 @@
 """``cortex audit``: recompute the ledger from the stream and trust nothing else.
 
-Reads every stored event in order and hands it to ``events.verify.
+First it checks the stream itself (``cortex.nats.stream_config``): each way its
+configuration could drop or hide events is a ``stream_config`` violation, and
+a stream that no longer starts at seq 1 (a limit dropped its first events, or
+it was purged, or deleted and recreated) is ``stream_truncated``. Then it reads every stored event in order and hands it to ``events.verify.
 LedgerVerifier`` (hashes, links, gaps, duplicate ids, checkpoint roots and
 signatures, agent signatures). Then, for each projection database given,
 replays the ledger into a scratch database up to that database's position
@@ -20,7 +23,7 @@ from typing import Any
 
 import aiosqlite
 
-from cortex.nats import Bus, StoredEvent
+from cortex.nats import STREAM, Bus, StoredEvent
 from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.verify import LedgerVerifier
@@ -113,6 +116,7 @@ async def audit_ledger(
     started = time.perf_counter()
     report = AuditReport(pinned=writer_keys is not None)
     total = await bus.last_seq()
+    report.violations.extend(await stream_violations(bus))
     verifier = LedgerVerifier(pinned=None if writer_keys is None else frozenset(writer_keys))
     chunk: list[StoredEvent] = []
     # partial: a store missing its last events ends the read early; the check below names it.
@@ -127,7 +131,7 @@ async def audit_ledger(
     if progress is not None:
         progress(verifier.chain.last_seq, total)
     chain = verifier.chain
-    report.violations = verifier.violations
+    report.violations.extend(verifier.violations)
     if chain.last_seq != total:
         report.violations.append(
             Violation(
@@ -152,6 +156,19 @@ async def audit_ledger(
         await _report_quarantine(db, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+async def stream_violations(bus: Bus) -> list[Violation]:
+    """One violation per way the stream's configuration or state can drop or hide events."""
+    return [
+        Violation(
+            "stream_truncated" if drift.field.startswith("state.") else "stream_config",
+            0,
+            str(drift),
+            location=f"stream {STREAM}: {drift.field}",
+        )
+        for drift in await bus.stream_drifts()
+    ]
 
 
 async def _report_quarantine(db: Path, report: AuditReport) -> None:

@@ -170,6 +170,7 @@ class Runtime:
 
     async def add_writer(self, **options: Any) -> LedgerWriter:
         """Start the ledger writer on its own connection (options as ``LedgerWriter`` takes)."""
+        options.setdefault("on_fatal", self.fail)
         writer = LedgerWriter(await self.connect("writer"), **options)
         self.writer = await self.add(writer)
         return writer

@@ -9,6 +9,16 @@ as the next atomic batch (group commit): the fsync that ``sync_interval:
 always`` costs is paid once per batch, not once per event, and no event
 waits for another event's acknowledgement before it is published.
 
+The stream's configuration is part of the ledger's integrity: the writer
+refuses to start on a stream that could drop or hide events
+(``cortex.nats.stream_config``), and keeps checking while it runs, on every
+JetStream advisory about the stream and at least every ``stream_check_s``
+seconds. A batch is acknowledged only if the stream was found safe within
+that interval and no advisory came since (else it is checked first). On a
+drift it stops appending for good: every queued and later command is
+answered ``stream_unsafe`` naming what drifted, and ``on_fatal`` is told
+(``cortex up`` exits saying why).
+
 Every append states the sequence it expects to follow. A writer whose view
 is stale (another writer appended first) is refused by JetStream, reads
 what it missed, judges its commands again and retries: two writers can
@@ -22,6 +32,7 @@ import asyncio
 import contextlib
 import gc
 import time
+from collections.abc import Callable
 from typing import Final
 
 import msgspec
@@ -39,8 +50,15 @@ from cortex.core.sequencer import (
     Staged,
     same_or_reused,
 )
-from cortex.errors import AppendConflict, ChainBroken, CortexError, InternalError
-from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, Bus, Inbound, Serving
+from cortex.errors import (
+    AppendConflict,
+    ChainBroken,
+    CortexError,
+    InternalError,
+    StreamUnsafe,
+)
+from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, STREAM, Bus, Inbound, Serving
+from cortex.supervisor import Backoff
 from events.chain import link
 from events.codec import decode_event
 from events.commands import Command
@@ -52,10 +70,13 @@ log = structlog.get_logger(__name__)
 QUEUE_GROUP: Final = "cortex-writer"
 DEFAULT_MAX_BATCH: Final = JETSTREAM_BATCH_LIMIT
 _MAX_ATTEMPTS: Final = 50
+#: How old the last check of the stream's configuration may be when a batch is acknowledged.
+DEFAULT_STREAM_CHECK_S: Final = 5.0
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
     "DEFAULT_MAX_BATCH",
+    "DEFAULT_STREAM_CHECK_S",
     "JETSTREAM_BATCH_LIMIT",
     "QUEUE_GROUP",
     "LedgerWriter",
@@ -77,11 +98,16 @@ class LedgerWriter:
         key: WriterKey | None = None,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         require_signatures: bool = False,
+        stream_check_s: float = DEFAULT_STREAM_CHECK_S,
+        watch_advisories: bool = True,
+        on_fatal: Callable[[CortexError], None] | None = None,
     ) -> None:
         if not 1 <= max_batch <= JETSTREAM_BATCH_LIMIT:
             raise ValueError(
                 "max_batch must be between 1 and 1000 (JetStream's atomic batch limit)"
             )
+        if not 0 < stream_check_s <= 60:
+            raise ValueError("stream_check_s must be more than 0 and at most 60 seconds")
         self.bus = bus
         self.max_batch = max_batch
         self.replicas = replicas
@@ -99,6 +125,22 @@ class LedgerWriter:
         self._committer: asyncio.Task[None] | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self._broken: ChainBroken | None = None
+        #: How often the stream's configuration is checked, at least; see the module doc.
+        self.stream_check_s = stream_check_s
+        #: False for a connection not allowed to subscribe to JetStream advisories:
+        #: then only the polling bounds how long a drift goes unnoticed.
+        self.watch_advisories = watch_advisories
+        self._on_fatal = on_fatal
+        #: Set once the stream was found unsafe: nothing is appended after it.
+        self.unsafe: StreamUnsafe | None = None
+        self._checked_at = -float("inf")  # monotonic time the last good check began
+        self._advised = False  # an advisory came since that check began
+        self._check_lock = asyncio.Lock()
+        self._poke = asyncio.Event()
+        self._advisories: Serving | None = None
+        self._watch: asyncio.Task[None] | None = None
+        #: The last seq known to be in the stream (appended or read by this writer).
+        self._stored = 0
         self.appended = 0
         #: Bugs met (each answered ``internal`` with a trace id that the log holds).
         self.internal_errors = 0
@@ -115,8 +157,13 @@ class LedgerWriter:
         return self.sequencer.key
 
     async def start(self) -> None:
-        """Create the stream if needed, recover the head and state, then serve."""
+        """Create the stream or check it, recover the head and state, watch the
+        stream's configuration, then serve."""
+        checked = time.monotonic()
         await self.bus.ensure_stream(replicas=self.replicas)
+        self._checked_at = checked
+        if self.watch_advisories:
+            self._advisories = await self.bus.watch_stream(self._on_advisory)
         started = time.perf_counter()
         await self._catch_up()
         gc.freeze()  # the recovered state lives as long as the writer: stop re-scanning it
@@ -129,6 +176,7 @@ class LedgerWriter:
         if self.key is not None and self.key.public_hex not in self.state.writer_keys:
             await self._commit([])  # records this writer's key before anything it signs
         self._committer = asyncio.create_task(self._run(), name="cortex-writer")
+        self._watch = asyncio.create_task(self._watch_stream(), name="cortex-stream-watch")
         self._sub = await self.bus.serve(
             f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP
         )
@@ -138,11 +186,16 @@ class LedgerWriter:
 
     async def stop(self) -> None:
         """Stop taking requests, finish what was taken, answer every caller."""
-        for sub in (self._sub, self._admin):
+        for sub in (self._sub, self._admin, self._advisories):
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.close()
-        self._sub = self._admin = None
+        self._sub = self._admin = self._advisories = None
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         if self._committer is not None:
             await self._queue.put(None)
             await self._committer
@@ -263,6 +316,8 @@ class LedgerWriter:
         for _attempt in range(_MAX_ATTEMPTS):
             if self._broken is not None:
                 raise self._broken
+            if self.unsafe is not None:
+                raise self.unsafe
             staged: Staged | None = None
             appended = False
             try:
@@ -282,6 +337,10 @@ class LedgerWriter:
                     self.sequencer.rollback(staged)
             if staged is not None and appended:
                 self.appended += len(staged.outgoing)
+                self._stored = max(self._stored, staged.base + len(staged.outgoing))
+                # Stored, but acknowledged only from a stream known to keep it. If this
+                # raises, the callers' retries (same ids) get the first receipt later.
+                await self._ensure_safe()
                 self._resolve(items, staged)
                 return
             # A stateful refusal may only mean this writer has not yet seen
@@ -330,5 +389,76 @@ class LedgerWriter:
                 # chain (the audit names it); the writer carries on after it.
                 log.warning("unreadable_event_skipped", seq=stored.seq, error=str(e))
                 self.state.skip(stored.seq, stored.hash)
+                self._stored = stored.seq
                 continue
             self.state.apply(event, stored.seq, stored.hash)
+            self._stored = stored.seq
+
+    # -- the stream's configuration ----------------------------------------
+
+    def _on_advisory(self) -> None:
+        self._advised = True
+        self._poke.set()
+
+    async def check_stream(self) -> None:
+        """Check the stream's configuration and state now; on a drift, stop appending
+        for good (see the module doc) and raise StreamUnsafe."""
+        if self.unsafe is not None:
+            raise self.unsafe
+        async with self._check_lock:
+            if self.unsafe is not None:
+                raise self.unsafe
+            began = time.monotonic()
+            self._advised = False
+            try:
+                await self.bus.check_stream(replicas=self.replicas, appended=self._stored)
+            except StreamUnsafe as e:
+                self._stop_appending(e)
+                raise
+            except BaseException:
+                self._advised = True  # still unknown: the next acknowledgement checks again
+                raise
+            self._checked_at = began
+
+    async def _ensure_safe(self) -> None:
+        """Before acknowledging: a check if the last is too old or an advisory came since."""
+        if self.unsafe is not None:
+            raise self.unsafe
+        if self._advised or time.monotonic() - self._checked_at > self.stream_check_s:
+            await self.check_stream()
+
+    def _stop_appending(self, error: StreamUnsafe) -> None:
+        if self.unsafe is not None:
+            return
+        self.unsafe = error
+        log.critical("writer_stopped_appending", code=error.code, error=error.message)
+        if self._on_fatal is not None:
+            self._on_fatal(error)
+
+    async def _watch_stream(self) -> None:
+        """Check the stream on each advisory and every ``stream_check_s`` at least;
+        retry a check that failed (NATS away), give up on one that keeps failing."""
+        backoff = Backoff(first=min(1.0, self.stream_check_s), cap=self.stream_check_s)
+        due = self._checked_at + self.stream_check_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), max(0.0, due - time.monotonic()))
+            self._poke.clear()
+            try:
+                await self.check_stream()
+            except StreamUnsafe:
+                return
+            except Exception as e:
+                delay = backoff.failed(e)
+                if delay is None:
+                    failure = StreamUnsafe(
+                        f"the writer could not check stream {STREAM}'s configuration "
+                        f"({e}), so it appends nothing"
+                    )
+                    self._stop_appending(failure)
+                    return
+                log.warning("stream_check_failed", error=str(e) or type(e).__name__, in_s=delay)
+                due = time.monotonic() + delay
+                continue
+            backoff.progressed()
+            due = self._checked_at + self.stream_check_s

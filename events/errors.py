@@ -8,7 +8,8 @@
     ├── LedgerError              the ledger itself is unusable (missing, misconfigured, broken)
     │   ├── ChainBroken          a stored event does not link to the one before it
     │   ├── AppendConflict       another writer appended first; re-read the head and retry
-    │   └── LedgerMismatch       a read model does not follow the ledger it is fed
+    │   ├── LedgerMismatch       a read model does not follow the ledger it is fed
+    │   └── StreamUnsafe         the stream's configuration could drop or hide events
     ├── QueryFailed              a read was malformed, unknown, or min_seq was not reached in time
     ├── PoolError                the read model's connection pool cannot serve
     │   ├── PoolTimeout          no connection came free within the acquire timeout
@@ -85,6 +86,17 @@ class LedgerMismatch(LedgerError):
     """
 
     code = "ledger_mismatch"
+
+
+class StreamUnsafe(LedgerError):
+    """CORTEX_LEDGER's configuration or state could drop or hide events (an age or
+    count limit, another retention, other subjects, sealed…), or the stream is gone.
+
+    The writer appends nothing to such a stream and answers every command with
+    this error; the message names each drift.
+    """
+
+    code = "stream_unsafe"
 
 
 class QueryFailed(CortexError):
@@ -169,6 +181,11 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "chain_break": (ChainBroken, "a stored event does not link to the one before it"),
     "append_conflict": (AppendConflict, "another writer appended first"),
     "ledger_mismatch": (LedgerMismatch, "a database does not follow this ledger"),
+    "stream_unsafe": (
+        StreamUnsafe,
+        "the ledger stream's configuration could drop or hide events, or the stream is gone: "
+        "nothing is appended until an operator restores it",
+    ),
     "missing_events": (
         LedgerError,
         "the stream's state counts events its store no longer holds (cut or damaged)",

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
+from nats.aio.client import Client as NatsClient
 
 from cortex.client import Client
 from cortex.core.keys import writer_key
-from cortex.nats import Bus, EmbeddedServer, LocalAuth, Role
+from cortex.nats import STREAM, Bus, Credentials, EmbeddedServer, LocalAuth, Role
 from cortex.runtime import Runtime
 from cortex.testing import running_writer
 from cortex.writer import LedgerWriter
@@ -82,6 +86,64 @@ async def forge(server: EmbeddedServer) -> AsyncIterator[Forge]:
 
     yield publish
     await nc.close()
+
+
+class StreamAdmin:
+    """Changes CORTEX_LEDGER through the JetStream API, as whoever may administer the
+    stream can: every field as nats-server's JSON names it (durations in ns)."""
+
+    def __init__(self, nc: NatsClient) -> None:
+        self.nc = nc
+
+    async def _api(self, verb: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = b"" if body is None else json.dumps(body).encode()
+        reply = await self.nc.request(f"$JS.API.STREAM.{verb}.{STREAM}", payload, timeout=5)
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
+
+    async def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = (await self._api("INFO"))["config"]
+        return config
+
+    async def update(self, **changes: Any) -> dict[str, Any]:
+        """The stream's config with ``changes``; nats-server's reply (``error`` if refused)."""
+        return await self._api("UPDATE", {**await self.config(), **changes})
+
+    async def create(self, config: dict[str, Any]) -> dict[str, Any]:
+        return await self._api("CREATE", config)
+
+    async def delete(self) -> dict[str, Any]:
+        return await self._api("DELETE")
+
+
+#: Opens a StreamAdmin on the server at a URL (closed after the test).
+AdminConnect = Callable[[str], Awaitable[StreamAdmin]]
+
+
+@pytest.fixture
+async def admin_connect() -> AsyncIterator[AdminConnect]:
+    """The one place that opens a connection allowed to change the stream: a raw nats-py
+    connection with the admin's credentials (``CORTEX_CREDS``, as the fixtures set it)."""
+    opened: list[NatsClient] = []
+
+    async def connect(url: str) -> StreamAdmin:
+        # The admin credentials the test set up (the ``server`` fixture or ``as_admin``).
+        admin = Credentials.load(Path(os.environ["CORTEX_CREDS"]))
+        nc = await nats.connect(
+            url, name="stream-admin", nkeys_seed_str=admin.seed, inbox_prefix=admin.inbox_prefix
+        )
+        opened.append(nc)
+        return StreamAdmin(nc)
+
+    yield connect
+    for nc in opened:
+        await nc.close()
+
+
+@pytest.fixture
+async def stream_admin(server: EmbeddedServer, admin_connect: AdminConnect) -> StreamAdmin:
+    """A StreamAdmin on the test's server."""
+    return await admin_connect(server.url)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
     connection  connect and close, with a lighter header parser
     store       the ledger stream: create and check it, append atomic batches, get, last seq
+    stream_config  what the stream's configuration must be, and its live drifts from it
     consumer    read the ledger in order, to a seq or followed live (the hot path)
     rpc         serve a subject / send a request; handlers see an ``Inbound``
     server      the embedded nats-server process
@@ -23,6 +24,7 @@ from cortex.nats.bus import Bus
 from cortex.nats.permissions import Role
 from cortex.nats.rpc import Handler, Inbound, Serving
 from cortex.nats.server import Durability, EmbeddedServer
+from cortex.nats.stream_config import StreamDrift
 from cortex.nats.subjects import (
     CHECKPOINT_SUBJECT,
     COMMAND_PREFIX,
@@ -56,6 +58,7 @@ __all__ = [
     "STREAM",
     "Serving",
     "StoredEvent",
+    "StreamDrift",
     "command_subject",
     "ledger_subject",
 ]

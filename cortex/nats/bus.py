@@ -8,13 +8,14 @@ and ``cortex.errors`` exceptions translated by ``cortex.nats.errors``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from nats.aio.client import Client as NatsClient
 
 from cortex.core.records import Outgoing, StoredEvent
-from cortex.nats import auth, connection, consumer, rpc, store
+from cortex.nats import auth, connection, consumer, rpc, store, stream_config
 from cortex.nats.auth import Credentials
+from cortex.nats.stream_config import StreamDrift
 from cortex.nats.subjects import DEFAULT_URL
 
 
@@ -49,8 +50,28 @@ class Bus:
     # -- the stream -------------------------------------------------------
 
     async def ensure_stream(self, *, replicas: int = 1) -> None:
-        """Create CORTEX_LEDGER if missing; refuse to run on one that could lose events."""
-        await store.ensure_stream(self._js, replicas=replicas)
+        """Create CORTEX_LEDGER if missing; StreamUnsafe if the one there could drop or
+        hide events (``stream_config.drifts``)."""
+        await store.ensure_stream(self._nc, self._js, replicas=replicas, timeout=self.timeout)
+
+    async def stream_drifts(self, *, replicas: int = 1, appended: int = 0) -> list[StreamDrift]:
+        """How the live stream differs from what the ledger needs; empty when it is safe.
+
+        ``replicas``: the fewest copies acceptable; ``appended``: a seq this process
+        saw stored (a stream ending before it lost events). A missing stream is a drift.
+        """
+        status = await stream_config.read(self._nc, timeout=self.timeout)
+        return stream_config.drifts(status, replicas=replicas, appended=appended)
+
+    async def check_stream(self, *, replicas: int = 1, appended: int = 0) -> None:
+        """StreamUnsafe naming every drift if there is one (see ``stream_drifts``)."""
+        if found := await self.stream_drifts(replicas=replicas, appended=appended):
+            raise store.unsafe(found)
+
+    async def watch_stream(self, notify: Callable[[], None]) -> rpc.Serving:
+        """Call ``notify`` on each JetStream advisory about the stream (updated, deleted,
+        created…) until the returned handle is closed."""
+        return await stream_config.watch(self._nc, notify, timeout=self.timeout)
 
     async def last_seq(self) -> int:
         """The seq of the ledger's last event (0 when it is empty)."""

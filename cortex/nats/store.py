@@ -1,4 +1,4 @@
-"""The ledger stream: create it safely, append atomic batches, get one event, find the end."""
+"""The ledger stream: create it or refuse an unsafe one, append atomic batches, get, find the end."""
 
 from __future__ import annotations
 
@@ -8,21 +8,28 @@ from collections.abc import Sequence
 from typing import Any
 
 import nats.js.errors
+import structlog
 from nats.aio.client import Client as NatsClient
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 
 from cortex.core.records import LEDGER_PREFIX, Outgoing, StoredEvent
-from cortex.errors import LedgerError
+from cortex.errors import LedgerError, StreamUnsafe
+from cortex.nats import stream_config
 from cortex.nats.errors import STREAM_NAME_IN_USE, ack_error, translated
+from cortex.nats.stream_config import StreamDrift
 from cortex.nats.subjects import DUPLICATE_WINDOW_S, HDR_HASH, HDR_PREV, STREAM, hash_header
 
+log = structlog.get_logger(__name__)
 
-async def ensure_stream(js: JetStreamContext, *, replicas: int) -> None:
-    """Create CORTEX_LEDGER if missing; refuse to run on one that could lose events."""
-    config = StreamConfig(
+
+def required_config(*, replicas: int) -> StreamConfig:
+    """The configuration CORTEX creates the stream with (``stream_config.drifts`` checks it)."""
+    return StreamConfig(
         name=STREAM,
         subjects=[f"{LEDGER_PREFIX}.>"],
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,
         storage=StorageType.FILE,
         num_replicas=replicas,
         deny_delete=True,
@@ -31,6 +38,29 @@ async def ensure_stream(js: JetStreamContext, *, replicas: int) -> None:
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_atomic=True,
     )
+
+
+def unsafe(found: Sequence[StreamDrift]) -> StreamUnsafe:
+    """The error naming every drift: what is wrong, what it must be, and why."""
+    return StreamUnsafe(
+        f"stream {STREAM} could drop or hide events, so nothing is appended to it: "
+        + "; ".join(map(str, found))
+        + ". Restore its configuration (an admin, with `nats stream edit` or the JetStream "
+        "API) or move the ledger to a new stream; `cortex audit` lists the same."
+    )
+
+
+async def ensure_stream(
+    nc: NatsClient, js: JetStreamContext, *, replicas: int, timeout: float
+) -> None:
+    """Create CORTEX_LEDGER if missing; StreamUnsafe if the one there could drop or hide
+    events (``stream_config.drifts``).
+
+    A stream made by an earlier CORTEX differs only in its discard policy (old):
+    harmless while no limit is set, but under one it drops events instead of
+    refusing writes, so it is tightened to ``new`` when that is the only drift.
+    """
+    config = required_config(replicas=replicas)
     with translated("create_stream", stream=STREAM):
         try:
             await js.add_stream(config)
@@ -38,33 +68,19 @@ async def ensure_stream(js: JetStreamContext, *, replicas: int) -> None:
         except nats.js.errors.BadRequestError as e:
             if e.err_code != STREAM_NAME_IN_USE:  # in use with another config: check it below
                 raise
-    with translated("stream_info", stream=STREAM):
-        info = await js.stream_info(STREAM)
-    c = info.config
-    unsafe = [
-        name
-        for name, bad in (
-            ("deletes allowed", not c.deny_delete),
-            ("purges allowed", not c.deny_purge),
-            ("rollups allowed", bool(c.allow_rollup_hdrs)),
-            ("no atomic batches", not c.allow_atomic),
-            ("not file storage", c.storage != StorageType.FILE),
-            ("not limits retention", c.retention not in (None, RetentionPolicy.LIMITS)),
-            (
-                "a message, byte or age limit",
-                any(
-                    (v or 0) > 0
-                    for v in (c.max_msgs, c.max_bytes, c.max_age, c.max_msgs_per_subject)
-                ),
-            ),
+    status = await stream_config.read(nc, timeout=timeout)
+    found = stream_config.drifts(status, replicas=replicas)
+    if found and all(d.field == "discard" for d in found) and status is not None:
+        with translated("create_stream", stream=STREAM):
+            await js.update_stream(
+                required_config(replicas=max(replicas, status.config.num_replicas))
+            )
+        log.warning("stream_discard_tightened", stream=STREAM, was="old", now="new")
+        found = stream_config.drifts(
+            await stream_config.read(nc, timeout=timeout), replicas=replicas
         )
-        if bad
-    ]
-    if unsafe:
-        raise LedgerError(
-            f"stream {STREAM} exists but could lose or rewrite events ({', '.join(unsafe)}); "
-            "it cannot hold a tamper-evident ledger"
-        )
+    if found:
+        raise unsafe(found)
 
 
 async def last_seq(js: JetStreamContext) -> int:

@@ -39,6 +39,7 @@ import nats
 import nats.js.errors
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.js.api import DiscardPolicy
 from nats.js.client import JetStreamContext
 from uuid_utils.compat import uuid7
 
@@ -46,7 +47,7 @@ from cortex.audit import AuditReport, audit_ledger
 from cortex.client import Client, Receipt, new_id
 from cortex.core.keys import WriterKey, public_hex, writer_key
 from cortex.core.sequencer import origin_of
-from cortex.errors import CortexError, LedgerError
+from cortex.errors import CortexError, LedgerError, StreamUnsafe
 from cortex.nats import (
     HDR_HASH,
     HDR_PREV,
@@ -431,8 +432,10 @@ async def test_a_message_limit_added_to_the_stream_drops_old_events_and_the_audi
     server: EmbeddedServer, signing_writer: LedgerWriter, bus: Bus
 ) -> None:
     """What the denials do not cover: JetStream accepts a config update that adds
-    a message limit, and then discards the oldest events to meet it, deny_delete
-    notwithstanding. The door does not hold here; the audit does: it names the
+    a message limit with the discard policy old, and then discards the oldest
+    events to meet it, deny_delete notwithstanding (a limit alone, under the
+    discard new CORTEX sets, refuses writes instead: test_stream_config.py). The
+    door does not hold here; the audit does: it names the configuration, the
     missing first events (a gap and a broken link at the new first seq), and a
     writer will not start again on a stream with a limit."""
     story = await _story(server.url)
@@ -441,7 +444,9 @@ async def test_a_message_limit_added_to_the_stream_drops_old_events_and_the_audi
     first = story.last - keep + 1
     async with _jetstream(server.url) as js:
         config = (await js.stream_info(STREAM)).config
-        info = await js.update_stream(dataclasses.replace(config, max_msgs=keep))
+        info = await js.update_stream(
+            dataclasses.replace(config, max_msgs=keep, discard=DiscardPolicy.OLD)
+        )
     assert info.state is not None
     assert (info.state.first_seq, info.state.last_seq) == (first, story.last)
     report = await _audit(bus)
@@ -454,17 +459,22 @@ async def test_a_message_limit_added_to_the_stream_drops_old_events_and_the_audi
         and (isinstance(event, CheckpointSigned) or getattr(event, "signature", None))
     ]
     assert any(kind == "merkle_mismatch" for kind, _ in consequences)
+    stream = f"stream {STREAM}"
     assert _found(report) == [
+        ("stream_config", f"{stream}: max_msgs"),
+        ("stream_config", f"{stream}: discard"),
+        ("stream_truncated", f"{stream}: state.first_seq"),
         ("sequence_gap", f"seq {first}"),
         ("chain_break", f"seq {first}"),
         *((kind, f"seq {seq}") for kind, seq in consequences),
     ]
-    assert f"events 1..{first - 1} are missing" in report.violations[0].detail
-    assert report.violations[1].detail.endswith(f"hashes to {'0' * 16}…")  # the genesis
+    assert f"events 1-{first - 1} gone" in report.violations[2].detail
+    assert f"events 1..{first - 1} are missing" in report.violations[3].detail
+    assert report.violations[4].detail.endswith(f"hashes to {'0' * 16}…")  # the genesis
     await _stop_writer(signing_writer)
     again = LedgerWriter(await Bus.connect(server.url), key=writer_key(server.data_dir))
     try:
-        with pytest.raises(LedgerError, match="a message, byte or age limit"):
+        with pytest.raises(StreamUnsafe, match="max_msgs is 6, must be unlimited"):
             await asyncio.wait_for(again.start(), WAIT)
     finally:
         await again.bus.close()
