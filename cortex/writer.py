@@ -436,10 +436,12 @@ class LedgerWriter:
             self._on_fatal(error)
 
     async def _watch_stream(self) -> None:
-        """Check the stream on each advisory and every ``stream_check_s`` at least;
-        retry a check that failed (NATS away), give up on one that keeps failing."""
+        """Check the stream on each advisory and twice per ``stream_check_s`` (so that
+        an acknowledgement never waits for a check of its own while this task keeps
+        up); retry a check that failed (NATS away), give up on one that keeps failing."""
         backoff = Backoff(first=min(1.0, self.stream_check_s), cap=self.stream_check_s)
-        due = self._checked_at + self.stream_check_s
+        period = self.stream_check_s / 2
+        due = self._checked_at + period
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), max(0.0, due - time.monotonic()))
@@ -461,4 +463,4 @@ class LedgerWriter:
                 due = time.monotonic() + delay
                 continue
             backoff.progressed()
-            due = self._checked_at + self.stream_check_s
+            due = self._checked_at + period
