@@ -71,7 +71,9 @@ class Bus:
     async def watch_stream(self, notify: Callable[[], None]) -> rpc.Serving:
         """Call ``notify`` on each JetStream advisory about the stream (updated, deleted,
         created…) until the returned handle is closed."""
-        return await stream_config.watch(self._nc, notify, timeout=self.timeout)
+        return await rpc.watch_advisories(
+            self._nc, stream_config.ADVISORIES, notify, timeout=self.timeout
+        )
 
     async def last_seq(self) -> int:
         """The seq of the ledger's last event (0 when it is empty)."""

@@ -125,3 +125,21 @@ async def request(nc: NatsClient, subject: str, payload: bytes, *, timeout: floa
         if not waiting and guard.waiting.get(key) is waiting:
             del guard.waiting[key]
     return bytes(reply.data)
+
+
+async def watch_advisories(
+    nc: NatsClient, subject: str, notify: Callable[[], None], *, timeout: float
+) -> Serving:
+    """Call ``notify`` on every message on ``subject`` (JetStream advisories).
+
+    A connection without permission to subscribe gets none (nats-server says so
+    in its log); whoever watches polls as well.
+    """
+
+    async def on_advisory(_msg: object) -> None:
+        notify()
+
+    with translated("serve", subject=subject):
+        sub = await nc.subscribe(subject, cb=on_advisory)
+        await nc.flush(timeout=max(1, int(timeout)))
+    return Serving(sub)

@@ -20,7 +20,6 @@ losing one).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -30,7 +29,6 @@ from nats.aio.client import Client as NatsClient
 from cortex.core.records import LEDGER_PREFIX
 from cortex.errors import LedgerError
 from cortex.nats.errors import translated
-from cortex.nats.rpc import Serving
 from cortex.nats.subjects import DUPLICATE_WINDOW_S, STREAM
 
 __all__ = [
@@ -42,7 +40,6 @@ __all__ = [
     "drifts",
     "read",
     "state_drifts",
-    "watch",
 ]
 
 _NS: Final = 1_000_000_000
@@ -327,19 +324,3 @@ def state_drifts(s: LiveState, *, appended: int = 0) -> list[StreamDrift]:
             )
         )
     return found
-
-
-async def watch(nc: NatsClient, notify: Callable[[], None], *, timeout: float) -> Serving:
-    """Call ``notify`` on every JetStream advisory about the stream (``ADVISORIES``).
-
-    A connection without permission to subscribe gets no advisories (nats-server
-    says so in the log); the caller polls anyway.
-    """
-
-    async def on_advisory(_msg: object) -> None:
-        notify()
-
-    with translated("serve", subject=ADVISORIES):
-        sub = await nc.subscribe(ADVISORIES, cb=on_advisory)
-        await nc.flush(timeout=max(1, int(timeout)))
-    return Serving(sub)

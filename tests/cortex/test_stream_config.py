@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgspec
 import pytest
-from conftest import AdminConnect, StreamAdmin
+from conftest import AdminConnect, AsAdmin, StreamAdmin
 
 from cortex.audit import audit_ledger
 from cortex.client import Client
@@ -317,9 +317,10 @@ async def test_cortex_up_refuses_an_unsafe_stream_with_the_reason(
 
 
 async def test_cortex_up_exits_saying_why_when_the_stream_drifts(
-    tmp_path: Path, admin_connect: AdminConnect
+    tmp_path: Path, admin_connect: AdminConnect, as_admin: AsAdmin
 ) -> None:
     async with cortex_up(tmp_path / "data") as up:
+        as_admin(tmp_path / "data")  # the folder's operator changes the stream
         admin = await admin_connect(up.url)
         assert "error" not in await admin.update(sealed=True)
         assert await up.exited() == 1
