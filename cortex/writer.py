@@ -55,6 +55,7 @@ from cortex.errors import (
     ChainBroken,
     CortexError,
     InternalError,
+    LedgerError,
     StreamUnsafe,
 )
 from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, STREAM, Bus, Inbound, Serving
@@ -131,6 +132,8 @@ class LedgerWriter:
         #: then only the polling bounds how long a drift goes unnoticed.
         self.watch_advisories = watch_advisories
         self._on_fatal = on_fatal
+        self._failed = False
+        self._stopping = False
         #: Set once the stream was found unsafe: nothing is appended after it.
         self.unsafe: StreamUnsafe | None = None
         self._checked_at = -float("inf")  # monotonic time the last good check began
@@ -177,6 +180,8 @@ class LedgerWriter:
             await self._commit([])  # records this writer's key before anything it signs
         self._committer = asyncio.create_task(self._run(), name="cortex-writer")
         self._watch = asyncio.create_task(self._watch_stream(), name="cortex-stream-watch")
+        for task in (self._committer, self._watch):
+            task.add_done_callback(self._ended)
         self._sub = await self.bus.serve(
             f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP
         )
@@ -186,6 +191,7 @@ class LedgerWriter:
 
     async def stop(self) -> None:
         """Stop taking requests, finish what was taken, answer every caller."""
+        self._stopping = True
         for sub in (self._sub, self._admin, self._advisories):
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -345,7 +351,11 @@ class LedgerWriter:
                 return
             # A stateful refusal may only mean this writer has not yet seen
             # what another writer appended: catch up, then judge again.
-            await self._catch_up()
+            try:
+                await self._catch_up()
+            except LedgerError as e:  # a broken or cut ledger: no retry will mend it
+                self._fatal(e)
+                raise
             synced = True
         raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
 
@@ -394,6 +404,28 @@ class LedgerWriter:
             self.state.apply(event, stored.seq, stored.hash)
             self._stored = stored.seq
 
+    # -- ending -------------------------------------------------------------
+
+    def _fatal(self, error: CortexError) -> None:
+        """This writer cannot go on: say so once, to whoever runs it (``cortex up`` exits)."""
+        if self._failed:
+            return
+        self._failed = True
+        log.critical("writer_stopped", code=error.code, error=error.message)
+        if self._on_fatal is not None:
+            self._on_fatal(error)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A long-lived task ended: fine when ``stop`` ended it, fatal otherwise."""
+        if task.cancelled() or self._stopping:
+            return
+        error = task.exception()
+        self._fatal(
+            error
+            if isinstance(error, CortexError)
+            else InternalError(error or RuntimeError(f"{task.get_name()} ended"))
+        )
+
     # -- the stream's configuration ----------------------------------------
 
     def _on_advisory(self) -> None:
@@ -432,8 +464,7 @@ class LedgerWriter:
             return
         self.unsafe = error
         log.critical("writer_stopped_appending", code=error.code, error=error.message)
-        if self._on_fatal is not None:
-            self._on_fatal(error)
+        self._fatal(error)
 
     async def _watch_stream(self) -> None:
         """Check the stream on each advisory and twice per ``stream_check_s`` (so that

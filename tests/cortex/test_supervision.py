@@ -217,6 +217,31 @@ async def test_cortex_up_exits_with_a_reason_when_its_ledger_breaks(
         )
 
 
+async def test_a_writer_alone_exits_when_its_ledger_breaks(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
+    """`cortex up --role writer`: no node to notice. The next command makes the writer
+    catch up, find the break, answer `chain_break`, and `cortex up` exits 1 saying so."""
+    as_admin(tmp_path / "d")
+    async with cortex_up(tmp_path / "d", "--role", "writer") as up:
+        bus = await Bus.connect(up.url)
+        try:
+            async with await Client.connect(up.url, tenant="t") as client:
+                receipt = await client.register_agent("a")
+                stored = await bus.get(receipt.seq)
+                forged = Outgoing(stored.subject, stored.body, "forged", b"\x01" * 32, b"\x02" * 32)
+                await bus.append([forged], expected_last_seq=receipt.seq)
+                with pytest.raises(CortexError) as refused:
+                    await client.register_agent("b")
+                assert refused.value.code == "chain_break"
+            assert await up.exited(WAIT) == 1
+        finally:
+            await bus.close()
+        assert f"error [chain_break]: the ledger's chain is broken at seq {receipt.seq + 1}" in (
+            up.err()
+        )
+
+
 async def test_an_exported_nats_url_gives_way_to_an_explicit_data_and_port(
     tmp_path: Path, as_admin: AsAdmin
 ) -> None:
