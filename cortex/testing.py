@@ -31,10 +31,12 @@ class Run:
         return json.loads(self.out)
 
 
-async def run_cli(*args: str, timeout: float = 60) -> Run:
-    """``python -m cortex.cli ARGS`` in a child process, its output captured, bounded in time."""
-    env = {**os.environ, "COLUMNS": "200"}
-    env.pop("CORTEX_NATS_URL", None)
+async def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Run:
+    """``python -m cortex.cli ARGS`` in a child process, its output captured, bounded in time
+    (``env``: variables set for it; CORTEX_NATS_URL is unset unless given there)."""
+    child = {**os.environ, "COLUMNS": "200"}
+    child.pop("CORTEX_NATS_URL", None)
+    child.update(env or {})
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -42,7 +44,7 @@ async def run_cli(*args: str, timeout: float = 60) -> Run:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=env,
+        env=child,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)

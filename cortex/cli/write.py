@@ -76,31 +76,37 @@ DEFAULT_PORT: Final = 4222
 def _server_of(args: argparse.Namespace) -> str | None:
     """The external server ``cortex up`` uses, or None to start the embedded one.
 
-    ``--nats`` names one; so does an exported CORTEX_NATS_URL, unless ``--data`` or
-    ``--port`` say where the embedded server should run: what is typed wins over
-    the environment. ``--nats`` and ``--port`` together contradict each other.
+    A typed ``--nats`` names one (and contradicts ``--port``). An exported
+    CORTEX_NATS_URL names one too, but gives way to a typed ``--port`` (which only
+    the embedded server has); with ``--data`` alone it is ambiguous — the folder
+    means something in both modes, and guessing wrong starts an empty ledger — so
+    that is an error that says what to type.
     """
-    if not args.nats:
+    typed, exported = args.nats, os.environ.get("CORTEX_NATS_URL") or None
+    if typed:
+        if args.port is not None:
+            raise CortexError(
+                f"--nats {typed} and --port {args.port} contradict each other: --port is for "
+                "the embedded nats-server, --nats uses a running one; give one of them",
+                code="invalid_field",
+            )
+        return str(typed)
+    if exported is None:
         return None
-    from_env = args.nats == os.environ.get("CORTEX_NATS_URL")
-    if from_env and (args.data is not None or args.port is not None):
-        given = " and ".join(
-            f"{flag} {value}"
-            for flag, value in (("--data", args.data), ("--port", args.port))
-            if value is not None
-        )
+    if args.port is not None:
         err.print(
-            f"CORTEX_NATS_URL ({escape(args.nats)}) is ignored: {escape(given)} given, "
+            f"CORTEX_NATS_URL ({escape(exported)}) is ignored: --port {args.port} given, "
             "starting the embedded nats-server"
         )
         return None
-    if args.port is not None:
+    if args.data is not None:
         raise CortexError(
-            f"--nats {args.nats} and --port {args.port} contradict each other: --port is for "
-            "the embedded nats-server, --nats uses a running one; give one of them",
+            f"CORTEX_NATS_URL is {exported} and --data {args.data} is given: say which server "
+            f"to use — `--nats {exported}` for that one, or `--port PORT` (or unset "
+            "CORTEX_NATS_URL) to start the embedded one on the folder",
             code="invalid_field",
         )
-    return str(args.nats)
+    return exported
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
@@ -367,9 +373,9 @@ def _register_run(sub: Any) -> None:
     )
     p.add_argument(
         "--nats",
-        default=os.environ.get("CORTEX_NATS_URL"),
         metavar="URL",
-        help="use this NATS server or cluster instead of starting one (env CORTEX_NATS_URL)",
+        help="use this NATS server or cluster instead of starting one (env CORTEX_NATS_URL, "
+        "which a typed --port overrides)",
     )
     p.add_argument(
         "--creds",
@@ -381,7 +387,7 @@ def _register_run(sub: Any) -> None:
     p.add_argument(
         "--data",
         help=f"data folder: store, read model, writer key (default ./{DEFAULT_DATA}); "
-        "given, it wins over CORTEX_NATS_URL",
+        "with CORTEX_NATS_URL exported, also say --nats or --port",
     )
     p.add_argument(
         "--port",

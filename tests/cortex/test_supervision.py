@@ -242,6 +242,19 @@ async def test_a_writer_alone_exits_when_its_ledger_breaks(
         )
 
 
+async def test_an_exported_nats_url_and_data_alone_is_a_question_not_a_guess(
+    tmp_path: Path,
+) -> None:
+    """With CORTEX_NATS_URL exported, `cortex up --data D` could mean either server; guessing
+    the embedded one would follow an empty ledger. It exits 1 and says what to type."""
+    nowhere = "nats://127.0.0.1:1"
+    run = await run_cli("up", "--data", str(tmp_path / "d"), env={"CORTEX_NATS_URL": nowhere})
+    assert run.code == 1
+    assert "error [invalid_field]" in run.err
+    assert f"--nats {nowhere}" in run.err and "--port" in run.err
+    assert not (tmp_path / "d" / "store").exists()  # nothing was started
+
+
 async def test_an_exported_nats_url_gives_way_to_an_explicit_data_and_port(
     tmp_path: Path, as_admin: AsAdmin
 ) -> None:
