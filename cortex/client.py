@@ -1,7 +1,9 @@
 """The agent-side client: store facts, vote, register agents.
 
 Every call returns a Receipt (the event's seq, hash and id) or raises a
-CommandRejected that says what was wrong. Under load the client batches:
+CommandRejected that says what was wrong (``RateLimited``, with
+``retry_after`` seconds, when the agent or its tenant is over its fair share:
+nothing was appended, and the same call may be made again after that). Under load the client batches:
 calls made while a request is in flight are sent together, up to 100
 commands or 10 ms of waiting, and each still gets its own receipt or its
 own error. A lone call is sent at once. Ids are chosen here (UUIDv7), so a
@@ -93,6 +95,16 @@ def _tenant_of(creds: Credentials | None, tenant: str | None) -> str:
             code="wrong_tenant",
         )
     return creds.tenant
+
+
+def _rejection(err: dict[str, Any]) -> CortexError:
+    """The typed error for an error reply, with its fields (``retry_after``)."""
+    retry_after = err.get("retry_after")
+    return rejection(
+        str(err.get("code")),
+        str(err.get("message")),
+        retry_after=float(retry_after) if isinstance(retry_after, int | float) else None,
+    )
 
 
 def _results(raw: bytes, count: int) -> list[dict[str, Any]]:
@@ -351,7 +363,7 @@ class Client:
         result = await future
         err = result.get("error")
         if err is not None:
-            raise rejection(str(err.get("code")), str(err.get("message")))
+            raise _rejection(err)
         return Receipt(int(result["seq"]), str(result["hash"]), uuid.UUID(str(result["id"])))
 
     async def submit_atomic(
@@ -391,7 +403,7 @@ class Client:
         errors = [r["error"] for r in results if "error" in r]
         real = [e for e in errors if e.get("code") != "aborted"] or errors
         if real:
-            raise rejection(str(real[0].get("code")), str(real[0].get("message")))
+            raise _rejection(real[0])
         return [Receipt(int(r["seq"]), str(r["hash"]), uuid.UUID(str(r["id"]))) for r in results]
 
     async def edit_fact(
@@ -581,7 +593,7 @@ class Client:
         if not isinstance(reply, dict):
             raise CortexError("unexpected reply from the writer", code="internal")
         if "error" in reply:
-            raise rejection(str(reply["error"]["code"]), str(reply["error"]["message"]))
+            raise _rejection(reply["error"])
         return await self.checkpoint(reply["tree_size"], min_seq=reply["seq"])
 
     async def proof(

@@ -3,8 +3,9 @@
 The wire format is JSON. A request to ``<kind>`` holds one command object
 (its ``kind`` may be left out); a request to ``batch`` holds an array of
 tagged commands, each judged on its own. A reply holds, per command, either
-a receipt ``{"seq", "hash", "id"}`` or ``{"error": {"code", "message"}}``;
-a batch reply is an array of them in request order.
+a receipt ``{"seq", "hash", "id"}`` or ``{"error": {"code", "message"}}``
+(``rate_limited`` adds ``retry_after``, in seconds); a batch reply is an
+array of them in request order.
 """
 
 from __future__ import annotations
@@ -42,7 +43,34 @@ class Request:
     items: list[Command | Refusal]
 
 
-def error(code: str, message: str) -> Result:
+class _Speaker(msgspec.Struct):
+    """Only whom a command speaks for: decoding this skips everything else in it."""
+
+    agent_id: str = ""
+
+
+_speaker: Final = msgspec.json.Decoder(_Speaker)
+_speakers: Final = msgspec.json.Decoder(list[_Speaker])
+
+
+def speakers(subject: str, data: bytes) -> dict[str, int] | None:
+    """Agent id → commands, read cheaply from a request (a tenth of ``parse``'s cost), so
+    that a flood over its rate is refused before it is decoded; None if it cannot tell."""
+    kind = subject.rpartition(".")[2]
+    try:
+        if kind in (BATCH_KIND, ATOMIC_KIND):
+            costs: dict[str, int] = {}
+            for one in _speakers.decode(data):
+                costs[one.agent_id] = costs.get(one.agent_id, 0) + 1
+            return costs
+        return {_speaker.decode(data).agent_id: 1}
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+
+
+def error(code: str, message: str, *, retry_after: float | None = None) -> Result:
+    if retry_after is not None:
+        return {"error": {"code": code, "message": message, "retry_after": retry_after}}
     return {"error": {"code": code, "message": message}}
 
 

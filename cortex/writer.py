@@ -19,6 +19,13 @@ drift it stops appending for good: every queued and later command is
 answered ``stream_unsafe`` naming what drifted, and ``on_fatal`` is told
 (``cortex up`` exits saying why).
 
+Fair share: each request is charged, before it is queued, to a token bucket
+of each agent it speaks for and of its tenant (``cortex.core.fairshare``);
+one over its rate is answered ``rate_limited`` with a retry-after and
+nothing is queued. The queue itself is bounded (``max_queued`` commands), so
+a flood of many distinct agents or tenants is refused the same way instead
+of growing the writer's memory and everyone's wait.
+
 Every append states the sequence it expects to follow. A writer whose view
 is stale (another writer appended first) is refused by JetStream, reads
 what it missed, judges its commands again and retries: two writers can
@@ -38,7 +45,8 @@ from typing import Final
 import msgspec
 import structlog
 
-from cortex.commands_wire import Request, Result, encode_reply, error, parse
+from cortex.commands_wire import Request, Result, encode_reply, error, parse, speakers
+from cortex.core.fairshare import DEFAULT_AGENT_RATE, DEFAULT_TENANT_RATE, FairShare, Rate
 from cortex.core.keys import WriterKey
 from cortex.core.ledger_state import LedgerState
 from cortex.core.sequencer import (
@@ -63,6 +71,7 @@ from cortex.supervisor import Backoff
 from events.chain import link
 from events.codec import decode_event
 from events.commands import Command
+from events.limits import MAX_QUEUED
 from events.model import SYSTEM_TENANT
 from events.rules import Refusal
 
@@ -102,6 +111,9 @@ class LedgerWriter:
         stream_check_s: float = DEFAULT_STREAM_CHECK_S,
         watch_advisories: bool = True,
         on_fatal: Callable[[CortexError], None] | None = None,
+        rate_agent: Rate = DEFAULT_AGENT_RATE,
+        rate_tenant: Rate = DEFAULT_TENANT_RATE,
+        max_queued: int = MAX_QUEUED,
     ) -> None:
         if not 1 <= max_batch <= JETSTREAM_BATCH_LIMIT:
             raise ValueError(
@@ -120,6 +132,14 @@ class LedgerWriter:
         )
         #: A command, an atomic group of them (never split across batches), or None: stop.
         self._queue: asyncio.Queue[_Pending | list[_Pending] | None] = asyncio.Queue()
+        #: Per-agent and per-tenant token buckets, charged before a command is queued.
+        self.fairshare = FairShare(rate_agent, rate_tenant)
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
+        self.max_queued = max_queued
+        #: Commands in the queue now, and the seconds a commit has taken per command.
+        self._queued = 0
+        self._per_item = 50e-6
         self._groups = 0
         self._sub: Serving | None = None
         self._admin: Serving | None = None
@@ -212,23 +232,78 @@ class LedgerWriter:
     # -- requests ---------------------------------------------------------
 
     async def _on_request(self, msg: Inbound) -> None:
+        # A flood over its rate is refused before it is decoded: it costs the writer
+        # (and everyone waiting behind it) as little as possible.
+        tenant = _tenant_of(msg.subject)
+        refused = self.fairshare.tenant_empty(tenant)
+        if refused is None:
+            costs = speakers(msg.subject, msg.data)
+            refused = None if costs is None else self.fairshare.over(tenant, costs)
+            if refused is not None:
+                self.fairshare.refused += sum(costs.values()) if costs else 0
+        if refused is not None:
+            await self._respond(msg, _rate_limited(refused.message, refused.retry_after))
+            return
         parsed = parse(msg.subject, msg.data)
         if not isinstance(parsed, Request):
             await self._respond(msg, parsed)
             return
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Result]] = [loop.create_future() for _ in parsed.items]
-        if parsed.atomic:
+        limited = self._admit(parsed)
+        if parsed.atomic and any(limited):
+            for future, reply in zip(futures, limited, strict=True):
+                future.set_result(reply or _rate_limited("", 0.0))  # _admit refuses all or none
+        elif parsed.atomic:
             self._enqueue_group(parsed, futures)
         else:
-            for item, future in zip(parsed.items, futures, strict=True):
+            for item, future, reply in zip(parsed.items, futures, limited, strict=True):
                 if isinstance(item, Refusal):
                     future.set_result(error(item.code, item.message))
+                elif reply is not None:
+                    future.set_result(reply)
                 else:
+                    self._queued += 1
                     self._queue.put_nowait(Item(item, parsed.tenant, future))
         task = asyncio.create_task(self._answer(msg, futures, batch=parsed.batch))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+
+    def _admit(self, parsed: Request) -> list[Result | None]:
+        """Per item, the ``rate_limited`` reply that refuses it, or None: it may be queued.
+
+        Charges the agents' and the tenant's buckets for what passes. An
+        atomic request passes or is refused whole (and one that holds a
+        malformed command is not charged: it is refused anyway).
+        """
+        items = parsed.items
+        verdicts: list[Result | None] = [None] * len(items)
+        if parsed.atomic and any(isinstance(i, Refusal) for i in items):
+            return verdicts
+        costs: dict[str, int] = {}
+        for item in items:
+            if isinstance(item, Command):
+                agent_id: str = getattr(item, "agent_id", "")
+                costs[agent_id] = costs.get(agent_id, 0) + 1
+        count = sum(costs.values())
+        if not count:
+            return verdicts
+        if self._queued + count > self.max_queued:
+            wait = max(0.001, round(self._queued * self._per_item, 3))
+            full = _rate_limited(
+                f"the writer has {self._queued} commands waiting, its limit "
+                f"({self.max_queued}): nothing was appended; retry after {wait} s",
+                wait,
+            )
+            self.fairshare.refused += count
+            return [full if isinstance(i, Command) else None for i in items]
+        refused = self.fairshare.admit(parsed.tenant, costs, whole=parsed.atomic)
+        if refused:
+            replies = {a: _rate_limited(r.message, r.retry_after) for a, r in refused.items()}
+            for n, item in enumerate(items):
+                if isinstance(item, Command):
+                    verdicts[n] = replies.get(getattr(item, "agent_id", ""))
+        return verdicts
 
     def _enqueue_group(self, parsed: Request, futures: list[asyncio.Future[Result]]) -> None:
         """An atomic request: one queue entry, or refused whole at the door."""
@@ -246,6 +321,7 @@ class LedgerWriter:
                 )
             return
         self._groups += 1
+        self._queued += len(futures)
         self._queue.put_nowait(
             [
                 Item(command, parsed.tenant, future, group=self._groups)
@@ -259,6 +335,7 @@ class LedgerWriter:
             await self._respond(msg, error("no_key", "this writer has no key to sign with"))
             return
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queued += 1
         self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, future))
         task = asyncio.create_task(self._answer(msg, [future], batch=False))
         self._replies.add(task)
@@ -292,6 +369,8 @@ class LedgerWriter:
             if first is None:
                 break
             items = list(first) if isinstance(first, list) else [first]
+            if not items:
+                continue
             while len(items) < limit and not self._queue.empty():
                 entry = self._queue.get_nowait()
                 if entry is None:
@@ -302,8 +381,12 @@ class LedgerWriter:
                     carry = entry  # a group is never split: it opens the next batch
                     break
                 items.extend(group)
+            self._queued -= len(items)
+            started = time.perf_counter()
             try:
                 await self._commit(items)
+                took = (time.perf_counter() - started) / len(items)
+                self._per_item = 0.8 * self._per_item + 0.2 * took
             except Exception as e:  # answer every caller, whatever went wrong
                 failure = e if isinstance(e, CortexError) else InternalError(e)
                 if isinstance(failure, InternalError):
@@ -495,3 +578,13 @@ class LedgerWriter:
                 continue
             backoff.progressed()
             due = self._checked_at + period
+
+
+def _tenant_of(subject: str) -> str:
+    """The tenant token of ``cortex.cmd.<tenant>.<kind>`` (a wrong subject: "", never limited)."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 4 else ""
+
+
+def _rate_limited(message: str, retry_after: float) -> Result:
+    return error("rate_limited", message, retry_after=retry_after)

@@ -4,7 +4,8 @@
     ├── CommandRejected          the writer refused a command; nothing appended
     │   ├── InvalidCommand       malformed, unknown kind, bad field, too large, bad vote
     │   ├── UnknownReference     the agent or fact it names does not exist in the tenant
-    │   └── StateConflict        it contradicts the ledger (already registered, deprecated…)
+    │   ├── StateConflict        it contradicts the ledger (already registered, deprecated…)
+    │   └── RateLimited          its agent or tenant is over its fair share; retry_after seconds
     ├── LedgerError              the ledger itself is unusable (missing, misconfigured, broken)
     │   ├── ChainBroken          a stored event does not link to the one before it
     │   ├── AppendConflict       another writer appended first; re-read the head and retry
@@ -20,7 +21,7 @@
     │                            a subject its permissions do not allow
     └── CredentialsError         a credentials file is unreadable, malformed or not private
 
-Each carries a stable ``code`` (and ``seq`` or ``in_use`` where they help),
+Each carries a stable ``code`` (and ``seq``, ``in_use`` or ``retry_after`` where they help),
 listed with its meaning in ``CODES``: scripts and other front doors match on
 codes, never on messages. Errors from nats-py, sqlite3 and the process layer
 are translated where they enter, with ``raise … from``. This module is pure
@@ -61,6 +62,17 @@ class UnknownReference(CommandRejected):
 
 class StateConflict(CommandRejected):
     code = "conflict"
+
+
+class RateLimited(CommandRejected):
+    """The agent, its tenant or the writer as a whole is over its share: nothing was
+    appended; the same command may be sent again after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float = 0.0, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
 
 
 class LedgerError(CortexError):
@@ -176,6 +188,10 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "no_checkpoint": (StateConflict, "the ledger is empty: nothing to checkpoint"),
     "data_locked": (ServerError, "another process holds the data folder"),
     "busy": (Unavailable, "the writer's batch was full; ask again"),
+    "rate_limited": (
+        RateLimited,
+        "the agent, its tenant or the writer is over its rate: retry after `retry_after` s",
+    ),
     # the ledger
     "ledger_error": (LedgerError, "the ledger stream is missing, misconfigured or refused"),
     "chain_break": (ChainBroken, "a stored event does not link to the one before it"),
@@ -234,9 +250,12 @@ class InternalError(CortexError):
         )
 
 
-def error_for(code: str, message: str) -> CortexError:
-    """The exception for an error reply with ``code``, as any front door raises it."""
+def error_for(code: str, message: str, *, retry_after: float | None = None) -> CortexError:
+    """The exception for an error reply with ``code``, as any front door raises it
+    (``retry_after``: the reply's field of that name, for ``rate_limited``)."""
     cls, _meaning = CODES.get(code, (CortexError, ""))
+    if cls is RateLimited:
+        return RateLimited(message, retry_after=retry_after or 0.0, code=code)
     if cls in (ChainBroken, PoolTimeout):  # their extra fields are not on the wire
         cls = LedgerError if cls is ChainBroken else PoolError
     return cls(message, code=code)

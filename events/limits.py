@@ -40,3 +40,19 @@ MAX_WAIT_S: Final = 30.0
 MAX_SEARCH_WORDS: Final = 32
 MAX_SEQ: Final = 2**63 - 1
 """Largest seq or tree size anything takes: what SQLite and JetStream can hold."""
+
+# Fair share at the writer: token buckets, in commands. A request is refused with
+# ``rate_limited`` (and a retry-after) when its agent's or its tenant's bucket is empty.
+# Generous by default: one agent may use the whole writer (a benchmark does); an
+# operator who wants one agent's flood not to slow the others sets them below what
+# the writer appends per second (``cortex up --rate-agent``, ``--rate-tenant``).
+RATE_AGENT: Final = 50_000.0
+"""Commands per second one agent of one tenant may send, sustained."""
+BURST_AGENT: Final = 100_000.0
+"""Commands one agent may send at once after being idle."""
+RATE_TENANT: Final = 100_000.0
+"""Commands per second one tenant (all its agents) may send, sustained."""
+BURST_TENANT: Final = 200_000.0
+"""Commands one tenant may send at once after being idle."""
+MAX_QUEUED: Final = 50_000
+"""Most commands the writer holds waiting for a batch; beyond, it answers ``rate_limited``."""

@@ -24,6 +24,7 @@ from cortex.cli.connect import open_client
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_events, print_json, summary
 from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
 from cortex.client import Client, Receipt
+from cortex.core.fairshare import DEFAULT_AGENT_RATE, DEFAULT_TENANT_RATE, Rate
 from cortex.core.keys import create_key, load_key, public_hex, writer_key
 from cortex.errors import CortexError
 from cortex.nats import Credentials, Durability, LocalAuth
@@ -127,6 +128,8 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 key=writer_key(data),
                 checkpoint_every=args.checkpoint_every,
                 require_signatures=args.require_signatures,
+                rate_agent=args.rate_agent,
+                rate_tenant=args.rate_tenant,
             )
         if args.role in ("all", "node"):
             await runtime.add_node(data / "projection.db")
@@ -424,7 +427,33 @@ def _register_run(sub: Any) -> None:
         action="store_true",
         help="refuse commands from agents that have no registered key",
     )
+    p.add_argument(
+        "--rate-agent",
+        type=_rate,
+        default=DEFAULT_AGENT_RATE,
+        metavar="RATE[:BURST]",
+        help=f"commands per second one agent may send (default {DEFAULT_AGENT_RATE}); "
+        "more is refused with rate_limited and a retry-after",
+    )
+    p.add_argument(
+        "--rate-tenant",
+        type=_rate,
+        default=DEFAULT_TENANT_RATE,
+        metavar="RATE[:BURST]",
+        help=f"commands per second one tenant's agents together may send "
+        f"(default {DEFAULT_TENANT_RATE})",
+    )
     p.set_defaults(func=cmd_up)
+
+
+def _rate(text: str) -> Rate:
+    """An ``argparse`` type: ``RATE`` or ``RATE:BURST``, commands per second."""
+    try:
+        return Rate.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not RATE or RATE:BURST (positive numbers, commands per second)"
+        ) from e
 
 
 def _register_writes(sub: Any, common: argparse.ArgumentParser) -> None:
