@@ -8,6 +8,10 @@ Three kinds of rule, cheapest first:
 - ``judge``: what needs the ledger so far (the agent is registered, the fact
   exists *in this tenant*, the signature holds…), over any ``LedgerView``.
 
+Ids are scoped per tenant: a fact id or an event id another tenant used is,
+to this tenant, a fresh id (``scoped`` is the key every index holds them
+under), so no answer reveals what another tenant stored.
+
 Who may deprecate: the fact's author at will; any other agent of the tenant
 only with a reason, which the ledger records with its name (a fact someone
 merely disagrees with is voted down, not deprecated).
@@ -97,6 +101,12 @@ def check_shape(command: Command) -> Refusal | None:
     return None
 
 
+def scoped(tenant: str, id_: uuid.UUID) -> bytes:
+    """The key of a fact or event id within its tenant: the id's 16 bytes, then the
+    tenant's (the id has a fixed length, so no two pairs share a key)."""
+    return id_.bytes + tenant.encode()
+
+
 class LedgerView(Protocol):
     """What ``judge`` reads of the ledger so far (``LedgerState`` is one)."""
 
@@ -106,12 +116,14 @@ class LedgerView(Protocol):
         ...
 
     @property
-    def facts(self) -> Mapping[bytes, tuple[str, str]]:
-        """Fact id bytes → (the tenant that stored it, the agent that stored it)."""
+    def facts(self) -> Mapping[bytes, str]:
+        """``scoped(tenant, fact id)`` → the agent that stored it."""
         ...
 
     @property
-    def deprecated(self) -> Container[bytes]: ...
+    def deprecated(self) -> Container[bytes]:
+        """``scoped(tenant, fact id)`` of every deprecated fact."""
+        ...
 
     @property
     def require_signatures(self) -> bool: ...
@@ -173,17 +185,20 @@ def _check_signature(
 
 def _check_target(view: LedgerView, command: Command, tenant: str) -> Refusal | None:
     if isinstance(command, StoreFact):
-        if command.fact_id.bytes in view.facts:
-            return Refusal("fact_exists", f"fact {command.fact_id} already exists")
+        if scoped(tenant, command.fact_id) in view.facts:
+            return Refusal(
+                "fact_exists", f"fact {command.fact_id} already exists in tenant {tenant!r}"
+            )
         return None
     if isinstance(command, DeprecateFact | CastVote):
         refusal = _check_fact(view, command.fact_id, tenant)
         if refusal is not None:
             return refusal
     if isinstance(command, DeprecateFact):
-        if command.fact_id.bytes in view.deprecated:
+        key = scoped(tenant, command.fact_id)
+        if key in view.deprecated:
             return Refusal("already_deprecated", f"fact {command.fact_id} is already deprecated")
-        _tenant, author = view.facts[command.fact_id.bytes]
+        author = view.facts[key]
         if author != command.agent_id and not command.reason.strip():
             return Refusal(
                 "reason_required",
@@ -198,10 +213,9 @@ def _check_target(view: LedgerView, command: Command, tenant: str) -> Refusal | 
 
 
 def _check_fact(view: LedgerView, fact_id: uuid.UUID, tenant: str) -> Refusal | None:
-    # Another tenant's fact is reported exactly like a missing one: its
-    # existence is not this tenant's business.
-    owner = view.facts.get(fact_id.bytes)
-    if owner is None or owner[0] != tenant:
+    # Another tenant's fact is not even looked at: its existence is not this
+    # tenant's business.
+    if scoped(tenant, fact_id) not in view.facts:
         return Refusal("unknown_fact", f"no fact {fact_id} in tenant {tenant!r}", stateful=True)
     return None
 

@@ -6,7 +6,7 @@ recorded beside each), it checks:
 - every chain link and event hash, and that no seq is missing
   (``chain_break``, ``hash_mismatch``, ``sequence_gap``, via ``ChainVerifier``);
 - that each body is an event of a known kind under the right tenant
-  (``malformed_event``) and that no event id appears twice (``duplicate_event``);
+  (``malformed_event``) and that no event id appears twice in one tenant (``duplicate_event``);
 - every checkpoint: its root recomputed over the event hashes before it, its
   size, chain head and note agreeing with each other (``merkle_mismatch``);
   its signature by a writer key recorded earlier in the ledger and, when the
@@ -90,6 +90,7 @@ class LedgerVerifier:
     pending: list[bytes] = field(default_factory=list)
     counts: Counts = field(default_factory=Counts)
     violations: list[Violation] = field(default_factory=list)
+    #: "<tenant> <event id>" → the seq it was first appended at.
     ids: dict[str, int] = field(default_factory=dict)
     agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
     writer_keys: dict[str, str] = field(default_factory=dict)
@@ -140,10 +141,14 @@ class LedgerVerifier:
             kind, tenant = env.kind, env.tenant
             if subject != f"cortex.ledger.{tenant}.{kind}" or kind not in _KINDS:
                 self._misfiled(seq, subject, env)
-            first = self.ids.setdefault(env.id, seq)
+            # Ids are scoped per tenant (``events.rules.scoped``): another tenant's
+            # event may carry the same id.
+            first = self.ids.setdefault(f"{tenant} {env.id}", seq)
             if first != seq:
                 self._found(
-                    "duplicate_event", seq, f"event id {env.id} was already appended at seq {first}"
+                    "duplicate_event",
+                    seq,
+                    f"event id {env.id} was already appended at seq {first} (tenant {tenant!r})",
                 )
             if kind in _OWN or env.signature is not None or env.kind == "agent_registered":
                 self._full(seq, body, env)

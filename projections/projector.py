@@ -13,6 +13,10 @@ transaction as the rest of its batch; the projector goes on with the next.
 Consensus needs each fact's current votes and each agent's agreement counts;
 the projector keeps them in memory (loaded from the database on open) so a
 batch costs a handful of ``executemany`` calls, not one query per event.
+
+Fact ids are scoped per tenant, as the writer judges them: two tenants may
+each store a fact under the same id, and each sees only its own. In memory a
+fact is keyed by ``fact_key(tenant, fact_id)``; in the tables by both columns.
 """
 
 from __future__ import annotations
@@ -53,6 +57,12 @@ OnCommit = Callable[[int, set[str]], None]
 DEFAULT_BATCH: Final = 10_000
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _json: Final = msgspec.json.Encoder(order="sorted")
+
+
+def fact_key(tenant: str, fact_id: str) -> str:
+    """A fact's key in the projector's maps: its tenant, a space, its id (one interned
+    string: a tenant holds no spaces)."""
+    return sys.intern(f"{tenant} {fact_id}")
 
 
 def world_us(value: dt.datetime | None) -> int | None:
@@ -101,10 +111,10 @@ class Projector:
         self.stopped_reason = ""
         self.halted = False
         self._advanced = asyncio.Condition()
-        # The consensus book: current non-zero votes, agreement counts, settled directions.
+        # The consensus book: current non-zero votes, agreement counts, settled
+        # directions; facts by ``fact_key``.
         self._votes: dict[str, dict[str, int]] = {}
-        self._fact_tenant: dict[str, str] = {}
-        self._fact_row: dict[str, int] = {}  # fact_id -> rowid (its stored seq)
+        self._fact_row: dict[str, int] = {}  # fact key -> rowid (its stored seq)
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._direction: dict[str, int] = {}
         self._tile: list[bytes] = []  # event hashes of the tile being filled
@@ -128,16 +138,15 @@ class Projector:
             async with conn.execute("SELECT count(*) FROM quarantine") as cur:
                 counted = await cur.fetchone()
             self.quarantined = int(counted[0]) if counted else 0
-            self._votes, self._counts, self._direction, self._fact_tenant = {}, {}, {}, {}
-            self._fact_row = {}
+            self._votes, self._counts, self._direction, self._fact_row = {}, {}, {}, {}
             start = self.seq - self.seq % TILE
             async with conn.execute(
                 "SELECT hash FROM event_hashes WHERE seq > ? ORDER BY seq", (start,)
             ) as cur:
                 self._tile = [bytes(h) async for (h,) in cur]
-            async with conn.execute("SELECT fact_id, agent_id, value FROM votes") as cur:
-                async for fact_id, agent_id, value in cur:
-                    self._votes.setdefault(sys.intern(fact_id), {})[agent_id] = value
+            async with conn.execute("SELECT tenant, fact_id, agent_id, value FROM votes") as cur:
+                async for tenant, fact_id, agent_id, value in cur:
+                    self._votes.setdefault(fact_key(tenant, fact_id), {})[agent_id] = value
             async with conn.execute(
                 "SELECT tenant, agent_id, agrees, disagrees FROM agents"
             ) as cur:
@@ -148,11 +157,10 @@ class Projector:
                 " FROM facts f LEFT JOIN consensus c ON c.fact_row = f.rowid"
             ) as cur:
                 async for rowid, raw_id, tenant, status in cur:
-                    fact_id = sys.intern(raw_id)
-                    self._fact_tenant[fact_id] = tenant
-                    self._fact_row[fact_id] = rowid
+                    key = fact_key(tenant, raw_id)
+                    self._fact_row[key] = rowid
                     if status in ("verified", "rejected"):
-                        self._direction[fact_id] = 1 if status == "verified" else -1
+                        self._direction[key] = 1 if status == "verified" else -1
 
     # -- applying ------------------------------------------------------------
 
@@ -187,9 +195,9 @@ class Projector:
             (*row[:5], rows[row[5]]) for row in batch.deprecations if row[5] in rows
         ]
         batch.consensus_rows = [
-            (c.score, c.weight, c.votes_for, c.votes_against, c.status, seq, rows[fact_id])
-            for fact_id, (c, seq) in batch.consensus.items()
-            if fact_id in rows
+            (c.score, c.weight, c.votes_for, c.votes_against, c.status, seq, rows[key])
+            for key, (c, seq) in batch.consensus.items()
+            if key in rows
         ]
         counts = self._counts
         batch.count_rows = [(*counts[key], *key) for key in sorted(batch.counts)]
@@ -242,10 +250,10 @@ class Projector:
         if not INT64_MIN <= event.ts <= INT64_MAX:
             return "out_of_range", f"ts {event.ts} is not a 64-bit integer"
         if isinstance(event, FactStored):
-            if str(event.fact_id) in self._fact_row:
+            if fact_key(event.tenant, str(event.fact_id)) in self._fact_row:
                 return "fact_id_reused", f"fact {event.fact_id} was stored before"
         elif isinstance(event, FactDeprecated | VoteCast):
-            if self._fact_tenant.get(str(event.fact_id)) != event.tenant:
+            if fact_key(event.tenant, str(event.fact_id)) not in self._fact_row:
                 return "unknown_fact", f"no fact {event.fact_id} in tenant {event.tenant}"
             if isinstance(event, VoteCast) and event.value not in (-1, 0, 1):
                 return "invalid_vote", f"a vote of {event.value}"
@@ -258,9 +266,8 @@ class Projector:
             self._counts.setdefault((event.tenant, event.agent_id), [0, 0])
             batch.agents.append((event.tenant, event.agent_id, event.public_key, seq, event.ts))
         elif isinstance(event, FactStored):
-            fact_id = sys.intern(str(event.fact_id))  # one copy for every map that keys on it
-            self._fact_tenant[fact_id] = event.tenant
-            self._fact_row[fact_id] = seq
+            fact_id = str(event.fact_id)
+            self._fact_row[fact_key(event.tenant, fact_id)] = seq
             tags = _json.encode(list(event.tags)).decode()
             batch.facts.append(
                 (
@@ -286,7 +293,14 @@ class Projector:
             fact_id = str(event.fact_id)
             successor = None if event.successor_id is None else str(event.successor_id)
             batch.deprecations.append(
-                (seq, event.ts, event.agent_id, event.reason, successor, fact_id)
+                (
+                    seq,
+                    event.ts,
+                    event.agent_id,
+                    event.reason,
+                    successor,
+                    fact_key(event.tenant, fact_id),
+                )
             )
             batch.touched.add(fact_id)
         elif isinstance(event, VoteCast):
@@ -308,19 +322,20 @@ class Projector:
             )
 
     def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
-        fact_id, tenant, agent = sys.intern(str(event.fact_id)), event.tenant, event.agent_id
-        current = self._votes.setdefault(fact_id, {})
-        settled = self._direction.get(fact_id, 0)
+        fact_id, tenant, agent = str(event.fact_id), event.tenant, event.agent_id
+        key = fact_key(tenant, fact_id)
+        current = self._votes.setdefault(key, {})
+        settled = self._direction.get(key, 0)
         # The counts hold every current voter's agreement with this fact under
         # ``settled``: move the changed voter's, compute without them, and move
         # everyone's only if the settled direction changes.
         old = current.get(agent, 0)
         if event.value == 0:
             current.pop(agent, None)
-            batch.votes[(fact_id, agent)] = None
+            batch.votes[(key, agent)] = None
         else:
             current[agent] = event.value
-            batch.votes[(fact_id, agent)] = (
+            batch.votes[(key, agent)] = (
                 fact_id,
                 agent,
                 tenant,
@@ -335,11 +350,11 @@ class Projector:
         result = consensus_of(tenant, current, self._counts, settled)
         direction = result.direction
         if direction != settled:
-            self._direction[fact_id] = direction
+            self._direction[key] = direction
             for voter, value in current.items():
                 self._agree((tenant, voter), value, settled, -1, batch)
                 self._agree((tenant, voter), value, direction, +1, batch)
-        batch.consensus[fact_id] = (result, seq)
+        batch.consensus[key] = (result, seq)
         batch.history.append(
             (
                 seq,
@@ -444,16 +459,20 @@ class Projector:
                 batch.history,
             )
         upserts = [row for row in batch.votes.values() if row is not None]
-        deletes = [key for key, row in batch.votes.items() if row is None]
+        deletes = [
+            (*key.split(" ", 1), agent) for (key, agent), row in batch.votes.items() if row is None
+        ]
         if upserts:
             await conn.executemany(
                 "INSERT INTO votes (fact_id, agent_id, tenant, value, seq, ts, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (fact_id, agent_id) DO UPDATE SET"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, fact_id, agent_id) DO UPDATE SET"
                 " value = excluded.value, seq = excluded.seq, ts = excluded.ts, reason = excluded.reason",
                 upserts,
             )
         if deletes:
-            await conn.executemany("DELETE FROM votes WHERE fact_id = ? AND agent_id = ?", deletes)
+            await conn.executemany(
+                "DELETE FROM votes WHERE tenant = ? AND fact_id = ? AND agent_id = ?", deletes
+            )
         if batch.consensus_rows:
             await conn.executemany(
                 "INSERT OR REPLACE INTO consensus (score, weight, votes_for, votes_against,"

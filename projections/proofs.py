@@ -116,14 +116,14 @@ async def _load(pool: ConnectionPool, size: int, edges: set[int]) -> _Tree:
     return _Tree(tiles, leaves)
 
 
-async def seq_of(pool: ConnectionPool, event_id: bytes) -> int | None:
-    """The seq of the event with this id (16 bytes), if this node has applied it."""
+async def seqs_of(pool: ConnectionPool, event_id: bytes) -> list[int]:
+    """The seqs of the events with this id (16 bytes) this node has applied: ids are
+    unique within a tenant, so there is one per tenant that used it."""
     async with (
         pool.reader() as conn,
-        conn.execute("SELECT seq FROM event_hashes WHERE id = ?", (event_id,)) as cur,
+        conn.execute("SELECT seq FROM event_hashes WHERE id = ? ORDER BY seq", (event_id,)) as cur,
     ):
-        row = await cur.fetchone()
-    return None if row is None else int(row[0])
+        return [int(seq) for (seq,) in await cur.fetchall()]
 
 
 async def writer_key(pool: ConnectionPool, public_key: str) -> str | None:
@@ -180,19 +180,30 @@ async def signed_checkpoint(pool: ConnectionPool, tree_size: int | None = None) 
     return Checkpoint(**cp, verifier=verifier_key(name, bytes.fromhex(cp["public_key"])))
 
 
-async def _resolve(pool: ConnectionPool, event: int | str) -> int:
+def _tenant_of(body: bytes) -> str:
+    try:
+        return decode_event(body).tenant
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+
+
+async def _resolve(
+    pool: ConnectionPool, ledger: EventLookup, tenant: str, event: int | str
+) -> tuple[int, StoredRecord | None]:
+    """The seq ``event`` names for ``tenant``, and its stored record if already read."""
     if isinstance(event, int):
-        return event
+        return event, None
     if event.isdigit():
-        return int(event)
+        return int(event), None
     try:
         event_id = uuid.UUID(event)
     except ValueError as e:
         raise QueryFailed(f"{event!r} is neither a seq nor an event id") from e
-    seq = await seq_of(pool, event_id.bytes)
-    if seq is None:
-        raise QueryFailed(f"no event {event_id} on this node", code="not_found")
-    return seq
+    for seq in await seqs_of(pool, event_id.bytes):  # another tenant's is not this one's
+        stored = await ledger.get(seq)
+        if _tenant_of(stored.body) == tenant:
+            return seq, stored
+    raise QueryFailed(f"no event {event_id} on this node", code="not_found")
 
 
 async def inclusion_proof(
@@ -203,16 +214,13 @@ async def inclusion_proof(
     tree_size: int | None = None,
 ) -> InclusionProof:
     """An inclusion proof of one of the tenant's events against a signed checkpoint."""
-    seq = await _resolve(pool, event)
+    seq, stored = await _resolve(pool, ledger, tenant, event)
     cp = await signed_checkpoint(pool, tree_size)
     if seq < 1:
         raise QueryFailed("seqs start at 1")
-    stored = await ledger.get(seq)
-    try:
-        owner = decode_event(stored.body).tenant
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        owner = ""
-    if owner != tenant:
+    if stored is None:
+        stored = await ledger.get(seq)
+    if _tenant_of(stored.body) != tenant:
         raise QueryFailed(f"no event {event} in tenant {tenant!r}", code="not_found")
     if seq > cp.tree_size:
         raise QueryFailed(

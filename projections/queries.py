@@ -67,7 +67,7 @@ _AS_OF_COLUMNS: Final = (
 )
 _AS_OF_CONSENSUS: Final = (
     " LEFT JOIN vote_history h ON h.seq = (SELECT max(v.seq) FROM vote_history v"
-    " WHERE v.fact_id = f.fact_id AND v.seq <= a.n)"
+    " WHERE v.tenant = f.tenant AND v.fact_id = f.fact_id AND v.seq <= a.n)"
 )
 _AS_OF_FACTS: Final = "(SELECT ? AS n) a JOIN facts f ON f.stored_seq <= a.n" + _AS_OF_CONSENSUS
 

@@ -13,8 +13,8 @@ from typing import Final
 
 #: 3: full-text index with Porter stemming (word forms match); each vote keeps the
 #: consensus it led to, for reads as of a seq. 4: the quarantine of events that
-#: cannot be applied.
-SCHEMA_VERSION: Final = 4
+#: cannot be applied. 5: fact ids scoped per tenant (unique by tenant and id).
+SCHEMA_VERSION: Final = 5
 
 DDL: Final = """
 CREATE TABLE IF NOT EXISTS position (
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS agents (
 
 CREATE TABLE IF NOT EXISTS facts (
     rowid INTEGER PRIMARY KEY,
-    fact_id TEXT NOT NULL UNIQUE,
+    fact_id TEXT NOT NULL,
     tenant TEXT NOT NULL,
     agent_id TEXT NOT NULL,
     content TEXT NOT NULL,
@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS facts (
     deprecated_ts INTEGER,
     deprecated_by TEXT,
     deprecation_reason TEXT,
-    successor_id TEXT
+    successor_id TEXT,
+    UNIQUE (tenant, fact_id)
 );
 CREATE INDEX IF NOT EXISTS facts_by_tenant ON facts (tenant, stored_seq);
 CREATE INDEX IF NOT EXISTS facts_by_successor ON facts (successor_id) WHERE successor_id IS NOT NULL;
@@ -79,7 +80,7 @@ CREATE TABLE IF NOT EXISTS votes (
     seq INTEGER NOT NULL,
     ts INTEGER NOT NULL,
     reason TEXT NOT NULL,
-    PRIMARY KEY (fact_id, agent_id)
+    PRIMARY KEY (tenant, fact_id, agent_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS vote_history (
@@ -97,7 +98,7 @@ CREATE TABLE IF NOT EXISTS vote_history (
     votes_against INTEGER NOT NULL,
     status TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS vote_history_by_fact ON vote_history (fact_id, seq);
+CREATE INDEX IF NOT EXISTS vote_history_by_fact ON vote_history (tenant, fact_id, seq);
 
 -- Every event's chain hash (the Merkle tree's leaves) and the roots of each
 -- complete tile of 256 leaves, so a node answers proofs without the stream.
@@ -160,7 +161,7 @@ DIGEST_TABLES: Final = (
     (
         "votes",
         "SELECT fact_id, agent_id, tenant, value, seq, ts, reason FROM votes "
-        "ORDER BY fact_id, agent_id",
+        "ORDER BY tenant, fact_id, agent_id",
     ),
     (
         "vote_history",

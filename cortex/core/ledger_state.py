@@ -2,7 +2,9 @@
 
 A fold over the events in order: the chain head, every event id ever
 appended (JetStream's duplicate window forgets; this does not), the agents
-of each tenant and their keys, the facts of each tenant, the Merkle tree of
+of each tenant and their keys, the facts of each tenant (event and fact ids
+are keyed within their tenant, ``events.rules.scoped``: another tenant's ids
+are fresh ones here), the Merkle tree of
 every event hash (its O(log n) frontier) and the last checkpoint. Changes made for a batch that
 is not yet acknowledged are recorded in an undo log, so a batch JetStream
 refuses leaves the state exactly as it was.
@@ -26,7 +28,7 @@ from events.model import (
     FactStored,
     WriterKeyAdded,
 )
-from events.rules import Refusal
+from events.rules import Refusal, scoped
 
 Undo = list[Callable[[], object]]
 
@@ -37,12 +39,13 @@ class LedgerState:
 
     seq: int = 0
     head: bytes = GENESIS
+    #: ``scoped(tenant, event id)`` → its seq.
     ids: dict[bytes, int] = field(default_factory=dict)
     agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
-    #: fact id → (tenant, author); one shared tuple per pair (``_owners``), so a million
-    #: facts cost a pointer each, as a plain string did.
-    facts: dict[bytes, tuple[str, str]] = field(default_factory=dict)
-    _owners: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+    #: ``scoped(tenant, fact id)`` → its author; one shared string per author
+    #: (``_authors``), so a million facts cost a pointer each for it.
+    facts: dict[bytes, str] = field(default_factory=dict)
+    _authors: dict[str, str] = field(default_factory=dict)
     deprecated: set[bytes] = field(default_factory=set)
     #: Leaves are the event hashes, in seq order: leaf i is seq i + 1.
     tree: MerkleAccumulator = field(default_factory=MerkleAccumulator)
@@ -56,8 +59,9 @@ class LedgerState:
     #: Refuse commands from agents without a registered key.
     require_signatures: bool = False
 
-    def seq_of(self, event_id: uuid.UUID) -> int | None:
-        return self.ids.get(event_id.bytes)
+    def seq_of(self, event_id: uuid.UUID, tenant: str) -> int | None:
+        """The seq of ``tenant``'s event with this id (another tenant's is not seen)."""
+        return self.ids.get(scoped(tenant, event_id))
 
     def check(self, command: Command, tenant: str) -> Refusal | None:
         """Whether ``command`` may be appended for ``tenant`` given the ledger so far."""
@@ -74,7 +78,7 @@ class LedgerState:
     def apply(self, event: Event, seq: int, event_hash: bytes, undo: Undo | None = None) -> None:
         """Fold one appended (or about to be appended) event into the state."""
         prev_seq, prev_head = self.seq, self.head
-        key = event.id.bytes
+        key = scoped(event.tenant, event.id)
         self.ids.setdefault(key, seq)  # a forged duplicate never moves the original
         self.seq, self.head = seq, event_hash
         if undo is not None:
@@ -92,14 +96,13 @@ class LedgerState:
                 if undo is not None:
                     undo.append(lambda: self.agents.pop(agent, None))
         elif isinstance(event, FactStored):
-            fact = event.fact_id.bytes
+            fact = scoped(event.tenant, event.fact_id)
             if fact not in self.facts:  # the first holds: a forged re-store takes nothing over
-                owner = (event.tenant, event.agent_id)
-                self.facts[fact] = self._owners.setdefault(owner, owner)
-            if undo is not None:
-                undo.append(lambda: self.facts.pop(fact, None))
+                self.facts[fact] = self._authors.setdefault(event.agent_id, event.agent_id)
+                if undo is not None:
+                    undo.append(lambda: self.facts.pop(fact, None))
         elif isinstance(event, FactDeprecated):
-            fact = event.fact_id.bytes
+            fact = scoped(event.tenant, event.fact_id)
             if fact not in self.deprecated:
                 self.deprecated.add(fact)
                 if undo is not None:

@@ -36,9 +36,17 @@ class Outgoing:
 
     subject: str
     body: bytes
+    #: What JetStream deduplicates it by (``Nats-Msg-Id``): ``msg_id(tenant, event id)``.
     event_id: str
     prev_hash: bytes
     hash: bytes
+
+
+def msg_id(tenant: str, event_id: str) -> str:
+    """An event's ``Nats-Msg-Id``: ids are scoped per tenant, so another tenant's
+    event with the same id is not a duplicate (JetStream would drop it, or refuse its
+    whole batch)."""
+    return f"{tenant}:{event_id}"
 
 
 def ledger_subject(tenant: str, kind: str) -> str:

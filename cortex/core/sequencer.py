@@ -22,7 +22,7 @@ from uuid_utils.compat import uuid7
 from cortex.commands_wire import Result, error, receipt
 from cortex.core.keys import WriterKey
 from cortex.core.ledger_state import LedgerState, Undo
-from cortex.core.records import Outgoing, ledger_subject
+from cortex.core.records import Outgoing, ledger_subject, msg_id
 from events.chain import link
 from events.codec import decode_event, encode
 from events.commands import Command, to_event
@@ -189,7 +189,7 @@ class Sequencer:
         for item in run:
             command = item.command
             assert isinstance(command, Command)  # checkpoint requests never join a run
-            seen = state.seq_of(command.id)
+            seen = state.seq_of(command.id, item.tenant)
             if seen is not None:
                 results.append(seen)
                 continue
@@ -234,7 +234,7 @@ class Sequencer:
         event_hash = link(prev, body)
         event_id = str(event.id)
         subject = ledger_subject(event.tenant, kind_of(event))
-        outgoing.append(Outgoing(subject, body, event_id, prev, event_hash))
+        outgoing.append(Outgoing(subject, body, msg_id(event.tenant, event_id), prev, event_hash))
         state.apply(event, state.seq + 1, event_hash, undo)
         return receipt(state.seq, event_hash, event_id)
 

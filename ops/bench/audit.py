@@ -68,6 +68,7 @@ from rich.table import Table
 
 from cortex.audit import AuditReport, audit_ledger
 from cortex.core.keys import WriterKey, public_hex
+from cortex.core.records import msg_id
 from cortex.core.sequencer import (
     DEFAULT_CHECKPOINT_EVERY,
     JETSTREAM_BATCH_LIMIT,
@@ -264,7 +265,7 @@ async def build(events: int) -> Built:
                 cmd = msgspec.structs.replace(cmd, public_key=public_hex(key))
             else:
                 cmd = signing.sign_command(cmd, tenant, key)
-                signed_ids.add(str(cmd.id))
+                signed_ids.add(msg_id(tenant, str(cmd.id)))  # as Outgoing.event_id holds it
         return Item(cmd, tenant, None)
 
     items: list[Item[None]] = []  # the first batch is empty: the writer records its key

@@ -12,6 +12,7 @@ from events.chain import GENESIS, link
 from events.commands import DeprecateFact, RegisterAgent, StoreFact
 from events.merkle import MerkleAccumulator, leaf_hash
 from events.model import SYSTEM_TENANT
+from events.rules import scoped
 
 NOW = 1_700_000_000_000_000_000
 
@@ -119,7 +120,7 @@ def test_an_atomic_group_is_appended_whole_or_not_at_all() -> None:
     assert isinstance(refused, dict) and refused["error"]["code"] == "fact_exists"
     assert isinstance(bob, dict) and bob["seq"] == 2
     assert [o.subject.rsplit(".", 1)[1] for o in staged.outgoing] == ["agent_registered"]
-    assert fact.bytes not in seq.state.facts
+    assert scoped("acme", fact) not in seq.state.facts
     # The chain and the tree hold exactly the two appended events.
     assert staged.outgoing[0].prev_hash == ann.hash == link(GENESIS, ann.body)
     expected = MerkleAccumulator()
@@ -156,4 +157,4 @@ def test_an_atomic_group_that_holds_is_appended_together() -> None:
         now=NOW,
     )
     assert [r["seq"] for r in staged.results if isinstance(r, dict)] == [3, 4]
-    assert old.bytes in seq.state.deprecated
+    assert scoped("acme", old) in seq.state.deprecated

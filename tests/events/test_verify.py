@@ -197,3 +197,14 @@ def test_a_writer_key_recorded_twice_is_named() -> None:
     ledger, _, _ = story()
     ledger.writer_key()
     assert found(run(ledger.stored)) == [("malformed_event", 9)]
+
+
+def test_an_event_id_is_unique_per_tenant_not_across_tenants() -> None:
+    """Ids are scoped per tenant: another tenant's event with the same id is no
+    duplicate; the same id twice in one tenant still is."""
+    ledger, _, _ = story()
+    event = decode_event(ledger.stored[3][2])  # ann's fact, unsigned
+    ledger.append(msgspec.structs.replace(event, tenant="other"))
+    assert found(run(ledger.stored)) == []
+    ledger.append(msgspec.structs.replace(event, tenant="other"))
+    assert found(run(ledger.stored)) == [("duplicate_event", 10)]
