@@ -125,8 +125,15 @@ def parse(subject: str, data: bytes) -> Request | Result:
         return error(refused.code, refused.message)
     if kind not in (BATCH_KIND, ATOMIC_KIND):
         return Request(tenant, False, False, [_decode_one(kind, data)])
+    return _parse_many(tenant, kind, data)
+
+
+def _parse_many(tenant: str, kind: str, data: bytes) -> Request | Result:
+    """A batch or atomic request: a JSON array of tagged commands, each judged on its own."""
     atomic = kind == ATOMIC_KIND
     most = MAX_ATOMIC if atomic else MAX_BATCH
+    if data.strip() == b"[]":
+        return error("invalid_field", f"a {kind} request holds at least one command")
     try:
         # The common case, every entry valid, in one pass; otherwise entry by entry.
         commands: list[AnyCommand] = _whole_batch.decode(data)

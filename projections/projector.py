@@ -115,6 +115,8 @@ class Projector:
         # directions; facts by ``fact_key``.
         self._votes: dict[str, dict[str, int]] = {}
         self._fact_row: dict[str, int] = {}  # fact key -> rowid (its stored seq)
+        #: Fact keys deprecated so far: the first deprecation holds, as at the writer.
+        self._deprecated: set[str] = set()
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._direction: dict[str, int] = {}
         self._tile: list[bytes] = []  # event hashes of the tile being filled
@@ -139,6 +141,7 @@ class Projector:
                 counted = await cur.fetchone()
             self.quarantined = int(counted[0]) if counted else 0
             self._votes, self._counts, self._direction, self._fact_row = {}, {}, {}, {}
+            self._deprecated = set()
             start = self.seq - self.seq % TILE
             async with conn.execute(
                 "SELECT hash FROM event_hashes WHERE seq > ? ORDER BY seq", (start,)
@@ -257,6 +260,10 @@ class Projector:
                 return "unknown_fact", f"no fact {event.fact_id} in tenant {event.tenant}"
             if isinstance(event, VoteCast) and event.value not in (-1, 0, 1):
                 return "invalid_vote", f"a vote of {event.value}"
+            if isinstance(event, FactDeprecated) and (
+                fact_key(event.tenant, str(event.fact_id)) in self._deprecated
+            ):
+                return "already_deprecated", f"fact {event.fact_id} was deprecated before"
         elif isinstance(event, CheckpointSigned) and not 0 <= event.tree_size <= INT64_MAX:
             return "out_of_range", f"tree_size {event.tree_size} is not a 64-bit integer"
         return None
@@ -302,6 +309,7 @@ class Projector:
                     fact_key(event.tenant, fact_id),
                 )
             )
+            self._deprecated.add(fact_key(event.tenant, fact_id))
             batch.touched.add(fact_id)
         elif isinstance(event, VoteCast):
             self._vote(event, seq, batch)

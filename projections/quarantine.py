@@ -24,6 +24,7 @@ REASONS: Final[dict[str, str]] = {
     "fact_id_reused": "a fact with this id was stored earlier",
     "unknown_fact": "the fact it names was never stored in its tenant",
     "invalid_vote": "a vote is +1, -1 or 0",
+    "already_deprecated": "the fact was deprecated before: the first deprecation holds",
     "out_of_range": "a number the read model cannot store (SQLite integers are 64-bit)",
 }
 

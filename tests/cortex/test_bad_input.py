@@ -228,3 +228,14 @@ async def test_only_the_author_deprecates_without_a_reason(
     own = await client.store_fact("alice", "mine to withdraw")
     assert own.fact_id is not None
     await client.deprecate_fact("alice", own.fact_id)  # the author needs no reason
+
+
+@pytest.mark.parametrize("kind", ["batch", "atomic"])
+async def test_an_empty_batch_or_atomic_request_is_refused(
+    bus: Bus, writer: LedgerWriter, kind: str
+) -> None:
+    before = await bus.last_seq()
+    reply = await _raw(bus, kind, b"[]")
+    assert reply["error"]["code"] == "invalid_field"
+    assert "at least one command" in reply["error"]["message"]
+    assert await bus.last_seq() == before

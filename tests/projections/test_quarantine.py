@@ -78,3 +78,26 @@ async def test_bad_events_are_quarantined_and_the_rest_of_their_batch_applied(
     pool, again = await open_projector(tmp_path / "node.db")
     await pool.close()
     assert again.quarantined == len(expected)
+
+
+async def test_a_second_deprecation_is_quarantined_and_the_first_holds(tmp_path: Path) -> None:
+    """Only a forger appends a second deprecation: it must not rewrite who deprecated the fact
+    and when (the writer keeps the first; as-of reads would disagree with a replay)."""
+    ledger = LedgerBuilder()
+    ledger.agent("a")
+    ledger.agent("m")
+    fact = ledger.fact("a", "the first holds")
+    ledger.deprecate("a", fact)
+    first = len(ledger.records)
+    ledger.deprecate("m", fact)
+    pool, projector = await open_projector(tmp_path / "n.db")
+    try:
+        await projector.apply(ledger.records)
+        now = await queries.get_fact(pool, "acme", fact)
+        assert now is not None and now.deprecated is not None
+        assert (now.deprecated.by, now.deprecated.seq) == ("a", first)
+    finally:
+        await pool.close()
+    assert [(q.seq, q.reason) for q in await quarantined(tmp_path / "n.db")] == [
+        (first + 1, "already_deprecated")
+    ]
