@@ -194,6 +194,14 @@ async def test_cortex_up_exits_with_a_reason_when_its_nats_server_dies(tmp_path:
         )
 
 
+async def _break_chain(bus: Bus, after: int) -> None:
+    """Append, around the writer (an insider with the admin's rights), an event that does
+    not link to seq ``after``."""
+    stored = await bus.get(after)
+    forged = Outgoing(stored.subject, stored.body, "forged", b"\x01" * 32, b"\x02" * 32)
+    await bus.append([forged], expected_last_seq=after)
+
+
 async def test_cortex_up_exits_with_a_reason_when_its_ledger_breaks(
     tmp_path: Path, as_admin: AsAdmin
 ) -> None:
@@ -205,9 +213,7 @@ async def test_cortex_up_exits_with_a_reason_when_its_ledger_breaks(
         try:
             async with await Client.connect(up.url, tenant="t") as client:
                 receipt = await client.register_agent("a")
-            stored = await bus.get(receipt.seq)
-            forged = Outgoing(stored.subject, stored.body, "forged", b"\x01" * 32, b"\x02" * 32)
-            await bus.append([forged], expected_last_seq=receipt.seq)
+            await _break_chain(bus, receipt.seq)
             assert await up.exited(WAIT) == 1
         finally:
             await bus.close()
@@ -228,9 +234,7 @@ async def test_a_writer_alone_exits_when_its_ledger_breaks(
         try:
             async with await Client.connect(up.url, tenant="t") as client:
                 receipt = await client.register_agent("a")
-                stored = await bus.get(receipt.seq)
-                forged = Outgoing(stored.subject, stored.body, "forged", b"\x01" * 32, b"\x02" * 32)
-                await bus.append([forged], expected_last_seq=receipt.seq)
+                await _break_chain(bus, receipt.seq)
                 with pytest.raises(CortexError) as refused:
                     await client.register_agent("b")
                 assert refused.value.code == "chain_break"
