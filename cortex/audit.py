@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import msgspec
 
+from cortex.core.sequencer import origin_of
 from cortex.nats import STREAM, Bus, StoredEvent
+from cortex.trust import Head, TrustStore, compare_heads
 from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
+from events.model import SYSTEM_TENANT, CheckpointSigned
 from events.verify import LedgerVerifier
 from projections.integrity import compare
 from projections.quarantine import quarantined
@@ -33,6 +37,8 @@ from projections.replay import Progress, replay
 from projections.schema import SCHEMA_VERSION
 
 _CHUNK = 1000  # events verified at a time, between progress reports
+_CHECKPOINT_SUBJECT = f"cortex.ledger.{SYSTEM_TENANT}.checkpoint_signed"
+_checkpoint_decoder = msgspec.json.Decoder(CheckpointSigned)
 
 
 @dataclass(slots=True)
@@ -63,6 +69,9 @@ class AuditReport:
     pinned: bool = False
     projections: list[ProjectionCheck] = field(default_factory=list)
     violations: list[Violation] = field(default_factory=list)
+    #: The ledger's origin, and what the remembered head said (empty without a trust store).
+    origin: str = ""
+    trust: str = ""
 
     @property
     def ok(self) -> bool:
@@ -87,6 +96,8 @@ class AuditReport:
             "latest_checkpoint": self.latest_checkpoint,
             "agent_signatures": self.agent_signatures,
             "writer_keys": self.writer_keys,
+            "origin": self.origin,
+            "trust": self.trust,
             "keys": self.keys,
             "keys_pinned": self.pinned,
             "projections": [
@@ -106,12 +117,17 @@ async def audit_ledger(
     dbs: Sequence[Path] = (),
     writer_keys: Sequence[str] | None = None,
     progress: Progress | None = None,
+    trust: TrustStore | None = None,
 ) -> AuditReport:
     """Check the whole ledger, then each projection database against a fresh replay.
 
     ``writer_keys`` (public keys, hex) pins the keys checkpoints may be signed
     with; without it any writer key the ledger recorded is accepted, and the
     report lists them for a person to recognise.
+
+    ``trust``: the remembered heads; the ledger's latest checkpoint must extend
+    the one remembered for its origin (``rollback``, ``fork``), and when the
+    whole audit holds it is remembered in its place (saved to the store's file).
     """
     started = time.perf_counter()
     report = AuditReport(pinned=writer_keys is not None)
@@ -119,9 +135,19 @@ async def audit_ledger(
     report.violations.extend(await stream_violations(bus))
     verifier = LedgerVerifier(pinned=None if writer_keys is None else frozenset(writer_keys))
     chunk: list[StoredEvent] = []
+    heads = _Heads()
     # partial: a store missing its last events ends the read early; the check below names it.
     async for stored in bus.read(1, total, partial=True):
         chunk.append(stored)
+        if stored.subject == _CHECKPOINT_SUBJECT:
+            heads.saw(stored.body)
+        if stored.seq == 1:
+            report.origin = origin_of(stored.hash)
+            heads.remembered = trust.get(report.origin) if trust is not None else None
+        if heads.remembered is not None and stored.seq == heads.remembered.tree_size:
+            verifier.feed_many(chunk)  # the root over exactly the remembered size
+            chunk.clear()
+            heads.root_at_remembered = verifier.root()
         if len(chunk) == _CHUNK:
             verifier.feed_many(chunk)
             chunk.clear()
@@ -151,11 +177,68 @@ async def audit_ledger(
     report.agent_signatures = counts.agent_signatures
     report.writer_keys = counts.writer_keys
     report.keys = {name: key for key, name in verifier.writer_keys.items()}
+    if trust is not None:
+        report.violations.extend(trust_violations(heads, report))
     for db in dbs:
         report.projections.append(await _check_projection(bus, db, report))
         await _report_quarantine(db, report)
+    if trust is not None and report.ok and heads.latest is not None:
+        trust.remember(heads.latest)
+        trust.save()
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass(slots=True)
+class _Heads:
+    """What the audit gathers for the remembered-head check while it reads."""
+
+    remembered: Head | None = None
+    root_at_remembered: bytes | None = None
+    latest: Head | None = None
+    sizes: set[int] = field(default_factory=set)
+
+    def saw(self, body: bytes) -> None:
+        try:
+            event = _checkpoint_decoder.decode(body)
+            self.latest = Head.from_note(event.note)
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
+            return  # a malformed checkpoint: the verifier names it
+        self.sizes.add(self.latest.tree_size)
+
+
+def trust_violations(heads: _Heads, report: AuditReport) -> list[Violation]:
+    """``rollback``/``fork`` if the ledger does not extend the head remembered for its origin.
+
+    The check needs no proof from anyone: the audit recomputed the root of the
+    ledger's first ``tree_size`` event hashes itself, which is what a
+    consistency proof from the remembered checkpoint would establish.
+    """
+    latest, remembered = heads.latest, heads.remembered
+    if remembered is None:
+        report.trust = (
+            f"first audit of origin {report.origin}: remembering checkpoint "
+            f"{latest.tree_size} root {latest.root.hex()}"
+            if latest is not None
+            else f"first audit of origin {report.origin}: no checkpoint yet to remember"
+        )
+        return []
+    found = compare_heads(
+        remembered,
+        latest,
+        root_at_remembered=heads.root_at_remembered,
+        has_remembered_checkpoint=remembered.tree_size in heads.sizes,
+    )
+    if found is None:
+        size = latest.tree_size if latest is not None else 0
+        report.trust = (
+            f"checkpoint {size} of origin {report.origin} extends the remembered "
+            f"checkpoint {remembered.tree_size}"
+        )
+        return []
+    kind, why = found
+    report.trust = f"origin {report.origin}: {kind}"
+    return [Violation(kind, 0, why, location=f"origin {report.origin}")]
 
 
 async def stream_violations(bus: Bus) -> list[Violation]:

@@ -34,6 +34,7 @@ from cortex.commands_wire import ATOMIC_KIND, BATCH_KIND
 from cortex.errors import (
     CortexError,
     Forbidden,
+    Forked,
     InvalidCommand,
     QueryFailed,
     Unavailable,
@@ -41,11 +42,12 @@ from cortex.errors import (
 )
 from cortex.nats import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, Credentials, Role, command_subject
 from cortex.nats.auth import from_env as credentials_from_env
+from cortex.trust import Head, TrustStore, check_consistency
 from events import signing
 from events.codec import encode
 from events.commands import CastVote, Command, DeprecateFact, RegisterAgent, StoreFact
 from events.limits import MAX_ATOMIC, MAX_REQUEST_BYTES
-from events.note import raw_public
+from events.note import NoteError, parse_verifier_key, raw_public, verify
 from events.operations import QUERIES, GetStats, Query, Stats, op_name
 from events.rules import check_shape, check_tenant, utc
 
@@ -149,6 +151,7 @@ class Client:
         max_in_flight: int = 32,
         keys: Mapping[str, Ed25519PrivateKey] | None = None,
         owns_bus: bool = False,
+        remember: Path | str | bool = False,
     ) -> None:
         refused = check_tenant(tenant)
         if refused is not None:  # a tenant no subject can carry: say so before any request
@@ -157,6 +160,12 @@ class Client:
         self.tenant = tenant
         #: agent id → the private key this client signs that agent's commands with.
         self._keys: dict[str, Ed25519PrivateKey] = dict(keys or {})
+        #: Remembered heads (``cortex.trust``): True for the user's store, or a file.
+        self._trust: TrustStore | None = (
+            None
+            if remember is False
+            else TrustStore.load(None if remember is True else Path(remember))
+        )
         self.max_batch = max_batch
         self.linger = linger
         self.timeout = timeout
@@ -584,7 +593,35 @@ class Client:
         verifier key, as a node holds them."""
         params: dict[str, Any] = {} if tree_size is None else {"tree_size": tree_size}
         result: dict[str, Any] = await self.query("checkpoint", min_seq=min_seq, **params)
+        if self._trust is not None and tree_size is None:
+            await self._extends_remembered(result)
         return result
+
+    async def _extends_remembered(self, checkpoint: dict[str, Any]) -> None:
+        """With ``remember``: refuse (``RolledBack``/``Forked``) a latest checkpoint that
+        does not extend the one remembered for its origin, proven offline by a
+        consistency proof the node gives; else remember it."""
+        assert self._trust is not None
+        note, key = str(checkpoint["note"]), str(checkpoint.get("verifier", ""))
+        try:
+            name, public_key = parse_verifier_key(key)
+            latest = Head.from_note(note)
+            verify(note, name, public_key)
+        except NoteError as e:
+            raise CortexError(f"the node's checkpoint does not verify: {e}", code="internal") from e
+        remembered = self._trust.get(latest.origin)
+        if remembered is not None and latest.tree_size > remembered.tree_size:
+            doc = await self.consistency_proof(remembered.tree_size, latest.tree_size)
+            path = [bytes.fromhex(p) for p in doc.get("path", [])]
+            new = Head.from_note(str(doc.get("new", "")))
+            if (new.tree_size, new.root) != (latest.tree_size, latest.root):
+                raise Forked(f"{latest.origin}: the consistency proof is for another checkpoint")
+            check_consistency(remembered, new, path)
+        elif remembered is not None:
+            check_consistency(remembered, latest, [])
+        if remembered is None or latest.tree_size > remembered.tree_size:
+            self._trust.remember(latest)
+            self._trust.save()
 
     async def make_checkpoint(self) -> dict[str, Any]:
         """Have the writer sign a checkpoint now; it as a node serves it."""

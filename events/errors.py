@@ -111,6 +111,19 @@ class StreamUnsafe(LedgerError):
     code = "stream_unsafe"
 
 
+class Forked(LedgerError):
+    """The ledger's checkpoint does not extend one verified before (a remembered head
+    or a witness's): another history with the same origin."""
+
+    code = "fork"
+
+
+class RolledBack(Forked):
+    """The ledger is behind a checkpoint verified before: cut or restored from a copy."""
+
+    code = "rollback"
+
+
 class QueryFailed(CortexError):
     """A query was refused (unknown op, bad parameters) or timed out waiting for min_seq."""
 
@@ -197,6 +210,8 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "chain_break": (ChainBroken, "a stored event does not link to the one before it"),
     "append_conflict": (AppendConflict, "another writer appended first"),
     "ledger_mismatch": (LedgerMismatch, "a database does not follow this ledger"),
+    "fork": (Forked, "the ledger does not extend the checkpoint remembered for its origin"),
+    "rollback": (RolledBack, "the ledger is behind the checkpoint remembered for its origin"),
     "stream_unsafe": (
         StreamUnsafe,
         "the ledger stream's configuration could drop or hide events, or the stream is gone: "

@@ -23,6 +23,15 @@ from projections.projector import Projector
 from projections.testing import LedgerBuilder, open_projector
 
 
+@pytest.fixture(autouse=True)
+def config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own user config folder: the remembered heads of ``cortex audit``
+    (``trust.json``) never touch the real one, nor another test's."""
+    home = tmp_path_factory.mktemp("config")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 async def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EmbeddedServer]:
     """A real nats-server from the wheel, on a free loopback port, storing in tmp_path.

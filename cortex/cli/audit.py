@@ -13,6 +13,7 @@ from cortex.audit import AuditReport, audit_ledger
 from cortex.cli.ledger import open_ledger
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_json, progress_bar
 from cortex.errors import CortexError
+from cortex.trust import TrustStore
 from events.note import NoteError, parse_verifier_key
 
 SHOWN = 50
@@ -26,6 +27,8 @@ CHECKED = (
     "checkpoint_signature",
     "agent_signature",
     "projection_mismatch",
+    "rollback",
+    "fork",
 )
 
 
@@ -65,6 +68,8 @@ def print_audit(report: AuditReport, as_json: bool) -> int:
         f"last seq {report.last_seq}, head {report.head[:16]}…, latest checkpoint "
         f"{report.latest_checkpoint} events, {report.seconds:.2f} s"
     )
+    if report.trust:
+        out.print(escape(report.trust))
     for v in report.violations[:SHOWN]:
         out.print(f"[red]{v.type}[/] at {escape(v.where)}: {escape(v.detail)}")
     if len(report.violations) > SHOWN:
@@ -81,9 +86,12 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             pinned = [parse_verifier_key(k)[1].hex() for k in args.writer_key]
         except NoteError as e:
             raise CortexError(str(e), code="invalid_field") from e
+    trust = None if args.no_trust else TrustStore.load(Path(args.trust) if args.trust else None)
     async with open_ledger(args, name="cortex-audit", dbs=dbs) as bus:
         with progress_bar("auditing", enabled=not args.json) as update:
-            report = await audit_ledger(bus, dbs=dbs, writer_keys=pinned, progress=update)
+            report = await audit_ledger(
+                bus, dbs=dbs, writer_keys=pinned, progress=update, trust=trust
+            )
     return print_audit(report, args.json)
 
 
@@ -106,5 +114,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="VERIFIER",
         help="trust only checkpoints signed by this writer key (as `cortex checkpoint` "
         "prints it; repeatable)",
+    )
+    p.add_argument(
+        "--trust",
+        metavar="FILE",
+        help="the remembered heads: the ledger must extend the checkpoint remembered for its "
+        "origin, and its latest is remembered when the audit holds (default "
+        "$XDG_CONFIG_HOME/cortex/trust.json)",
+    )
+    p.add_argument(
+        "--no-trust",
+        action="store_true",
+        help="neither check nor update remembered heads",
     )
     p.set_defaults(func=cmd_audit)
