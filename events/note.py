@@ -121,6 +121,8 @@ def parse(note: str) -> SignedNote:
             blob = base64.b64decode(encoded, validate=True)
         except (ValueError, binascii.Error) as e:
             raise NoteError(f"malformed signature line: {line!r}") from e
+        if len(blob) == 4 + 8 + 64:
+            continue  # a cosignature (tlog-cosignature): see ``verify_cosignature``
         if len(blob) != 4 + 64:
             raise NoteError("an Ed25519 signature line holds a 4-byte id and 64 bytes")
         signatures.append((name, blob[:4], blob[4:]))
@@ -166,3 +168,73 @@ def parse_checkpoint(body: str) -> Checkpoint:
     if len(root_bytes) != 32 or len(head) != 32:
         raise NoteError("the root and the chain head are 32-byte hashes")
     return Checkpoint(origin, int(size), root_bytes, head)
+
+
+# -- cosignatures (C2SP tlog-cosignature, cosignature/v1, Ed25519) ---------------
+
+COSIGNATURE_V1: Final = 0x04
+
+
+def cosigner_key_id(name: str, public_key: bytes) -> bytes:
+    """``SHA-256(name || 0x0A || 0x04 || key)[:4]``: a cosignature line's key id."""
+    return hashlib.sha256(name.encode() + b"\n" + bytes([COSIGNATURE_V1]) + public_key).digest()[:4]
+
+
+def cosigner_verifier_key(name: str, public_key: bytes) -> str:
+    """A witness's verifier key: ``name+hex(id)+base64(0x04 || key)``."""
+    encoded = base64.b64encode(bytes([COSIGNATURE_V1]) + public_key).decode()
+    return f"{name}+{cosigner_key_id(name, public_key).hex()}+{encoded}"
+
+
+def parse_cosigner_key(text: str) -> tuple[str, bytes]:
+    """``(name, public key)`` of a witness's verifier key; ``NoteError`` if it is not one."""
+    try:
+        name, hex_id, encoded = text.strip().split("+", 2)
+        blob = base64.b64decode(encoded, validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise NoteError(f"not a witness verifier key (name+id+key): {text!r}") from e
+    if len(blob) != 33 or blob[0] != COSIGNATURE_V1:
+        raise NoteError("the witness key is not an Ed25519 cosignature/v1 key")
+    if cosigner_key_id(name, blob[1:]).hex() != hex_id:
+        raise NoteError("the witness key's id does not match its name and key")
+    return name, blob[1:]
+
+
+def _cosigned_message(body: str, timestamp: int) -> bytes:
+    return f"cosignature/v1\ntime {timestamp}\n{body}".encode()
+
+
+def cosign(body: str, name: str, private_key: Ed25519PrivateKey, timestamp: int) -> str:
+    """One cosignature line (with its newline) on a checkpoint ``body`` at ``timestamp``."""
+    if not 0 < timestamp < 2**63:
+        raise NoteError("a cosignature's timestamp is a positive POSIX time")
+    public_key = raw_public(private_key.public_key())
+    signature = private_key.sign(_cosigned_message(body, timestamp))
+    blob = cosigner_key_id(name, public_key) + timestamp.to_bytes(8, "big") + signature
+    return f"{_DASH}{name} {base64.b64encode(blob).decode()}\n"
+
+
+def verify_cosignature(note: str, name: str, public_key: bytes) -> int:
+    """The timestamp of a good cosignature by (name, key) on ``note``; else ``NoteError``."""
+    cut = note.rfind("\n\n")
+    if cut < 0:
+        raise NoteError("a signed note is a body, a blank line and signature lines")
+    body = note[: cut + 1]
+    wanted = cosigner_key_id(name, public_key)
+    for line in note[cut + 2 :].splitlines():
+        signer, _, encoded = line.removeprefix(_DASH).partition(" ")
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            continue
+        if signer != name or blob[:4] != wanted or len(blob) != 4 + 8 + 64:
+            continue
+        timestamp = int.from_bytes(blob[4:12], "big")
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(
+                blob[12:], _cosigned_message(body, timestamp)
+            )
+        except InvalidSignature as e:
+            raise NoteError(f"the cosignature by {name} does not match the note") from e
+        return timestamp
+    raise NoteError(f"the note carries no cosignature by {name}")
