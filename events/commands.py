@@ -6,6 +6,9 @@ refuse unknown fields (a typo must not be silently dropped), while events
 accept them (an old reader must still read a newer ledger). Tenant and time
 are not part of a command: the tenant comes from the subject, which NATS
 permissions guard, and the time from the writer's clock.
+
+``to_command`` is ``to_event``'s inverse: the command an agent event would
+have come from, so the audit can judge a stored event as the writer did.
 """
 
 from __future__ import annotations
@@ -104,3 +107,24 @@ def to_event(command: Command, *, tenant: str, ts: int) -> Event:
         fields["valid_from"] = _utc(command.valid_from)
         fields["valid_until"] = _utc(command.valid_until)
     return _EVENT_FOR[type(command)](**fields, tenant=tenant, ts=ts)
+
+
+_COMMAND_FOR: Final[dict[type[Event], type[Command]]] = {e: c for c, e in _EVENT_FOR.items()}
+_NOT_COMMANDED: Final = frozenset({"tenant", "ts", "v"})
+
+
+def to_command(event: Event) -> Command | None:
+    """The command ``event`` would have come from (None for the ledger's own events).
+
+    The inverse of ``to_event``: ``to_command(to_event(c, tenant=t, ts=n)) == c``
+    for every command ``c`` whose world times are in UTC (``to_event`` stores them
+    so). Built without validation, as a stored event may hold what no command
+    could (a vote of 7): judging it is ``events.rules``' business.
+    """
+    kind = _COMMAND_FOR.get(type(event))
+    if kind is None:
+        return None
+    fields = {
+        name: getattr(event, name) for name in event.__struct_fields__ if name not in _NOT_COMMANDED
+    }
+    return kind(**fields)

@@ -9,8 +9,16 @@ import msgspec
 import pytest
 
 from events.codec import decode_command, decode_event, encode
-from events.commands import StoreFact, to_event
-from events.model import FactStored, VoteCast
+from events.commands import (
+    CastVote,
+    Command,
+    DeprecateFact,
+    RegisterAgent,
+    StoreFact,
+    to_command,
+    to_event,
+)
+from events.model import SYSTEM_TENANT, FactStored, VoteCast, WriterKeyAdded
 
 EVENT_ID = uuid.UUID("01900000-0000-7000-8000-000000000001")
 FACT_ID = uuid.UUID("01900000-0000-7000-8000-000000000002")
@@ -100,3 +108,43 @@ def test_events_tolerate_unknown_fields_but_commands_refuse_them() -> None:
     )
     with pytest.raises(msgspec.ValidationError, match="unknown field `valeu`"):
         decode_command(command)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        RegisterAgent(id=uuid.uuid4(), agent_id="ann", public_key="ab" * 32),
+        StoreFact(
+            id=uuid.uuid4(),
+            fact_id=uuid.uuid4(),
+            agent_id="ann",
+            content="x",
+            tags=("a", "b"),
+            confidence=0.5,
+            source="s",
+            meta={"k": [1, 2]},
+            valid_from=dt.datetime(2024, 1, 1, tzinfo=dt.UTC),
+            valid_until=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            signature="cd" * 64,
+        ),
+        DeprecateFact(
+            id=uuid.uuid4(),
+            fact_id=uuid.uuid4(),
+            agent_id="ann",
+            reason="r",
+            successor_id=uuid.uuid4(),
+        ),
+        CastVote(id=uuid.uuid4(), fact_id=uuid.uuid4(), agent_id="ann", value=-1, reason="no"),
+    ],
+    ids=lambda c: type(c).__name__,
+)
+def test_to_command_inverts_to_event(command: Command) -> None:
+    """Each command kind comes back exactly from the event it became."""
+    assert to_command(to_event(command, tenant="acme", ts=5)) == command
+
+
+def test_the_ledgers_own_events_come_from_no_command() -> None:
+    key = WriterKeyAdded(
+        id=uuid.uuid4(), tenant=SYSTEM_TENANT, ts=1, name="w", public_key="ab" * 32
+    )
+    assert to_command(key) is None
