@@ -5,7 +5,8 @@ configuration could drop or hide events is a ``stream_config`` violation, and
 a stream that no longer starts at seq 1 (a limit dropped its first events, or
 it was purged, or deleted and recreated) is ``stream_truncated``. Then it reads every stored event in order and hands it to ``events.verify.
 LedgerVerifier`` (hashes, links, gaps, duplicate ids, checkpoint roots and
-signatures, agent signatures). Then, for each projection database given,
+signatures, agent signatures, and every agent event re-judged by the writer's
+own rules: ``invalid_event``). Then, for each projection database given,
 replays the ledger into a scratch database up to that database's position
 and compares the two (``projections.integrity.compare``: the schema, every
 table, the full-text index), naming the first differing row of each table
@@ -63,6 +64,8 @@ class AuditReport:
     checkpoint_signatures: int = 0
     latest_checkpoint: int = 0
     agent_signatures: int = 0
+    #: Agent events judged again by the writer's rules (``invalid_event`` if refused).
+    rejudged: int = 0
     writer_keys: int = 0
     #: The writer keys the ledger recorded (name -> public key hex), and whether pinned.
     keys: dict[str, str] = field(default_factory=dict)
@@ -95,6 +98,7 @@ class AuditReport:
             "checkpoint_signatures": self.checkpoint_signatures,
             "latest_checkpoint": self.latest_checkpoint,
             "agent_signatures": self.agent_signatures,
+            "rejudged": self.rejudged,
             "writer_keys": self.writer_keys,
             "origin": self.origin,
             "trust": self.trust,
@@ -118,6 +122,7 @@ async def audit_ledger(
     writer_keys: Sequence[str] | None = None,
     progress: Progress | None = None,
     trust: TrustStore | None = None,
+    rejudge: bool = True,
 ) -> AuditReport:
     """Check the whole ledger, then each projection database against a fresh replay.
 
@@ -128,12 +133,16 @@ async def audit_ledger(
     ``trust``: the remembered heads; the ledger's latest checkpoint must extend
     the one remembered for its origin (``rollback``, ``fork``), and when the
     whole audit holds it is remembered in its place (saved to the store's file).
+    ``rejudge=False`` leaves out re-judging each event by the writer's rules
+    (for the benchmark's comparison).
     """
     started = time.perf_counter()
     report = AuditReport(pinned=writer_keys is not None)
     total = await bus.last_seq()
     report.violations.extend(await stream_violations(bus))
-    verifier = LedgerVerifier(pinned=None if writer_keys is None else frozenset(writer_keys))
+    verifier = LedgerVerifier(
+        pinned=None if writer_keys is None else frozenset(writer_keys), rejudging=rejudge
+    )
     chunk: list[StoredEvent] = []
     heads = _Heads()
     # partial: a store missing its last events ends the read early; the check below names it.
@@ -175,6 +184,7 @@ async def audit_ledger(
     report.checkpoint_signatures = counts.checkpoint_signatures
     report.latest_checkpoint = verifier.checkpoint_size
     report.agent_signatures = counts.agent_signatures
+    report.rejudged = counts.rejudged
     report.writer_keys = counts.writer_keys
     report.keys = {name: key for key, name in verifier.writer_keys.items()}
     if trust is not None:

@@ -14,13 +14,21 @@ recorded beside each), it checks:
   extends the one before (both roots are recomputed from the same leaves,
   which is what a consistency proof would show);
 - every agent signature: an agent registered with a key must have signed each
-  of its events, with that key, over exactly that event (``agent_signature``);
-  the first registration of an agent holds, a second is ``malformed_event``.
+  of its events, with that key, over exactly that event (``agent_signature``,
+  naming the writer's rule: ``signature_required`` or ``bad_signature``);
+- every agent event re-judged by the writer's own rules against the ledger
+  folded before it (``events.rejudge``): one the writer would have refused is
+  ``invalid_event``, its detail opening with the refusal's code (``unknown_agent``,
+  ``invalid_vote``, ``fact_exists``…); one whose fields no command could hold
+  (a confidence of 2, too many tags) is ``invalid_event`` ``invalid_field``.
+  After a gap the history it needs is gone, so re-judging stops there (the gap
+  is named); a repeated id is ``duplicate_event`` only, as the writer would
+  have answered the retry, not judged it.
 
 The Merkle tree is recomputed from the hashes the verifier computed itself,
 not from the recorded ones, so an altered body moves every later root. Most
 events cost a BLAKE3 link, a Merkle append and a light decode of a few
-fields; only checkpoints and signed events are decoded in full.
+fields and a full decode, and agent events a fold and the writer's rules.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import msgspec
 from events import signing
 from events.chain import ChainVerifier, StoredRecord, Violation
 from events.codec import decode_event
+from events.ledger_state import LedgerState
 from events.merkle import TILE, TILE_HEIGHT, MerkleAccumulator, leaf_hash, perfect_root
 from events.model import (
     EVENT_TYPES,
@@ -44,6 +53,7 @@ from events.model import (
     WriterKeyAdded,
 )
 from events.note import NoteError, parse_checkpoint, verify
+from events.rejudge import Rejudge
 
 _KINDS: Final = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 _OWN: Final = frozenset({"writer_key_added", "checkpoint_signed"})
@@ -78,6 +88,8 @@ class Counts:
     checkpoint_signatures: int = 0
     agent_signatures: int = 0
     writer_keys: int = 0
+    #: Agent events judged again by the writer's rules.
+    rejudged: int = 0
 
 
 @dataclass(slots=True)
@@ -92,14 +104,26 @@ class LedgerVerifier:
     violations: list[Violation] = field(default_factory=list)
     #: "<tenant> <event id>" → the seq it was first appended at.
     ids: dict[str, int] = field(default_factory=dict)
-    agents: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    #: The writer's fold and rules, re-applied (``events.rejudge``); its agents are
+    #: the keys agent signatures are checked with (the first registration holds).
+    rejudge: Rejudge = field(default_factory=Rejudge)
     writer_keys: dict[str, str] = field(default_factory=dict)
-    registered: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: False once a seq is missing: the history the rules need is gone from there.
+    whole: bool = True
+    #: Re-judge agent events (``events.rejudge``). False gives the verifier as it was
+    #: before re-judging (unsigned events only lightly decoded, no fold of facts), which
+    #: the audit benchmark measures beside it; a duplicate registration then goes unnamed.
+    rejudging: bool = True
     checkpoint_size: int = 0
     first_hash: bytes = b""
     #: Writer keys (public key hex) the auditor trusts; None trusts any key the
     #: ledger recorded, which anyone able to append to the stream could have added.
     pinned: frozenset[str] | None = None
+
+    @property
+    def state(self) -> LedgerState:
+        """The ledger as the writer would have folded it so far."""
+        return self.rejudge.state
 
     @property
     def size(self) -> int:
@@ -128,6 +152,7 @@ class LedgerVerifier:
         """Check one stored event (its subject is ``cortex.ledger.<tenant>.<kind>``)."""
         chain = self.chain
         if not chain.follows(seq, body, prev, recorded):
+            self.whole = self.whole and seq == chain.last_seq + 1
             self.violations.extend(chain.check(seq, body, prev, recorded))
         own = chain.computed
         if seq == 1:
@@ -150,10 +175,13 @@ class LedgerVerifier:
                     seq,
                     f"event id {env.id} was already appended at seq {first} (tenant {tenant!r})",
                 )
-            if kind in _OWN or env.signature is not None or env.kind == "agent_registered":
-                self._full(seq, body, env)
-            elif env.agent_id and self.agents.get((env.tenant, env.agent_id)):
-                self._unsigned(seq, env)
+            if not self.rejudging and kind not in _OWN and env.signature is None:
+                if kind == "agent_registered":
+                    self._full(seq, body, env, judge=False)
+                elif self.state.agents.get((tenant, env.agent_id)):
+                    self._unsigned(seq, env.agent_id)
+            elif kind in _KINDS:
+                self._full(seq, body, env, judge=first == seq and self.whole and self.rejudging)
         # A checkpoint covers the events before it: this one joins the tree after.
         pending = self.pending
         pending.append(own)
@@ -161,11 +189,12 @@ class LedgerVerifier:
             self.tree.append_subtree(perfect_root(pending), TILE_HEIGHT)
             pending.clear()
 
-    def _unsigned(self, seq: int, env: _Envelope) -> None:
+    def _unsigned(self, seq: int, agent_id: str) -> None:
         self._found(
             "agent_signature",
             seq,
-            f"agent {env.agent_id!r} has a registered key but this event is unsigned",
+            f"agent {agent_id!r} has a registered key but this event is unsigned "
+            "(signature_required)",
         )
 
     def _found(self, kind: str, seq: int, detail: str) -> None:
@@ -180,30 +209,36 @@ class LedgerVerifier:
                 "malformed_event", seq, f"filed under {subject} but its body says {expected}"
             )
 
-    def _full(self, seq: int, body: bytes, env: _Envelope) -> None:
+    def _full(self, seq: int, body: bytes, env: _Envelope, *, judge: bool) -> None:
+        if judge and env.kind not in _OWN:
+            self.counts.rejudged += 1
         try:
             event = decode_event(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            self._found("malformed_event", seq, f"not a valid {env.kind} event: {e}")
-            return
-        if isinstance(event, AgentRegistered):
-            agent = (event.tenant, event.agent_id)
-            first = self.registered.setdefault(agent, seq)
-            if first != seq:
-                self._found(
-                    "malformed_event",
-                    seq,
-                    f"agent {event.agent_id!r} was already registered at seq {first}; the writer "
-                    "never appends a second registration",
-                )
-            else:
-                self.agents[agent] = event.public_key
-        elif isinstance(event, WriterKeyAdded):
+            if env.kind in _OWN:
+                self._found("malformed_event", seq, f"not a valid {env.kind} event: {e}")
+            else:  # the same check as the writer's decoding of the command
+                self._invalid(seq, "invalid_field", f"not a valid {env.kind} event: {e}")
+            return  # the writer's catch-up skips it too
+        if isinstance(event, WriterKeyAdded):
             self._writer_key(seq, event)
         elif isinstance(event, CheckpointSigned):
             self._checkpoint(seq, event)
-        elif signing.is_signable(event):
+        elif env.signature is not None and signing.is_signable(event):
             self._agent_signature(seq, event)
+        elif not isinstance(event, AgentRegistered) and self.state.agents.get(
+            (env.tenant, env.agent_id)
+        ):
+            self._unsigned(seq, env.agent_id)
+        rejudge = self.rejudge
+        if judge:
+            refusal = rejudge.judge(event)
+            if refusal is not None:
+                self._invalid(seq, refusal.code, refusal.message)
+        rejudge.fold(event, seq)
+
+    def _invalid(self, seq: int, code: str, message: str) -> None:
+        self._found("invalid_event", seq, f"{code}: {message} (the writer would have refused it)")
 
     def _writer_key(self, seq: int, event: WriterKeyAdded) -> None:
         if event.tenant != SYSTEM_TENANT:
@@ -222,12 +257,13 @@ class LedgerVerifier:
 
     def _agent_signature(self, seq: int, event: Event) -> None:
         agent_id = str(getattr(event, "agent_id", ""))
-        key = self.agents.get((event.tenant, agent_id))
+        key = self.state.agents.get((event.tenant, agent_id))
         if key is None:
             self._found(
                 "agent_signature",
                 seq,
-                f"signed by agent {agent_id!r}, which has no registered key to check it with",
+                f"signed by agent {agent_id!r}, which has no registered key to check it with "
+                "(bad_signature)",
             )
             return
         self.counts.agent_signatures += 1
@@ -235,7 +271,8 @@ class LedgerVerifier:
             self._found(
                 "agent_signature",
                 seq,
-                f"the signature is not agent {agent_id!r}'s signature of this event",
+                f"the signature is not agent {agent_id!r}'s signature of this event "
+                "(bad_signature)",
             )
 
     def _checkpoint(self, seq: int, event: CheckpointSigned) -> None:

@@ -26,6 +26,7 @@ CHECKED = (
     "merkle_mismatch",
     "checkpoint_signature",
     "agent_signature",
+    "invalid_event",
     "projection_mismatch",
     "rollback",
     "fork",
@@ -58,6 +59,7 @@ def print_audit(report: AuditReport, as_json: bool) -> int:
     row("checkpoint roots recomputed", report.checkpoints, "merkle_mismatch")
     row("checkpoint signatures", report.checkpoint_signatures, "checkpoint_signature")
     row("agent signatures", report.agent_signatures, "agent_signature")
+    row("events re-judged by the writer's rules", report.rejudged, "invalid_event")
     for p in report.projections:
         row(f"{p.db} (rows vs a fresh replay to seq {p.seq})", p.rows, "projection_mismatch")
     out.print(table)

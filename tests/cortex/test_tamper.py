@@ -789,5 +789,5 @@ async def test_a_forged_re_registration_does_not_hand_an_agent_to_the_forger(
             await asyncio.wait_for(client.vote("ann", story.facts[0], -1, key=eve), WAIT)
         assert refused.value.code == "bad_signature"
     report = await audit_ledger(bus)
-    assert [(v.type, v.seq) for v in report.violations] == [("malformed_event", forged)]
-    assert "already registered" in report.violations[0].detail
+    assert [(v.type, v.seq) for v in report.violations] == [("invalid_event", forged)]
+    assert report.violations[0].detail.startswith("agent_exists: agent 'ann' is already registered")

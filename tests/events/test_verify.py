@@ -204,7 +204,48 @@ def test_an_event_id_is_unique_per_tenant_not_across_tenants() -> None:
     duplicate; the same id twice in one tenant still is."""
     ledger, _, _ = story()
     event = decode_event(ledger.stored[3][2])  # ann's fact, unsigned
+    ledger.command(RegisterAgent(id=ledger.id(), agent_id="ann"), "other")
     ledger.append(msgspec.structs.replace(event, tenant="other"))
     assert found(run(ledger.stored)) == []
     ledger.append(msgspec.structs.replace(event, tenant="other"))
-    assert found(run(ledger.stored)) == [("duplicate_event", 10)]
+    assert found(run(ledger.stored)) == [("duplicate_event", 11)]
+
+
+def test_events_no_writer_would_append_are_invalid_events_naming_the_rule() -> None:
+    """Re-judged by the writer's rules: a vote of 7 (``invalid_vote``), a vote by an
+    unregistered agent (``unknown_agent``) and a confidence of 2, which no command
+    could even carry (``invalid_field``). Each is one ``invalid_event``."""
+    ledger, _, fact = story()
+    seven = ledger.command(CastVote(id=ledger.id(), fact_id=fact, agent_id="ann", value=7))
+    eve = ledger.command(CastVote(id=ledger.id(), fact_id=fact, agent_id="eve", value=1))
+    sure = ledger.command(
+        StoreFact(id=ledger.id(), fact_id=ledger.id(), agent_id="ann", content="x", confidence=2.0)
+    )
+    v = run(ledger.stored)
+    assert found(v) == [("invalid_event", seven), ("invalid_event", eve), ("invalid_event", sure)]
+    codes = [x.detail.split(":")[0] for x in v.violations]
+    assert codes == ["invalid_vote", "unknown_agent", "invalid_field"]
+    assert v.counts.rejudged == 8  # every agent event, decodable or not
+
+
+def test_after_a_gap_nothing_is_re_judged() -> None:
+    """The events a rule needs may be among the missing: the gap is named, not every
+    event after it."""
+    ledger, _, fact = story()
+    ledger.command(CastVote(id=ledger.id(), fact_id=fact, agent_id="ann", value=1))
+    del ledger.stored[0:3]
+    kinds = {kind for kind, _ in found(run(ledger.stored))}
+    assert "invalid_event" not in kinds and "sequence_gap" in kinds
+
+
+def test_without_re_judging_the_verifier_checks_what_it_did_before() -> None:
+    """The benchmark's baseline: the same hashes, checkpoints and signatures, and no
+    ``invalid_event``."""
+    ledger, _, fact = story()
+    ledger.command(CastVote(id=ledger.id(), fact_id=fact, agent_id="ann", value=7))
+    ledger.command(CastVote(id=ledger.id(), fact_id=fact, agent_id="sig", value=1))  # unsigned
+    verifier = LedgerVerifier(rejudging=False)
+    for record in ledger.stored:
+        verifier.feed(*record)
+    assert found(verifier) == [("agent_signature", 10)]
+    assert verifier.counts.rejudged == 0 and verifier.counts.checkpoint_signatures == 2
