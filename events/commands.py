@@ -124,7 +124,7 @@ def to_command(event: Event) -> Command | None:
     kind = _COMMAND_FOR.get(type(event))
     if kind is None:
         return None
-    fields = {
-        name: getattr(event, name) for name in event.__struct_fields__ if name not in _NOT_COMMANDED
-    }
+    fields = msgspec.structs.asdict(event)
+    for name in _NOT_COMMANDED:
+        del fields[name]
     return kind(**fields)

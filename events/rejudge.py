@@ -41,6 +41,8 @@ class Rejudge:
     """Judges stored events in ledger order, folding each into ``state`` after."""
 
     state: LedgerState = field(default_factory=LedgerState)
+    #: ``check_tenant``'s answer per tenant seen: it depends on the name alone.
+    tenants: dict[str, Refusal | None] = field(default_factory=dict)
 
     def judge(self, event: Event) -> Refusal | None:
         """The writer's refusal of ``event`` as the ledger stood before it, or None.
@@ -53,8 +55,11 @@ class Rejudge:
         if command is None:
             return None
         tenant = event.tenant
+        tenants = self.tenants
+        if tenant not in tenants:
+            tenants[tenant] = rules.check_tenant(tenant)
         return (
-            rules.check_tenant(tenant)
+            tenants[tenant]
             or rules.check_shape(command)
             or rules.judge(self.state, command, tenant, signatures=False)
         )

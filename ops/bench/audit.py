@@ -18,13 +18,18 @@ staged batches go to an embedded nats-server (``sync_interval`` lazy) with
 1. **plain read** - ``Bus.read(1, last)`` over the whole stream doing nothing
    per message: the floor any audit over nats-py stands on.
 2. **audit** - ``cortex.audit.audit_ledger(bus)`` over the same stream: it
-   must report ok, N events, every checkpoint and signature it was given;
-   its time against the plain read's (bar: at most 1.5 times).
+   must report ok, N events, every checkpoint and signature it was given, and
+   every agent event re-judged by the writer's rules; its time against the
+   plain read's (bar: at most 1.5 times). Beside it, in the same run, the
+   audit without re-judging (``rejudge=False``: the audit as it was before),
+   and the ratio of the two: what re-judging costs end to end.
 3. **verification alone** - ``LedgerVerifier.feed`` over the events already
    in memory (seq, subject, body, previous and own hash): hashes, links,
-   Merkle roots, checkpoint signatures. Once over everything (agent
+   Merkle roots, checkpoint signatures, re-judging. Once over everything (agent
    signatures included), once with the agent-signed events' time taken out
-   and those events counted apart (bar: 500,000 events/s without them).
+   and those events counted apart (bar: 500,000 events/s without them), and
+   once without re-judging: the difference is **re-judging alone** (the full
+   decode, ``to_command``, the rules and the fold), per agent event.
 4. **agent signatures** - the signed events' time inside that feed, against
    a plain loop of the same Ed25519 verifications
    (``Ed25519PublicKey.verify(signature, payload)`` on payloads built
@@ -162,6 +167,11 @@ class Built:
                 result.append((seq, o.subject, o.body, o.prev_hash, o.hash))
         return result
 
+    @property
+    def agent_events(self) -> int:
+        """Events an agent's command became: what the audit re-judges."""
+        return self.count - self.checkpoints - self.writer_keys
+
     def signed_seqs(self) -> set[int]:
         seqs: set[int] = set()
         seq = 0
@@ -197,7 +207,12 @@ class Report:
     audit: Phase = field(default_factory=lambda: Phase("audit"))
     audit_check: AuditCheck = field(default_factory=lambda: AuditCheck(False, "not run"))
     audit_ratio: float = math.nan
+    audit_before: Phase = field(default_factory=lambda: Phase("audit, no re-judging"))
+    #: The audit with re-judging against the audit without, end to end.
+    rejudge_ratio: float = math.nan
     verify_all: Phase = field(default_factory=lambda: Phase("verify, all"))
+    verify_before: Phase = field(default_factory=lambda: Phase("verify, no re-judging"))
+    rejudge: Phase = field(default_factory=lambda: Phase("re-judging alone"))
     verify_unsigned: Phase = field(default_factory=lambda: Phase("verify, no agent sigs"))
     verify_signed: Phase = field(default_factory=lambda: Phase("verify, agent-signed"))
     verify_event: Phase = field(default_factory=lambda: Phase("verify_event"))
@@ -344,13 +359,15 @@ async def plain_read(bus: Bus, last: int, limit_s: float) -> float:
     return seconds
 
 
-async def timed_audit(bus: Bus, limit_s: float) -> tuple[float, AuditReport]:
+async def timed_audit(
+    bus: Bus, limit_s: float, *, rejudge: bool = True
+) -> tuple[float, AuditReport]:
     started = time.perf_counter()
-    report = await bounded("the audit", audit_ledger(bus), limit_s)
+    report = await bounded("the audit", audit_ledger(bus, rejudge=rejudge), limit_s)
     return time.perf_counter() - started, report
 
 
-def check_audit(report: AuditReport, built: Built) -> AuditCheck:
+def check_audit(report: AuditReport, built: Built, *, rejudged: bool = True) -> AuditCheck:
     """Whether the audit found the ledger sound and counted what it holds."""
     want = {
         "events": built.count,
@@ -358,6 +375,7 @@ def check_audit(report: AuditReport, built: Built) -> AuditCheck:
         "checkpoint_signatures": built.checkpoints,
         "agent_signatures": len(built.signed_ids),
         "writer_keys": built.writer_keys,
+        "rejudged": built.agent_events if rejudged else 0,
     }
     got = {name: int(getattr(report, name)) for name in want}
     wrong = [f"{name} {got[name]} != {value}" for name, value in want.items() if got[name] != value]
@@ -368,7 +386,8 @@ def check_audit(report: AuditReport, built: Built) -> AuditCheck:
     return AuditCheck(
         True,
         f"ok: {got['checkpoints']:,} checkpoints and signatures, "
-        f"{got['agent_signatures']:,} agent signatures, {got['writer_keys']} writer key",
+        f"{got['agent_signatures']:,} agent signatures, {got['writer_keys']} writer key, "
+        f"{got['rejudged']:,} events re-judged",
     )
 
 
@@ -388,14 +407,20 @@ async def bench_stream(events: int, root: Path, report: Report) -> Built:
             report.append = await append(bus, built)
             seconds = await plain_read(bus, built.count, PHASE_S)
             report.plain_read = Phase.of("plain read", built.count, seconds)
+            seconds, before = await timed_audit(bus, PHASE_S, rejudge=False)
+            report.audit_before = Phase.of("audit, no re-judging", before.events, seconds)
             seconds, audited = await timed_audit(bus, PHASE_S)
             report.audit = Phase.of("audit", audited.events, seconds)
             report.audit_check = check_audit(audited, built)
+            if report.audit_check.ok:
+                checked = check_audit(before, built, rejudged=False)
+                report.audit_check = checked if not checked.ok else report.audit_check
         finally:
             await bus.close()
     finally:
         await server.stop()
     report.audit_ratio = _ratio(report.audit.seconds, report.plain_read.seconds)
+    report.rejudge_ratio = _ratio(report.audit.seconds, report.audit_before.seconds)
     return built
 
 
@@ -442,14 +467,15 @@ def _check_verifier(verifier: LedgerVerifier, built: Built, what: str) -> None:
         or counts.events != built.count
         or counts.checkpoint_signatures != built.checkpoints
         or counts.agent_signatures != len(built.signed_ids)
+        or counts.rejudged != (built.agent_events if verifier.rejudging else 0)
     ):
         found = [f"{v.type} at {v.where}" for v in verifier.violations[:3]]
         raise BenchError(f"{what}: the verifier did not pass the ledger: {counts} {found}")
 
 
-def verify_all(events: list[Stored], built: Built) -> float:
+def verify_all(events: list[Stored], built: Built, *, rejudging: bool = True) -> float:
     """Seconds to feed every event to a fresh verifier, nothing else in the loop."""
-    verifier = LedgerVerifier()
+    verifier = LedgerVerifier(rejudging=rejudging)
     feed = verifier.feed
     started = time.perf_counter()
     for seq, subject, body, prev, recorded in events:
@@ -539,6 +565,9 @@ def bench_memory(built: Built, report: Report) -> None:
     signed = built.signed_seqs()
     seconds = verify_all(events, built)
     report.verify_all = Phase.of("verify, all", built.count, seconds)
+    before = verify_all(events, built, rejudging=False)
+    report.verify_before = Phase.of("verify, no re-judging", built.count, before)
+    report.rejudge = Phase.of("re-judging alone", built.agent_events, seconds - before)
     seconds, in_signed = verify_split(events, signed, built)
     report.verify_unsigned = Phase.of(
         "verify, no agent sigs", built.count - len(signed), seconds - in_signed
@@ -635,8 +664,11 @@ _PHASES: Final = (
     "generate",
     "append",
     "plain_read",
+    "audit_before",
     "audit",
     "verify_all",
+    "verify_before",
+    "rejudge",
     "verify_unsigned",
     "verify_signed",
     "verify_event",
@@ -661,6 +693,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "phases": {name: json_fields(getattr(report, name)) for name in _PHASES},
         "audit": {"ok": report.audit_check.ok, "detail": report.audit_check.detail},
         "audit_ratio": json_float(report.audit_ratio),
+        "rejudge_ratio": json_float(report.rejudge_ratio),
         "signature_ratio": json_float(report.signature_ratio),
         "verify_event_ratio": json_float(report.verify_event_ratio),
         "small": {
@@ -698,7 +731,18 @@ def _notes(report: Report) -> dict[str, str]:
                 else f"[red]{escape(r.audit_check.detail)}[/]"
             )
         ),
-        "verify_all": "LedgerVerifier.feed from memory, agent signatures included",
+        "audit_before": (
+            f"audit_ledger(bus, rejudge=False): the audit before re-judging; with it, "
+            f"{r.rejudge_ratio:.2f}x this"
+        ),
+        "verify_all": "LedgerVerifier.feed from memory, agent signatures and re-judging included",
+        "verify_before": "the same feed without re-judging (LedgerVerifier(rejudging=False))",
+        "rejudge": (
+            "the difference, per agent event: full decode, to_command, rules, fold "
+            f"({r.rejudge.seconds / r.verify_all.seconds:.0%} of the feed)"
+            if r.verify_all.seconds > 0
+            else "not measured"
+        ),
         "verify_unsigned": "the same feed, the agent-signed events' time taken out",
         "verify_signed": (
             f"agent-signed events inside that feed: {r.signature_ratio:.0%} of plain Ed25519"
