@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ from cortex.errors import (
 )
 from cortex.nats import CHECKPOINT_SUBJECT, DEFAULT_URL, Bus, Credentials, Role, command_subject
 from cortex.nats.auth import from_env as credentials_from_env
+from cortex.receipts import COVERING_KIND, ORIGIN_KIND
 from cortex.trust import Head, TrustStore, check_consistency
 from events import signing
 from events.codec import encode
@@ -119,14 +121,28 @@ def _results(raw: bytes, count: int) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointRef:
+    """A signed checkpoint: the tree of its ``tree_size`` first events, its root and note."""
+
+    seq: int
+    tree_size: int
+    root: str
+    #: The C2SP signed note (the writer's signature over origin, size and root).
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
-    """Proof that an event is in the ledger: where, with which hash, under which id."""
+    """Proof that an event is in the ledger: where, with which hash, under which id,
+    and (once issued, see ``Client.wait_checkpoint``) the signed checkpoint covering it."""
 
     seq: int
     hash: str
     id: uuid.UUID
     #: For store_fact: the id of the stored fact, to vote on or deprecate it.
     fact_id: uuid.UUID | None = None
+    #: The first signed checkpoint known to cover ``seq``; None until asked for.
+    checkpoint: CheckpointRef | None = None
 
 
 @dataclass(slots=True)
@@ -180,6 +196,9 @@ class Client:
         self._carry: _Call | None = None
         self._returned = asyncio.Event()
         self._sends: set[asyncio.Task[None]] = set()
+        #: The ledger's origin (its first event's hash), signed into agents' commands;
+        #: learnt from the writer before the first signature (b"": an empty ledger).
+        self._origin: bytes | None = None
 
     @classmethod
     async def connect(
@@ -276,6 +295,7 @@ class Client:
         fact_id: uuid.UUID | None = None,
         id: uuid.UUID | None = None,
         key: Ed25519PrivateKey | None = None,
+        wait_checkpoint: bool = False,
     ) -> Receipt:
         command = StoreFact(
             id=id or new_id(),
@@ -290,8 +310,8 @@ class Client:
             valid_from=utc(valid_from, what="valid_from"),
             valid_until=utc(valid_until, what="valid_until"),
         )
-        r = await self.submit(command, key=key)
-        return Receipt(r.seq, r.hash, r.id, fact_id=command.fact_id)
+        r = await self.submit(command, key=key, wait_checkpoint=wait_checkpoint)
+        return dataclasses.replace(r, fact_id=command.fact_id)
 
     async def deprecate_fact(
         self,
@@ -323,12 +343,14 @@ class Client:
         reason: str = "",
         id: uuid.UUID | None = None,
         key: Ed25519PrivateKey | None = None,
+        wait_checkpoint: bool = False,
     ) -> Receipt:
         return await self.submit(
             CastVote(
                 id=id or new_id(), fact_id=fact_id, agent_id=agent_id, value=value, reason=reason
             ),
             key=key,
+            wait_checkpoint=wait_checkpoint,
         )
 
     def sign(self, command: Command, key: Ed25519PrivateKey | None = None) -> Command:
@@ -346,17 +368,52 @@ class Client:
             key = self._keys.get(getattr(command, "agent_id", ""))
             if key is None:
                 return command
-        return signing.sign_command(command, self.tenant, key)
+        return signing.sign_command(command, self.tenant, key, origin=self._origin or b"")
 
-    async def submit(self, command: Command, *, key: Ed25519PrivateKey | None = None) -> Receipt:
+    async def origin(self) -> bytes:
+        """The ledger's origin: the hash of its first event (b"" while it is empty).
+
+        Signatures name it, so one made for this ledger does not hold on another.
+        """
+        if not self._origin:
+            raw = await self.bus.request(
+                command_subject(self.tenant, ORIGIN_KIND), b"", timeout=self.timeout
+            )
+            reply = msgspec.json.decode(raw)
+            if not isinstance(reply, dict) or "origin" not in reply:
+                raise CortexError("unexpected reply from the writer", code="internal")
+            self._origin = bytes.fromhex(str(reply["origin"]))
+        return self._origin
+
+    async def _learn_origin(self, command: Command, key: Ed25519PrivateKey | None) -> None:
+        """Before signing ``command``: know the origin (one small ask, once per client)."""
+        if self._origin or not signing.is_signable(command):
+            return
+        if key is None and (
+            getattr(command, "signature", None) is not None
+            or getattr(command, "agent_id", "") not in self._keys
+        ):
+            return
+        await self.origin()
+
+    async def submit(
+        self,
+        command: Command,
+        *,
+        key: Ed25519PrivateKey | None = None,
+        wait_checkpoint: bool = False,
+    ) -> Receipt:
         """Send any command (batched with others under load) and wait for its receipt.
 
         The command is signed first if a key is given or known for its agent
-        (see ``sign``).
+        (see ``sign``). With ``wait_checkpoint`` the receipt also carries the
+        signed checkpoint covering the event (within about the writer's
+        checkpoint interval; see ``wait_checkpoint``).
         """
         refused = check_shape(command)
         if refused is not None:  # what the writer would answer, without the round trip
             raise refused.error()
+        await self._learn_origin(command, key)
         command = self.sign(command, key)
         body = encode(command)
         if len(body) > MAX_REQUEST_BYTES:
@@ -373,7 +430,8 @@ class Client:
         err = result.get("error")
         if err is not None:
             raise _rejection(err)
-        return Receipt(int(result["seq"]), str(result["hash"]), uuid.UUID(str(result["id"])))
+        done = Receipt(int(result["seq"]), str(result["hash"]), uuid.UUID(str(result["id"])))
+        return await self.wait_checkpoint(done) if wait_checkpoint else done
 
     async def submit_atomic(
         self, commands: Sequence[Command], *, key: Ed25519PrivateKey | None = None
@@ -393,6 +451,7 @@ class Client:
             refused = check_shape(command)
             if refused is not None:
                 raise refused.error()
+            await self._learn_origin(command, key)
             signed.append(self.sign(command, key))
         payload = b"[" + b",".join(encode(c) for c in signed) + b"]"
         if len(payload) > MAX_REQUEST_BYTES:
@@ -632,6 +691,25 @@ class Client:
         if "error" in reply:
             raise _rejection(reply["error"])
         return await self.checkpoint(reply["tree_size"], min_seq=reply["seq"])
+
+    async def wait_checkpoint(self, receipt: Receipt, timeout: float | None = None) -> Receipt:
+        """``receipt`` with the first signed checkpoint covering its event.
+
+        The writer answers once it has signed one (it does within its checkpoint
+        interval while events arrive); a node then serves its signed note.
+        """
+        wait = self.timeout if timeout is None else timeout
+        payload = msgspec.json.encode({"covering": receipt.seq})
+        subject = command_subject(self.tenant, COVERING_KIND)  # agents may send here only
+        raw = await self.bus.request(subject, payload, timeout=wait)
+        reply = msgspec.json.decode(raw)
+        if not isinstance(reply, dict):
+            raise CortexError("unexpected reply from the writer", code="internal")
+        if "error" in reply:
+            raise _rejection(reply["error"])
+        cp = await self.checkpoint(int(reply["tree_size"]), min_seq=int(reply["seq"]))
+        ref = CheckpointRef(int(cp["seq"]), int(cp["tree_size"]), str(cp["root"]), str(cp["note"]))
+        return dataclasses.replace(receipt, checkpoint=ref)
 
     async def proof(
         self,

@@ -52,6 +52,7 @@ from cortex.core.ledger_state import LedgerState
 from cortex.core.sequencer import (
     CHECKPOINT,
     DEFAULT_CHECKPOINT_EVERY,
+    DEFAULT_CHECKPOINT_INTERVAL,
     JETSTREAM_BATCH_LIMIT,
     Item,
     Sequencer,
@@ -67,6 +68,7 @@ from cortex.errors import (
     StreamUnsafe,
 )
 from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, STREAM, Bus, Inbound, Serving
+from cortex.receipts import COVERING_KIND, ORIGIN_KIND
 from cortex.supervisor import Backoff
 from events.chain import link
 from events.codec import decode_event
@@ -85,6 +87,7 @@ DEFAULT_STREAM_CHECK_S: Final = 5.0
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_MAX_BATCH",
     "DEFAULT_STREAM_CHECK_S",
     "JETSTREAM_BATCH_LIMIT",
@@ -107,6 +110,7 @@ class LedgerWriter:
         replicas: int = 1,
         key: WriterKey | None = None,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
         require_signatures: bool = False,
         stream_check_s: float = DEFAULT_STREAM_CHECK_S,
         watch_advisories: bool = True,
@@ -129,7 +133,14 @@ class LedgerWriter:
             LedgerState(require_signatures=require_signatures),
             key=key,
             checkpoint_every=checkpoint_every,
+            checkpoint_interval=checkpoint_interval,
         )
+        self.checkpoint_interval = checkpoint_interval
+        #: Callers waiting for a checkpoint covering a seq: (seq, future of the reply).
+        self._covering: list[tuple[int, asyncio.Future[Result]]] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._tick = asyncio.Event()
+        self._idle = False  # the timer sleeps with nothing uncovered
         #: A command, an atomic group of them (never split across batches), or None: stop.
         self._queue: asyncio.Queue[_Pending | list[_Pending] | None] = asyncio.Queue()
         #: Per-agent and per-tenant token buckets, charged before a command is queued.
@@ -200,6 +211,9 @@ class LedgerWriter:
             await self._commit([])  # records this writer's key before anything it signs
         self._committer = asyncio.create_task(self._run(), name="cortex-writer")
         self._watch = asyncio.create_task(self._watch_stream(), name="cortex-stream-watch")
+        if self.key is not None:
+            self._ticker = asyncio.create_task(self._checkpoint_timer(), name="cortex-ckpt-timer")
+            self._ticker.add_done_callback(self._ended)
         for task in (self._committer, self._watch):
             task.add_done_callback(self._ended)
         self._sub = await self.bus.serve(
@@ -217,21 +231,48 @@ class LedgerWriter:
                 with contextlib.suppress(Exception):
                     await sub.close()
         self._sub = self._admin = self._advisories = None
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
+        for task in (self._watch, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch = self._ticker = None
         if self._committer is not None:
+            if self.key is not None and self.unsafe is None and self._broken is None:
+                # A clean stop leaves no tail uncovered: the last batch's checkpoint
+                # is the head a restart, an auditor or a receipt holder can check.
+                final: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+                self._queued += 1
+                self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, final))
             await self._queue.put(None)
             await self._committer
             self._committer = None
+        for _seq, waiter in self._covering:
+            if not waiter.done():
+                waiter.set_result(error("unavailable", "the writer stopped"))
+        self._covering.clear()
         if self._replies:
             await asyncio.gather(*self._replies, return_exceptions=True)
 
     # -- requests ---------------------------------------------------------
 
+    async def _on_ask(self, msg: Inbound, kind: str) -> None:
+        """The two asks agents send the writer besides commands (``cortex.receipts``)."""
+        if kind == ORIGIN_KIND:  # what agents sign into their commands (events.signing)
+            await self._respond(msg, {"origin": self.state.first_hash.hex()})
+        elif msg.data.strip():  # an agent's receipt waits for the checkpoint covering it
+            await self._on_checkpoint(msg)
+        else:
+            await self._respond(msg, error("invalid_field", 'send {"covering": SEQ}'))
+
     async def _on_request(self, msg: Inbound) -> None:
+        kind = msg.subject.rpartition(".")[2]
+        if kind in (ORIGIN_KIND, COVERING_KIND):
+            await self._on_ask(msg, kind)
+        else:
+            await self._on_command(msg)
+
+    async def _on_command(self, msg: Inbound) -> None:
         # A flood over its rate is refused before it is decoded: it costs the writer
         # (and everyone waiting behind it) as little as possible.
         tenant = _tenant_of(msg.subject)
@@ -331,12 +372,29 @@ class LedgerWriter:
         )
 
     async def _on_checkpoint(self, msg: Inbound) -> None:
+        """An empty request: sign a checkpoint now. ``{"covering": N}``: answer with the
+        first checkpoint covering seq N, once there is one (the timer brings it soon)."""
         if self.key is None:
             await self._respond(msg, error("no_key", "this writer has no key to sign with"))
             return
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queued += 1
-        self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, future))
+        covering = _covering_of(msg.data)
+        if isinstance(covering, dict):
+            await self._respond(msg, covering)
+            return
+        if covering is not None:
+            if covering > self.state.seq + 1:
+                await self._respond(
+                    msg, error("invalid_field", f"seq {covering} is past the ledger's end")
+                )
+                return
+            self._covering.append((covering, future))
+            self._answer_covering()
+            if self._idle:
+                self._tick.set()
+        else:
+            self._queued += 1
+            self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, future))
         task = asyncio.create_task(self._answer(msg, [future], batch=False))
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
@@ -431,6 +489,10 @@ class LedgerWriter:
                 # raises, the callers' retries (same ids) get the first receipt later.
                 await self._ensure_safe()
                 self._resolve(items, staged)
+                self._answer_covering()
+                if self._idle and self.state.seq > self.state.checkpoint_seq:
+                    self._idle = False
+                    self._tick.set()  # the timer slept with nothing uncovered: it counts now
                 return
             # A stateful refusal may only mean this writer has not yet seen
             # what another writer appended: catch up, then judge again.
@@ -441,6 +503,47 @@ class LedgerWriter:
                 raise
             synced = True
         raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
+
+    def _answer_covering(self) -> None:
+        """Answer those waiting for a checkpoint that now covers their seq."""
+        state = self.state
+        if not self._covering or not state.checkpoint_seq:
+            return
+        latest: Result = {
+            "seq": state.checkpoint_seq,
+            "tree_size": state.checkpoint_size,
+            "root": state.checkpoint_root,
+        }
+        waiting = []
+        for seq, future in self._covering:
+            if future.done():
+                continue
+            if seq <= state.checkpoint_size:
+                future.set_result(latest)
+            else:
+                waiting.append((seq, future))
+        self._covering = waiting
+
+    async def _checkpoint_timer(self) -> None:
+        """Sign a checkpoint once events have waited ``checkpoint_interval`` uncovered
+        and no batch brought one (a quiet ledger, or the last of a burst)."""
+        interval_ns = self.sequencer.checkpoint_interval_ns
+        while self.unsafe is None and self._broken is None:
+            now = time.time_ns()
+            wait = self.checkpoint_interval  # nothing uncovered: sleep until a commit wakes us
+            if self.sequencer.checkpoint_due(now):
+                future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+                self._queued += 1
+                self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, future))
+                if "error" not in await future:
+                    continue
+            elif self.state.seq > self.state.checkpoint_seq:
+                wait = (self.sequencer.checkpointed_at + interval_ns - now) / 1e9
+            self._idle = self.state.seq <= self.state.checkpoint_seq
+            self._tick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tick.wait(), max(0.001, wait))
+            self._idle = False
 
     def _resolve(self, items: list[_Pending], staged: Staged) -> None:
         for item, result in zip(items, staged.results, strict=True):
@@ -584,6 +687,20 @@ def _tenant_of(subject: str) -> str:
     """The tenant token of ``cortex.cmd.<tenant>.<kind>`` (a wrong subject: "", never limited)."""
     parts = subject.split(".")
     return parts[2] if len(parts) == 4 else ""
+
+
+def _covering_of(data: bytes) -> int | Result | None:
+    """The seq a checkpoint request asks to be covered (None: sign one now), or an error."""
+    if not data.strip():
+        return None
+    try:
+        request = msgspec.json.decode(data, type=dict[str, int])
+        seq = request["covering"]
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        return error("invalid_field", 'a checkpoint request is empty or {"covering": SEQ}')
+    if seq < 1:
+        return error("invalid_field", "covering must name a seq of 1 or more")
+    return seq
 
 
 def _rate_limited(message: str, retry_after: float) -> Result:

@@ -208,6 +208,10 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     # the ledger
     "ledger_error": (LedgerError, "the ledger stream is missing, misconfigured or refused"),
     "chain_break": (ChainBroken, "a stored event does not link to the one before it"),
+    "missing_acknowledged_event": (
+        LedgerError,
+        "a saved receipt's event (or its checkpoint) is no longer in the ledger as acknowledged",
+    ),
     "append_conflict": (AppendConflict, "another writer appended first"),
     "ledger_mismatch": (LedgerMismatch, "a database does not follow this ledger"),
     "fork": (Forked, "the ledger does not extend the checkpoint remembered for its origin"),

@@ -183,7 +183,7 @@ def _check_signature(
         return Refusal(
             "signature_required", f"agent {agent_id!r} has a key: its commands must be signed"
         )
-    if not signing.check(key, signature, signing.command_bytes(command, tenant)):
+    if not signing.check_command(key, signature, command, tenant, getattr(view, "first_hash", b"")):
         return Refusal(
             "bad_signature",
             f"the signature is not agent {agent_id!r}'s signature of this command "

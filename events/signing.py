@@ -23,26 +23,44 @@ from events.codec import encode
 from events.commands import Command, to_event
 from events.model import Event
 
+#: Signatures made before agents named the ledger (still checked: old ledgers audit).
 DOMAIN: Final = b"cortex.command.v1\0"
+#: Followed by the ledger's origin (its first event's hash, 32 bytes): a signature
+#: made for one deployment does not hold on another.
+DOMAIN_V2: Final = b"cortex.command.v2\0"
 
 C = TypeVar("C", bound=Command)
 
 
-def signed_bytes(event: Event) -> bytes:
-    """The bytes an agent signs for ``event`` (its ``ts`` and ``signature`` left out)."""
-    return DOMAIN + encode(msgspec.structs.replace(event, ts=0, signature=None))
+def signed_bytes(event: Event, origin: bytes = b"") -> bytes:
+    """The bytes an agent signs for ``event`` (its ``ts`` and ``signature`` left out) in
+    the ledger of ``origin`` (b"": the v1 form, which names no ledger)."""
+    body = encode(msgspec.structs.replace(event, ts=0, signature=None))
+    return DOMAIN_V2 + origin + body if origin else DOMAIN + body
 
 
-def command_bytes(command: Command, tenant: str) -> bytes:
-    """The bytes an agent signs for ``command`` sent under ``tenant``."""
+def command_bytes(command: Command, tenant: str, origin: bytes = b"") -> bytes:
+    """The bytes an agent signs for ``command`` sent under ``tenant`` to the ledger of
+    ``origin``."""
     unsigned = msgspec.structs.replace(command, signature=None)
-    return signed_bytes(to_event(unsigned, tenant=tenant, ts=0))
+    return signed_bytes(to_event(unsigned, tenant=tenant, ts=0), origin)
 
 
-def sign_command(command: C, tenant: str, key: Ed25519PrivateKey) -> C:
-    """``command`` with its signature by ``key``."""
-    signature = key.sign(command_bytes(command, tenant)).hex()
+def sign_command(command: C, tenant: str, key: Ed25519PrivateKey, origin: bytes = b"") -> C:
+    """``command`` with its signature by ``key``, for the ledger of ``origin``."""
+    signature = key.sign(command_bytes(command, tenant, origin)).hex()
     return msgspec.structs.replace(command, signature=signature)
+
+
+def check_command(
+    public_key_hex: str, signature_hex: str, command: Command, tenant: str, origin: bytes
+) -> bool:
+    """Whether the signature holds for ``command`` in the ledger of ``origin``: signed
+    naming that origin, or in the older form that names none."""
+    return (
+        bool(origin)
+        and check(public_key_hex, signature_hex, command_bytes(command, tenant, origin))
+    ) or check(public_key_hex, signature_hex, command_bytes(command, tenant))
 
 
 def is_signable(value: Command | Event) -> bool:
@@ -65,7 +83,12 @@ def check(public_key_hex: str, signature_hex: str, payload: bytes) -> bool:
     return True
 
 
-def verify_event(event: Event, public_key_hex: str) -> bool:
-    """Whether a stored event carries its agent's good signature."""
+def verify_event(event: Event, public_key_hex: str, origin: bytes = b"") -> bool:
+    """Whether a stored event carries its agent's good signature (for the ledger of
+    ``origin``, or in the older form that names no ledger)."""
     signature = getattr(event, "signature", None)
-    return signature is not None and check(public_key_hex, signature, signed_bytes(event))
+    if signature is None:
+        return False
+    if origin and check(public_key_hex, signature, signed_bytes(event, origin)):
+        return True
+    return check(public_key_hex, signature, signed_bytes(event))

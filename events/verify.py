@@ -267,7 +267,7 @@ class LedgerVerifier:
             )
             return
         self.counts.agent_signatures += 1
-        if not signing.verify_event(event, key):
+        if not signing.verify_event(event, key, self.first_hash):
             self._found(
                 "agent_signature",
                 seq,

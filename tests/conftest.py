@@ -26,7 +26,8 @@ from projections.testing import LedgerBuilder, open_projector
 @pytest.fixture(autouse=True)
 def config_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test's own user config folder: the remembered heads of ``cortex audit``
-    (``trust.json``) never touch the real one, nor another test's."""
+    (``trust.json``) and ``cortex up``'s writer key never touch the real one, nor
+    another test's."""
     home = tmp_path_factory.mktemp("config")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     return home

@@ -18,6 +18,7 @@ from typing import Any
 from cortex.cli.connect import open_client
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, print_json
 from cortex.errors import CortexError
+from cortex.receipts import load_receipt, verify_receipt
 from events.proof import check_proof
 
 
@@ -90,6 +91,25 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     return EXIT_OK if check.ok else EXIT_FAILED
 
 
+async def cmd_verify_receipt(args: argparse.Namespace) -> int:
+    """Hold a saved receipt against the ledger now: exit 1 if the ledger lost the event."""
+    doc = load_receipt(Path(args.file))
+    async with await open_client(args) as c:
+        check = await verify_receipt(c, doc, verifier=args.key)
+    if args.json:
+        _print(check.to_dict())
+    elif check.ok:
+        sys.stdout.write(
+            f"VALID: seq {check.seq} is in the ledger with its receipt's hash, "
+            f"under the checkpoint of {check.tree_size} events\n"
+        )
+    else:
+        sys.stdout.write(f"missing_acknowledged_event: seq {check.seq}\n")
+        for problem in check.problems:
+            sys.stdout.write(f"  - {problem}\n")
+    return EXIT_OK if check.ok else EXIT_FAILED
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the proof commands to the ``cortex`` parser."""
     p = sub.add_parser("checkpoint", parents=[common], help="have the writer sign a checkpoint now")
@@ -120,3 +140,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         help="a writer's verifier key (name+id+key) to trust; repeatable (each writer has one)",
     )
     p.set_defaults(func=cmd_verify_proof)
+
+    p = sub.add_parser(
+        "verify-receipt",
+        parents=[common],
+        help="check a saved receipt (--receipt-out) against the ledger as it is now",
+    )
+    p.add_argument("file")
+    p.add_argument("--key", action="append", help="a writer's verifier key to trust; repeatable")
+    p.set_defaults(func=cmd_verify_receipt)

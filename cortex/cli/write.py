@@ -25,11 +25,21 @@ from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_events, prin
 from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
 from cortex.client import Client, Receipt
 from cortex.core.fairshare import DEFAULT_AGENT_RATE, DEFAULT_TENANT_RATE, Rate
-from cortex.core.keys import create_key, load_key, public_hex, writer_key
+from cortex.core.keys import (
+    WRITER_KEY_FILE,
+    WriterKey,
+    create_key,
+    default_key_path,
+    load_key,
+    public_hex,
+    writer_key,
+    writer_key_at,
+)
 from cortex.errors import CortexError
 from cortex.nats import Credentials, Durability, LocalAuth
+from cortex.receipts import save_receipt
 from cortex.runtime import Runtime
-from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_MAX_BATCH
+from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MAX_BATCH
 from events.codec import decode_event
 from events.model import kind_of
 from events.proof import check_proof
@@ -46,8 +56,13 @@ def _receipt_dict(r: Receipt) -> dict[str, Any]:
 async def _with_client(
     args: argparse.Namespace, work: Callable[[Client], Awaitable[Receipt]]
 ) -> int:
+    out_file = getattr(args, "receipt_out", None)
     async with await open_client(args) as client:
         receipt = await work(client)
+        if out_file:
+            # Evidence for later (`cortex verify-receipt`): with the checkpoint covering it.
+            receipt = await client.wait_checkpoint(receipt)
+            save_receipt(receipt, client.tenant, Path(out_file))
     if args.json:
         print_json(_receipt_dict(receipt))
         return EXIT_OK
@@ -110,6 +125,22 @@ def _server_of(args: argparse.Namespace) -> str | None:
     return exported
 
 
+def _up_key(args: argparse.Namespace, data: Path) -> WriterKey:
+    """The writer's key: ``--key``, else an old one in the data folder (with a warning),
+    else the one in the user's configuration folder (created on first start)."""
+    if args.key is not None:
+        return writer_key_at(Path(args.key))
+    legacy = data / WRITER_KEY_FILE
+    if legacy.exists():
+        err.print(
+            f"warning: the writer key is in the data folder ({escape(str(legacy))}): anyone "
+            "with a copy of the folder can re-sign its checkpoints. Move it out and pass "
+            "--key PATH (or keep it in the configuration folder, the default)"
+        )
+        return writer_key(data)
+    return writer_key_at(default_key_path(data))
+
+
 async def cmd_up(args: argparse.Namespace) -> int:
     """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
     nats_url = _server_of(args)
@@ -125,8 +156,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
         if args.role in ("all", "writer"):
             await runtime.add_writer(
                 max_batch=args.max_batch,
-                key=writer_key(data),
+                key=_up_key(args, data),
                 checkpoint_every=args.checkpoint_every,
+                checkpoint_interval=args.checkpoint_interval,
                 require_signatures=args.require_signatures,
                 rate_agent=args.rate_agent,
                 rate_tenant=args.rate_tenant,
@@ -423,6 +455,20 @@ def _register_run(sub: Any) -> None:
         help=f"events between signed checkpoints (default {DEFAULT_CHECKPOINT_EVERY:,})",
     )
     p.add_argument(
+        "--key",
+        metavar="PATH",
+        help="the writer's signing key (created 0600 if missing; refused if others may read "
+        "it); default: in the user's configuration folder, never in the data folder",
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=_seconds,
+        default=DEFAULT_CHECKPOINT_INTERVAL,
+        metavar="SECONDS",
+        help="while events arrive, a signed checkpoint at least this often "
+        f"(default {DEFAULT_CHECKPOINT_INTERVAL:g} s); one on every clean stop too",
+    )
+    p.add_argument(
         "--require-signatures",
         action="store_true",
         help="refuse commands from agents that have no registered key",
@@ -444,6 +490,26 @@ def _register_run(sub: Any) -> None:
         f"(default {DEFAULT_TENANT_RATE})",
     )
     p.set_defaults(func=cmd_up)
+
+
+def _receipt_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--receipt-out",
+        metavar="FILE",
+        help="save the receipt, with the signed checkpoint covering it, as JSON evidence "
+        "(check it later: cortex verify-receipt FILE)",
+    )
+
+
+def _seconds(text: str) -> float:
+    """An ``argparse`` type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
 
 
 def _rate(text: str) -> Rate:
@@ -487,6 +553,7 @@ def _register_writes(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("content")
     p.add_argument("--agent", required=True, help="the registered agent asserting it")
     _fact_options(p)
+    _receipt_option(p)
     p.set_defaults(func=cmd_fact_add)
     p = fact.add_parser(
         "edit",
@@ -517,4 +584,5 @@ def _register_writes(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", required=True)
     p.add_argument("--reason", default="")
     p.add_argument("--key", metavar="FILE", help=_SIGN_HELP)
+    _receipt_option(p)
     p.set_defaults(func=cmd_vote)

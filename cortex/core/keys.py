@@ -8,7 +8,9 @@ checkpoint's signature line.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -81,6 +83,37 @@ def create_key(path: Path) -> Ed25519PrivateKey:
 
 
 def writer_key(data: Path) -> WriterKey:
-    """The writer key in the data folder, created on first start."""
+    """The writer key in the data folder, created on first start (tests, the demo;
+    ``cortex up`` keeps its key outside the folder: ``writer_key_at``)."""
     path = data / WRITER_KEY_FILE
     return WriterKey(load_key(path) if path.exists() else create_key(path))
+
+
+def config_dir() -> Path:
+    """The user's CORTEX configuration folder: ``$XDG_CONFIG_HOME/cortex`` or
+    ``~/.config/cortex``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "cortex"
+
+
+def default_key_path(data: Path) -> Path:
+    """Where ``cortex up`` keeps the writer key of ``data`` by default: in the user's
+    configuration folder, named after the data folder's absolute path (so a copy of
+    the folder carries no key that can re-sign its checkpoints)."""
+    folder_id = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]
+    return config_dir() / f"writer-{folder_id}.key"
+
+
+def writer_key_at(path: Path) -> WriterKey:
+    """The writer key in ``path``, created (0600) if missing; refused if anyone but
+    its owner may read it."""
+    if not path.exists():
+        return WriterKey(create_key(path))
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CortexError(
+            f"{path} may be read by others (mode {stat.S_IMODE(mode):o}): a writer key must be "
+            f"readable by its owner only (chmod 600 {path})",
+            code="bad_key",
+        )
+    return WriterKey(load_key(path))

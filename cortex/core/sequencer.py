@@ -32,6 +32,9 @@ from events.note import Checkpoint, sign
 #: JetStream accepts at most 1,000 messages in one atomic batch.
 JETSTREAM_BATCH_LIMIT: Final = 1000
 DEFAULT_CHECKPOINT_EVERY: Final = 1000
+#: At most this long (seconds) between an event and a checkpoint covering it, while
+#: events arrive: a quiet or small ledger is checkpointed too, not only every N events.
+DEFAULT_CHECKPOINT_INTERVAL: Final = 1.0
 
 P = TypeVar("P")
 
@@ -101,13 +104,29 @@ class Sequencer:
         *,
         key: WriterKey | None = None,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
+        if checkpoint_interval <= 0:
+            raise ValueError("checkpoint_interval must be more than 0 seconds")
         self.state = state if state is not None else LedgerState()
         #: Signs checkpoints; without one the sequencer stages no checkpoints.
         self.key = key
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_ns = int(checkpoint_interval * 1e9)
+        #: When (the events' clock, ns) this sequencer last staged a checkpoint (at
+        #: first: when it was made, so an interval passes before the first one).
+        self.checkpointed_at = time.time_ns()
+
+    def checkpoint_due(self, now: int) -> bool:
+        """Whether events are uncovered and the interval since the last checkpoint has passed."""
+        state = self.state
+        return (
+            self.key is not None
+            and state.seq > state.checkpoint_seq
+            and now - self.checkpointed_at >= self.checkpoint_interval_ns
+        )
 
     def stage(self, items: list[Item[P]], *, synced: bool, now: int | None = None) -> Staged:
         """Judge each item and link the accepted ones into the chain, in memory.
@@ -257,7 +276,10 @@ class Sequencer:
                 public_key=key.public_hex,
             )
             self._link(added, outgoing, undo)
-        due = state.seq - state.checkpoint_size >= self.checkpoint_every
+        due = (
+            state.seq - state.checkpoint_size >= self.checkpoint_every
+            or now - self.checkpointed_at >= self.checkpoint_interval_ns
+        )
         new = state.seq > state.checkpoint_seq  # something since the last checkpoint
         room = len(outgoing) < JETSTREAM_BATCH_LIMIT
         if room and new and (due or forced):
@@ -275,6 +297,9 @@ class Sequencer:
                 note=sign(summary.body(), key.name, key.private),
             )
             result = self._link(event, outgoing, undo)
+            before = self.checkpointed_at
+            undo.append(lambda: setattr(self, "checkpointed_at", before))
+            self.checkpointed_at = now
             return {**result, "tree_size": summary.tree_size, "root": summary.root.hex()}
         if forced and not room:
             return error("busy", "the batch was full; ask for the checkpoint again")
