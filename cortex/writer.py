@@ -111,6 +111,7 @@ class LedgerWriter:
         key: WriterKey | None = None,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        rotate_from: WriterKey | None = None,
         require_signatures: bool = False,
         stream_check_s: float = DEFAULT_STREAM_CHECK_S,
         watch_advisories: bool = True,
@@ -134,6 +135,7 @@ class LedgerWriter:
             key=key,
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,
+            rotate_from=rotate_from,
         )
         self.checkpoint_interval = checkpoint_interval
         #: Callers waiting for a checkpoint covering a seq: (seq, future of the reply).

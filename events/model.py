@@ -110,6 +110,10 @@ class WriterKeyAdded(Event, frozen=True, tag="writer_key_added"):
 
     name: KeyName
     public_key: PublicKey
+    #: A rotation (``events.rotation``): the earlier writer key that endorsed this
+    #: one, and its signature naming this ledger and this key. None: a key of its own.
+    endorsed_by: PublicKey | None = None
+    endorsement: Signature | None = None
 
 
 class CheckpointSigned(Event, frozen=True, tag="checkpoint_signed"):

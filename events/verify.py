@@ -39,7 +39,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from events import signing
+from events import rotation, signing
 from events.chain import ChainVerifier, StoredRecord, Violation
 from events.codec import decode_event
 from events.ledger_state import LedgerState
@@ -252,6 +252,7 @@ class LedgerVerifier:
                 "its key once",
             )
             return
+        rotation.audit_key(event, seq, self.writer_keys, self.first_hash, self._found)
         self.writer_keys[event.public_key] = event.name
         self.counts.writer_keys += 1
 

@@ -141,6 +141,15 @@ def _up_key(args: argparse.Namespace, data: Path) -> WriterKey:
     return writer_key_at(default_key_path(data))
 
 
+def _rotate_from(args: argparse.Namespace) -> WriterKey | None:
+    """``--rotate-from OLD``: the earlier key that signs the new one into the ledger."""
+    if args.rotate_from is None:
+        return None
+    if args.key is None:
+        raise CortexError("--rotate-from OLD needs --key NEW: the key it hands over to")
+    return writer_key_at(Path(args.rotate_from))
+
+
 async def cmd_up(args: argparse.Namespace) -> int:
     """Run the server (unless --nats), the writer and/or the node until SIGINT/SIGTERM."""
     nats_url = _server_of(args)
@@ -157,6 +166,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await runtime.add_writer(
                 max_batch=args.max_batch,
                 key=_up_key(args, data),
+                rotate_from=_rotate_from(args),
                 checkpoint_every=args.checkpoint_every,
                 checkpoint_interval=args.checkpoint_interval,
                 require_signatures=args.require_signatures,
@@ -461,12 +471,19 @@ def _register_run(sub: Any) -> None:
         "it); default: in the user's configuration folder, never in the data folder",
     )
     p.add_argument(
+        "--rotate-from",
+        metavar="OLD",
+        help="rotate the writer key: the key in OLD signs the new --key into the ledger, so "
+        "auditors pinning OLD can follow it",
+    )
+    p.add_argument(
         "--checkpoint-interval",
         type=_seconds,
-        default=DEFAULT_CHECKPOINT_INTERVAL,
+        default=os.environ.get("CORTEX_CHECKPOINT_INTERVAL") or DEFAULT_CHECKPOINT_INTERVAL,
         metavar="SECONDS",
         help="while events arrive, a signed checkpoint at least this often "
-        f"(default {DEFAULT_CHECKPOINT_INTERVAL:g} s); one on every clean stop too",
+        f"(default {DEFAULT_CHECKPOINT_INTERVAL:g} s, or CORTEX_CHECKPOINT_INTERVAL); one on "
+        "every clean stop too",
     )
     p.add_argument(
         "--require-signatures",

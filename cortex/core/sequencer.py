@@ -28,6 +28,7 @@ from events.codec import decode_event, encode
 from events.commands import Command, to_event
 from events.model import SYSTEM_TENANT, CheckpointSigned, Event, WriterKeyAdded, kind_of
 from events.note import Checkpoint, sign
+from events.rotation import endorse
 
 #: JetStream accepts at most 1,000 messages in one atomic batch.
 JETSTREAM_BATCH_LIMIT: Final = 1000
@@ -105,6 +106,7 @@ class Sequencer:
         key: WriterKey | None = None,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        rotate_from: WriterKey | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ValueError("checkpoint_every must be at least 1")
@@ -114,6 +116,8 @@ class Sequencer:
         #: Signs checkpoints; without one the sequencer stages no checkpoints.
         self.key = key
         self.checkpoint_every = checkpoint_every
+        #: An earlier writer key that endorses ``key`` when it is recorded (a rotation).
+        self.rotate_from = rotate_from
         self.checkpoint_interval_ns = int(checkpoint_interval * 1e9)
         #: When (the events' clock, ns) this sequencer last staged a checkpoint (at
         #: first: when it was made, so an interval passes before the first one).
@@ -268,12 +272,19 @@ class Sequencer:
         if key is None:
             return error("no_key", "this writer has no key to sign with")
         if key.public_hex not in state.writer_keys:
+            endorsed_by = endorsement = None
+            if self.rotate_from is not None and state.first_hash:
+                endorsed_by, endorsement = endorse(
+                    self.rotate_from.private, state.first_hash, key.public_hex
+                )
             added = WriterKeyAdded(
                 id=uuid7(),
                 tenant=SYSTEM_TENANT,
                 ts=now,
                 name=key.name,
                 public_key=key.public_hex,
+                endorsed_by=endorsed_by,
+                endorsement=endorsement,
             )
             self._link(added, outgoing, undo)
         due = (

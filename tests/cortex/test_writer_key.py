@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from cortex.core.keys import WRITER_KEY_FILE, default_key_path, writer_key_at
+from cortex.audit import audit_ledger
+from cortex.core.keys import (
+    WRITER_KEY_FILE,
+    WriterKey,
+    default_key_path,
+    writer_key,
+    writer_key_at,
+)
 from cortex.errors import CortexError
-from cortex.testing import cortex_up
+from cortex.nats import Bus, EmbeddedServer
+from cortex.testing import cortex_up, running_writer
+from events.codec import decode_event
+from events.model import Event, WriterKeyAdded
+from events.rotation import problem
 
 
 def _verifier(out: str) -> str:
@@ -52,3 +64,36 @@ def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CortexError) as refused:
         writer_key_at(path)
     assert refused.value.code == "bad_key" and "chmod 600" in str(refused.value)
+
+
+async def test_a_rotation_is_recorded_signed_by_the_old_key_and_only_that_passes_the_audit(
+    server: EmbeddedServer, bus: Bus, tmp_path: Path
+) -> None:
+    """The old key signs the new one into the ledger; a key "endorsed" by a key the
+    ledger never knew is named by the audit."""
+    old, new, stranger = (writer_key(tmp_path / n) for n in ("old", "new", "stranger"))
+    async with running_writer(server.url, key=old):
+        pass
+    async with running_writer(server.url, key=new, rotate_from=old) as writer:
+        origin = writer.state.first_hash
+    added = [e async for e in _events(bus) if isinstance(e, WriterKeyAdded)]
+    assert [(e.public_key, e.endorsed_by) for e in added] == [
+        (old.public_hex, None),
+        (new.public_hex, old.public_hex),
+    ]
+    assert verify_ok(added[1], origin, old)
+    assert (await audit_ledger(bus)).ok
+    async with running_writer(server.url, key=writer_key(tmp_path / "third"), rotate_from=stranger):
+        pass
+    report = await audit_ledger(bus)
+    assert [v.type for v in report.violations] == ["checkpoint_signature"]
+    assert "no earlier writer key" in report.violations[0].detail
+
+
+async def _events(bus: Bus) -> AsyncIterator[Event]:
+    async for stored in bus.read(1):
+        yield decode_event(stored.body)
+
+
+def verify_ok(event: WriterKeyAdded, origin: bytes, old: WriterKey) -> bool:
+    return problem(event, {old.public_hex}, origin) is None
