@@ -47,7 +47,13 @@ class ReceiptCheck:
 
     @property
     def code(self) -> str | None:
-        return None if self.ok else "missing_acknowledged_event"
+        return None if self.ok else self.failure().code
+
+    def failure(self) -> CortexError:
+        """The error a failed check stands for."""
+        return CortexError(
+            f"seq {self.seq}: " + "; ".join(self.problems), code="missing_acknowledged_event"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "code": self.code, **asdict(self)}

@@ -82,6 +82,8 @@ log = structlog.get_logger(__name__)
 QUEUE_GROUP: Final = "cortex-writer"
 DEFAULT_MAX_BATCH: Final = JETSTREAM_BATCH_LIMIT
 _MAX_ATTEMPTS: Final = 50
+#: How long a stop may spend signing its final checkpoint.
+_FINAL_CHECKPOINT_S: Final = 2.0
 #: How old the last check of the stream's configuration may be when a batch is acknowledged.
 DEFAULT_STREAM_CHECK_S: Final = 5.0
 
@@ -240,21 +242,37 @@ class LedgerWriter:
                     await task
         self._watch = self._ticker = None
         if self._committer is not None:
-            if self.key is not None and self.unsafe is None and self._broken is None:
-                # A clean stop leaves no tail uncovered: the last batch's checkpoint
-                # is the head a restart, an auditor or a receipt holder can check.
-                final: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-                self._queued += 1
-                self._queue.put_nowait(Item(CHECKPOINT, SYSTEM_TENANT, final))
             await self._queue.put(None)
             await self._committer
             self._committer = None
+            await self._final_checkpoint()
         for _seq, waiter in self._covering:
             if not waiter.done():
                 waiter.set_result(error("unavailable", "the writer stopped"))
         self._covering.clear()
         if self._replies:
             await asyncio.gather(*self._replies, return_exceptions=True)
+
+    async def _final_checkpoint(self) -> None:
+        """A clean stop leaves no tail uncovered: its checkpoint is the head a restart,
+        an auditor or a receipt holder can check. Bounded: a server already gone
+        does not hold up the stop."""
+        state = self.state
+        if (
+            self.key is None
+            or self.unsafe is not None
+            or self._broken is not None
+            or self._failed
+            or state.seq <= state.checkpoint_seq
+        ):
+            return
+        final: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(
+                self._commit([Item(CHECKPOINT, SYSTEM_TENANT, final)]), _FINAL_CHECKPOINT_S
+            )
+        except Exception as e:  # the stop goes on; the next start signs one
+            log.warning("final_checkpoint_failed", error=str(e) or type(e).__name__)
 
     # -- requests ---------------------------------------------------------
 

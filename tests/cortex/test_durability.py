@@ -9,6 +9,7 @@ from conftest import AsAdmin
 
 from cortex.audit import audit_ledger
 from cortex.client import Client
+from cortex.core.keys import default_key_path
 from cortex.nats import Bus, Durability, EmbeddedServer
 from cortex.testing import cortex_up
 from cortex.testing import run_cli as cortex
@@ -68,7 +69,9 @@ async def test_cortex_up_serves_and_stops_cleanly_on_sigterm(
         assert receipt.seq == 2  # after the writer's key, recorded on first start
         assert await up.stop() == 0
     assert (tmp_path / "d" / "store" / "jetstream").is_dir()
-    assert (tmp_path / "d" / "writer.key").stat().st_mode & 0o777 == 0o600
+    # The writer key is kept out of the data folder, in the user's configuration folder.
+    assert not (tmp_path / "d" / "writer.key").exists()
+    assert default_key_path(tmp_path / "d").stat().st_mode & 0o777 == 0o600
 
 
 async def test_a_second_cortex_up_on_the_same_data_folder_is_refused(

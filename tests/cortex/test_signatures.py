@@ -48,6 +48,11 @@ async def _refused(bus: Bus, call: Any, code: str) -> CortexError:
     return info.value
 
 
+async def _origin(bus: Bus) -> bytes:
+    """The ledger's origin, which the client signs into agents' commands."""
+    return (await bus.get(1)).hash
+
+
 # -- the client ---------------------------------------------------------------
 
 
@@ -63,11 +68,11 @@ async def test_a_signed_vote_is_stored_with_a_signature_that_verifies(
     event = decode_event((await bus.get(receipt.seq)).body)
     assert isinstance(event, VoteCast)
     assert event.signature is not None
-    assert verify_event(event, public_hex(key))
-    assert not verify_event(event, public_hex(Ed25519PrivateKey.generate()))
+    assert verify_event(event, public_hex(key), await _origin(bus))
+    assert not verify_event(event, public_hex(Ed25519PrivateKey.generate()), await _origin(bus))
     stored = decode_event((await bus.get(receipt.seq - 1)).body)
     assert isinstance(stored, FactStored)
-    assert verify_event(stored, public_hex(key))
+    assert verify_event(stored, public_hex(key), await _origin(bus))
 
 
 async def test_keys_given_at_connect_or_per_call_sign_too(
@@ -80,7 +85,7 @@ async def test_keys_given_at_connect_or_per_call_sign_too(
         fact = await _fact(keyed, "ada")
     receipt = await client.vote("bob", fact, -1, key=bob)
     event = decode_event((await bus.get(receipt.seq)).body)
-    assert verify_event(event, public_hex(bob))
+    assert verify_event(event, public_hex(bob), await _origin(bus))
 
 
 async def test_concurrent_signed_calls_are_still_batched(client: Client) -> None:
@@ -197,7 +202,9 @@ async def test_require_signatures_refuses_agents_without_a_key(
         await _refused(bus, client.register_agent("eve"), "signature_required")
         fact = await _fact(client, "ada")
         receipt = await client.vote("ada", fact, 1)
-        assert verify_event(decode_event((await bus.get(receipt.seq)).body), public_hex(key))
+        assert verify_event(
+            decode_event((await bus.get(receipt.seq)).body), public_hex(key), await _origin(bus)
+        )
         await client.register_agent("eve", public_key=Ed25519PrivateKey.generate())
 
 
@@ -253,7 +260,7 @@ async def test_cli_keygen_agent_add_and_a_signed_vote(
 
     event = decode_event((await bus.get(voted.json()["seq"])).body)
     assert isinstance(event, VoteCast)
-    assert verify_event(event, public)
+    assert verify_event(event, public, await _origin(bus))
     gone = await run_cli("fact", "deprecate", fact, "--agent", "ada", "--key", str(key_file), *url)
     assert gone.code == 0, gone.err
     assert "receipt: seq" in gone.out

@@ -305,18 +305,21 @@ async def test_a_flipped_byte_in_a_block_file_drops_the_event_and_the_audit_name
     seq, and every checkpoint after the hole, whose size no longer matches the
     events before it.
     """
-    story = await _story(server.url)
+    await _story(server.url)
     async with _bus(server.url) as bus:
         damaged = await _seq_of_marker(bus)
         checkpoints = await _checkpoint_seqs(bus)
         assert (await _audit(bus)).ok
     await _stop_writer(signing_writer)
+    async with _bus(server.url) as bus:
+        end = await bus.last_seq()  # the stop's checkpoint covers the story
+        checkpoints = await _checkpoint_seqs(bus)
     await server.stop()
 
     _flip_marker(server.data_dir)
 
     async with EmbeddedServer(server.data_dir, port=-1) as restarted, _bus(restarted.url) as bus:
-        assert await bus.last_seq() == story.last  # the server still claims every event
+        assert await bus.last_seq() == end  # the server still claims every event
         with pytest.raises(LedgerError) as missing:
             await bus.get(damaged)
         assert missing.value.code == "not_found"
@@ -330,8 +333,8 @@ async def test_a_flipped_byte_in_a_block_file_drops_the_event_and_the_audit_name
     ]
     gap = report.violations[0]
     assert f"events {damaged}..{damaged} are missing" in gap.detail
-    assert report.last_seq == story.last
-    assert report.events == story.last - 1
+    assert report.last_seq == end
+    assert report.events == end - 1
 
 
 async def test_a_flipped_byte_and_a_deleted_index_truncate_the_stream_and_a_node_witnesses_it(
@@ -681,16 +684,17 @@ async def test_forged_checkpoints_are_named(
     """Checkpoints that extend the chain correctly but lie: a wrong root signed with
     the writer's own key (``merkle_mismatch``), and the right root signed by a key
     the ledger never recorded (``checkpoint_signature``)."""
-    story = await _story(server.url)
+    await _story(server.url)
     assert (await _audit(bus)).ok
     await _stop_writer(signing_writer)  # the forger appends; no writer races it
+    end = await bus.last_seq()  # the stop's checkpoint covers the story
 
     real = writer_key(server.data_dir)
     true = await _checkpoint(bus, real)
     lying = await _inject(bus, await _checkpoint(bus, real, root=bytes(32)))
     stranger = writer_key(tmp_path / "elsewhere")
     unknown = await _inject(bus, await _checkpoint(bus, stranger))
-    assert (lying, unknown) == (story.last + 1, story.last + 2)
+    assert (lying, unknown) == (end + 1, end + 2)
 
     report = await _audit(bus)
     assert _found(report) == [
@@ -739,6 +743,7 @@ async def test_forged_agent_events_are_named_by_their_signatures(
     value turned. Each is ``agent_signature`` at its seq, and nothing else."""
     story = await _story(server.url)
     await _stop_writer(signing_writer)
+    end = await bus.last_seq()  # the stop's checkpoint covers the story
     eve = Ed25519PrivateKey.generate()
     fact = story.facts[3]
 
@@ -759,7 +764,7 @@ async def test_forged_agent_events_are_named_by_their_signatures(
             msgspec.structs.replace(genuine, id=new_id(), value=-1),
         )
     ]
-    assert seqs == list(range(story.last + 1, story.last + 5))
+    assert seqs == list(range(end + 1, end + 5))
     report = await _audit(bus)
     assert _found(report) == [("agent_signature", f"seq {s}") for s in seqs]
     details = [v.detail for v in report.violations]
