@@ -28,6 +28,7 @@ import msgspec
 from cortex.core.sequencer import origin_of
 from cortex.nats import STREAM, Bus, StoredEvent
 from cortex.trust import Head, TrustStore, compare_heads
+from cortex.witness.check import WitnessPolicy, witness_violations
 from events.chain import Violation
 from events.errors import CortexError, LedgerMismatch
 from events.model import SYSTEM_TENANT, CheckpointSigned
@@ -123,6 +124,7 @@ async def audit_ledger(
     progress: Progress | None = None,
     trust: TrustStore | None = None,
     rejudge: bool = True,
+    witnesses: WitnessPolicy | None = None,
 ) -> AuditReport:
     """Check the whole ledger, then each projection database against a fresh replay.
 
@@ -189,6 +191,10 @@ async def audit_ledger(
     report.keys = {name: key for key, name in verifier.writer_keys.items()}
     if trust is not None:
         report.violations.extend(trust_violations(heads, report))
+    if witnesses is not None:  # k-of-n witnesses back the head (cortex.witness.check)
+        report.violations.extend(
+            await witness_violations(bus, report.origin, chain.last_seq, witnesses)
+        )
     for db in dbs:
         report.projections.append(await _check_projection(bus, db, report))
         await _report_quarantine(db, report)

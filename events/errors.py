@@ -216,6 +216,11 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "ledger_mismatch": (LedgerMismatch, "a database does not follow this ledger"),
     "fork": (Forked, "the ledger does not extend the checkpoint remembered for its origin"),
     "rollback": (RolledBack, "the ledger is behind the checkpoint remembered for its origin"),
+    "witness_refused": (
+        CortexError,
+        "a witness refused to cosign the checkpoint (its HTTP status and reason say why)",
+    ),
+    "witness_error": (CortexError, "the witness service cannot start, listen or keep its state"),
     "stream_unsafe": (
         StreamUnsafe,
         "the ledger stream's configuration could drop or hide events, or the stream is gone: "

@@ -12,6 +12,7 @@ from rich.table import Table
 from cortex.audit import AuditReport, audit_ledger
 from cortex.cli.ledger import open_ledger
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, out, print_json, progress_bar
+from cortex.cli.witness import add_audit_options, witness_policy
 from cortex.errors import CortexError
 from cortex.trust import TrustStore
 from events.note import NoteError, parse_verifier_key
@@ -30,6 +31,7 @@ CHECKED = (
     "projection_mismatch",
     "rollback",
     "fork",
+    "witness_missing",
 )
 
 
@@ -89,10 +91,11 @@ async def cmd_audit(args: argparse.Namespace) -> int:
         except NoteError as e:
             raise CortexError(str(e), code="invalid_field") from e
     trust = None if args.no_trust else TrustStore.load(Path(args.trust) if args.trust else None)
+    witnesses = witness_policy(args)
     async with open_ledger(args, name="cortex-audit", dbs=dbs) as bus:
         with progress_bar("auditing", enabled=not args.json) as update:
             report = await audit_ledger(
-                bus, dbs=dbs, writer_keys=pinned, progress=update, trust=trust
+                bus, dbs=dbs, writer_keys=pinned, progress=update, trust=trust, witnesses=witnesses
             )
     return print_audit(report, args.json)
 
@@ -129,4 +132,5 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="neither check nor update remembered heads",
     )
+    add_audit_options(p)
     p.set_defaults(func=cmd_audit)

@@ -22,7 +22,7 @@ from typing import NoReturn
 import structlog
 from rich.markup import escape
 
-from cortex.cli import audit, connect, proof, read, tenant, write
+from cortex.cli import audit, connect, proof, read, tenant, witness, write
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, print_json
 from cortex.errors import CortexError
 from cortex.nats import DEFAULT_URL
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.register(sub, common)
     read.register(sub, common)
     proof.register(sub, common)
+    witness.register(sub, common)
     return parser
 
 
