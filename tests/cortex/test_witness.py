@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from cortex.client import Client
 from cortex.core.keys import writer_key
 from cortex.errors import StateConflict
 from cortex.nats import CHECKPOINT_SUBJECT, Bus, EmbeddedServer
-from cortex.testing import running_writer
+from cortex.testing import run_cli, running_node, running_writer
 from cortex.trust import Head, atomic_write
 from cortex.witness.check import WitnessPolicy
 from cortex.witnessing import WitnessConflict, request_body, submit
@@ -36,6 +37,7 @@ from events.merkle import consistency_proof, root
 from events.model import SYSTEM_TENANT, CheckpointSigned
 from events.note import (
     Checkpoint,
+    cosigner_verifier_key,
     parse_cosigner_key,
     raw_public,
     sign,
@@ -287,3 +289,32 @@ async def test_a_checkpoint_re_signed_with_the_writer_key_from_the_folder_is_ref
     empty = WitnessPolicy((parse_cosigner_key(ledger_witness.verifier),), 1, tmp_path / "none")
     report = await _audit(server.url, empty)
     assert [v.type for v in report.violations] == ["witness_missing"]
+
+
+async def test_cortex_cosign_saves_the_cosigned_note_and_audit_witness_counts_it(
+    server: EmbeddedServer,
+    signing_writer: LedgerWriter,
+    ledger_witness: Running,
+    tmp_path: Path,
+) -> None:
+    """``cortex cosign`` (from 0, then on 409 from the witness's size with the node's
+    proof) keeps ``<out>/<origin>/<size>.note``; ``cortex audit --witness`` then holds,
+    and with a key of a witness that never cosigned it fails with ``witness_missing``."""
+    url = ("--nats", server.url, "--tenant", TENANT)
+    kept = tmp_path / "cosigned"
+    async with running_node(server.url, tmp_path / "node.db"):
+        await _write(server.url, "one")
+        first = await run_cli("cosign", "--witness", ledger_witness.url, "--out", str(kept), *url)
+        assert first.code == 0, first.err
+        await _write(server.url, "two", "three")
+        again = await run_cli("cosign", "--witness", ledger_witness.url, "--out", str(kept), *url)
+        assert again.code == 0, again.err
+    assert len(list(kept.glob("*/*.note"))) == 2
+    audit = ("audit", "--no-trust", "--cosigned", str(kept), *url)
+    held = await run_cli(*audit, "--witness", ledger_witness.verifier)
+    assert held.code == 0, held.out + held.err
+    stranger = Ed25519PrivateKey.generate()
+    other = cosigner_verifier_key("stranger", raw_public(stranger.public_key()))
+    refused = await run_cli(*audit, "--witness", other, "--json")
+    assert refused.code == 1
+    assert json.loads(refused.out)["violation_counts"] == {"witness_missing": 1}
