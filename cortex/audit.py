@@ -191,10 +191,9 @@ async def audit_ledger(
     report.keys = {name: key for key, name in verifier.writer_keys.items()}
     if trust is not None:
         report.violations.extend(trust_violations(heads, report))
-    if witnesses is not None:  # k-of-n witnesses back the head (cortex.witness.check)
-        report.violations.extend(
-            await witness_violations(bus, report.origin, chain.last_seq, witnesses)
-        )
+    report.violations.extend(  # k-of-n witnesses back the head (cortex.witness.check)
+        await witness_violations(bus, report.origin, chain.last_seq, witnesses) if witnesses else []
+    )
     for db in dbs:
         report.projections.append(await _check_projection(bus, db, report))
         await _report_quarantine(db, report)
