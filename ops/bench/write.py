@@ -247,6 +247,9 @@ def writer_process(url: str, log_path: Path, creds: Path) -> CortexUp:
             str(log_path.parent / "writer-data"),
             "--creds",
             str(creds),
+            # The run's own key, in its temporary folder: no key left behind in ~/.config.
+            "--key",
+            str(log_path.parent / "writer.key"),
         ],
         log_path,
         start_s=WRITER_START_S,
