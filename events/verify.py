@@ -253,6 +253,13 @@ class LedgerVerifier:
             )
             return
         rotation.audit_key(event, seq, self.writer_keys, self.first_hash, self._found)
+        if (
+            self.pinned is not None
+            and event.endorsed_by in self.pinned
+            and rotation.problem(event, self.writer_keys, self.first_hash) is None
+        ):
+            # Trust follows the ledger's own chain of keys: a key the pinned one endorsed.
+            self.pinned = self.pinned | {event.public_key}
         self.writer_keys[event.public_key] = event.name
         self.counts.writer_keys += 1
 

@@ -83,11 +83,17 @@ async def test_a_rotation_is_recorded_signed_by_the_old_key_and_only_that_passes
     ]
     assert verify_ok(added[1], origin, old)
     assert (await audit_ledger(bus)).ok
+    # An auditor who pinned only the old key follows its endorsement to the new one.
+    assert (await audit_ledger(bus, writer_keys=[old.public_hex])).ok
     async with running_writer(server.url, key=writer_key(tmp_path / "third"), rotate_from=stranger):
         pass
     report = await audit_ledger(bus)
     assert [v.type for v in report.violations] == ["checkpoint_signature"]
     assert "no earlier writer key" in report.violations[0].detail
+    pinned = await audit_ledger(bus, writer_keys=[old.public_hex])
+    assert any(
+        "not one of the keys the audit was told to trust" in v.detail for v in pinned.violations
+    )
 
 
 async def _events(bus: Bus) -> AsyncIterator[Event]:
