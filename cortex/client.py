@@ -75,6 +75,36 @@ def _as_of(seq: int | None) -> dict[str, int]:
     return {} if seq is None else {"as_of_seq": seq}
 
 
+def _store_command(
+    agent_id: str,
+    content: str,
+    *,
+    type: str,
+    tags: Iterable[str],
+    confidence: float,
+    source: str,
+    meta: Mapping[str, Any] | None,
+    valid_from: dt.datetime | None,
+    valid_until: dt.datetime | None,
+    fact_id: uuid.UUID | None = None,
+    id: uuid.UUID | None = None,
+) -> StoreFact:
+    """The StoreFact that ``store_fact`` and ``edit_fact`` send, world times in UTC."""
+    return StoreFact(
+        id=id or new_id(),
+        fact_id=fact_id or new_id(),
+        agent_id=agent_id,
+        content=content,
+        type=type,
+        tags=tuple(tags),
+        confidence=confidence,
+        source=source,
+        meta=dict(meta or {}),
+        valid_from=utc(valid_from, what="valid_from"),
+        valid_until=utc(valid_until, what="valid_until"),
+    )
+
+
 def new_id() -> uuid.UUID:
     """A UUIDv7: unique, and sortable by creation time."""
     return uuid_utils.compat.uuid7()
@@ -297,18 +327,18 @@ class Client:
         key: Ed25519PrivateKey | None = None,
         wait_checkpoint: bool = False,
     ) -> Receipt:
-        command = StoreFact(
-            id=id or new_id(),
-            fact_id=fact_id or new_id(),
-            agent_id=agent_id,
-            content=content,
+        command = _store_command(
+            agent_id,
+            content,
             type=type,
-            tags=tuple(tags),
+            tags=tags,
             confidence=confidence,
             source=source,
-            meta=dict(meta or {}),
-            valid_from=utc(valid_from, what="valid_from"),
-            valid_until=utc(valid_until, what="valid_until"),
+            meta=meta,
+            valid_from=valid_from,
+            valid_until=valid_until,
+            fact_id=fact_id,
+            id=id,
         )
         r = await self.submit(command, key=key, wait_checkpoint=wait_checkpoint)
         return dataclasses.replace(r, fact_id=command.fact_id)
@@ -493,18 +523,16 @@ class Client:
         """Replace a fact: its successor is stored and it is deprecated, in one atomic
         append (never one without the other). The receipt is the successor's, with its
         ``fact_id``."""
-        successor = StoreFact(
-            id=new_id(),
-            fact_id=new_id(),
-            agent_id=agent_id,
-            content=content,
+        successor = _store_command(
+            agent_id,
+            content,
             type=type,
-            tags=tuple(tags),
+            tags=tags,
             confidence=confidence,
             source=source,
-            meta=dict(meta or {}),
-            valid_from=utc(valid_from, what="valid_from"),
-            valid_until=utc(valid_until, what="valid_until"),
+            meta=meta,
+            valid_from=valid_from,
+            valid_until=valid_until,
         )
         deprecation = DeprecateFact(
             id=new_id(),
