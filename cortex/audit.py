@@ -125,6 +125,7 @@ async def audit_ledger(
     trust: TrustStore | None = None,
     rejudge: bool = True,
     witnesses: WitnessPolicy | None = None,
+    origin: str | None = None,
 ) -> AuditReport:
     """Check the whole ledger, then each projection database against a fresh replay.
 
@@ -136,7 +137,9 @@ async def audit_ledger(
     the one remembered for its origin (``rollback``, ``fork``), and when the
     whole audit holds it is remembered in its place (saved to the store's file).
     ``rejudge=False`` leaves out re-judging each event by the writer's rules
-    (for the benchmark's comparison).
+    (for the benchmark's comparison). ``origin`` pins the ledger's origin: a
+    rewritten first event makes a new origin, which a trust store would meet as
+    a first use (``origin_mismatch``).
     """
     started = time.perf_counter()
     report = AuditReport(pinned=writer_keys is not None)
@@ -189,8 +192,10 @@ async def audit_ledger(
     report.rejudged = counts.rejudged
     report.writer_keys = counts.writer_keys
     report.keys = {name: key for key, name in verifier.writer_keys.items()}
-    if trust is not None:
-        report.violations.extend(trust_violations(heads, report))
+    report.violations.extend(  # what state outside the ledger says of its head
+        _origin_violations(report, origin)
+        + (trust_violations(heads, report) if trust is not None else [])
+    )
     report.violations.extend(  # k-of-n witnesses back the head (cortex.witness.check)
         await witness_violations(bus, report.origin, chain.last_seq, witnesses) if witnesses else []
     )
@@ -266,6 +271,20 @@ async def stream_violations(bus: Bus) -> list[Violation]:
             location=f"stream {STREAM}: {drift.field}",
         )
         for drift in await bus.stream_drifts()
+    ]
+
+
+def _origin_violations(report: AuditReport, origin: str | None) -> list[Violation]:
+    """``origin_mismatch`` when a pinned origin is not the ledger's."""
+    if origin is None or report.origin == origin:
+        return []
+    return [
+        Violation(
+            "origin_mismatch",
+            1,
+            f"the ledger's origin is {report.origin or 'none (it is empty)'}, not the pinned "
+            f"{origin}: its first event was rewritten, or this is another ledger",
+        )
     ]
 
 

@@ -95,7 +95,13 @@ async def cmd_audit(args: argparse.Namespace) -> int:
     async with open_ledger(args, name="cortex-audit", dbs=dbs) as bus:
         with progress_bar("auditing", enabled=not args.json) as update:
             report = await audit_ledger(
-                bus, dbs=dbs, writer_keys=pinned, progress=update, trust=trust, witnesses=witnesses
+                bus,
+                dbs=dbs,
+                writer_keys=pinned,
+                progress=update,
+                trust=trust,
+                witnesses=witnesses,
+                origin=args.origin,
             )
     return print_audit(report, args.json)
 
@@ -119,6 +125,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="VERIFIER",
         help="trust only checkpoints signed by this writer key (as `cortex checkpoint` "
         "prints it; repeatable)",
+    )
+    p.add_argument(
+        "--origin",
+        metavar="ORIGIN",
+        help="the ledger's origin (`cortex.ledger/…`, as `cortex audit` prints it): a ledger "
+        "whose first event was rewritten has another origin and fails with origin_mismatch",
     )
     p.add_argument(
         "--trust",

@@ -183,3 +183,23 @@ async def test_a_client_that_remembers_refuses_a_node_that_rolled_back_or_forked
             with pytest.raises(RolledBack) as rolled:
                 await client.checkpoint()
             assert rolled.value.code == "rollback"
+
+
+async def test_a_pinned_origin_catches_a_ledger_that_would_be_a_first_use(
+    server: EmbeddedServer, signing_writer: LedgerWriter
+) -> None:
+    """A rewritten first event makes a new origin, which a trust store can only meet as a
+    first use: an auditor who pinned the origin names it instead."""
+    await _write(server.url, "one")
+    bus = await Bus.connect(server.url, name="audit-test")
+    try:
+        first = await asyncio.wait_for(audit_ledger(bus), WAIT)
+        same = await asyncio.wait_for(audit_ledger(bus, origin=first.origin), WAIT)
+        other = await asyncio.wait_for(
+            audit_ledger(bus, origin="cortex.ledger/0000000000000000"), WAIT
+        )
+    finally:
+        await bus.close()
+    assert same.ok, same.violations
+    assert [v.type for v in other.violations] == ["origin_mismatch"]
+    assert first.origin in other.violations[0].detail
