@@ -42,8 +42,6 @@ log = structlog.get_logger(__name__)
 
 QUERY_PREFIX: Final = "cortex.query"
 QUEUE_GROUP: Final = "cortex-query"
-#: Longest a node waits for one of its tasks to end when it stops.
-STOP_TIMEOUT_S: Final = 10.0
 HEALTH_CHECK_S: Final = 30.0
 #: How often a node catching up on start logs its progress.
 PROGRESS_LOG_S: Final = 2.0
@@ -222,7 +220,9 @@ class ProjectionNode:
 
     async def stop(self) -> None:
         if self._health is not None:
-            await _cancelled(self._health)
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
             self._health = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
@@ -231,7 +231,9 @@ class ProjectionNode:
         if self._queries:
             await asyncio.wait(self._queries, timeout=MAX_WAIT_S)
         if self._follow is not None:
-            await _cancelled(self._follow)
+            self._follow.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._follow
             self._follow = None
         await self.pool.close()
 
@@ -260,12 +262,3 @@ class ProjectionNode:
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(reply)
-
-
-async def _cancelled(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it, bounded: a task that does not end in time is
-    named in the log rather than holding up the node's stop for ever."""
-    task.cancel()
-    done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)
-    if not done:
-        log.error("node_task_did_not_stop", task=task.get_name(), seconds=STOP_TIMEOUT_S)
