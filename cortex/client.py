@@ -52,6 +52,7 @@ from events.limits import MAX_ATOMIC, MAX_REQUEST_BYTES
 from events.note import NoteError, parse_verifier_key, raw_public, verify
 from events.operations import QUERIES, GetStats, Query, Stats, op_name
 from events.rules import check_shape, check_tenant, utc
+from projections.tasks import stop_task
 
 DEFAULT_TENANT: Final = "default"
 _reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, Any])
@@ -269,9 +270,7 @@ class Client:
             else:
                 await asyncio.sleep(0)
         if self._sender is not None:
-            self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            await stop_task(self._sender)
             self._sender = None
         if self._owns_bus:
             await self.bus.close()

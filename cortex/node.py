@@ -37,6 +37,7 @@ from projections.integrity import check_position
 from projections.pool import ConnectionPool
 from projections.projector import Projector
 from projections.service import ReadService
+from projections.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -220,9 +221,7 @@ class ProjectionNode:
 
     async def stop(self) -> None:
         if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
+            await stop_task(self._health)
             self._health = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
@@ -231,9 +230,7 @@ class ProjectionNode:
         if self._queries:
             await asyncio.wait(self._queries, timeout=MAX_WAIT_S)
         if self._follow is not None:
-            self._follow.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._follow
+            await stop_task(self._follow)
             self._follow = None
         await self.pool.close()
 

@@ -42,6 +42,7 @@ from cortex.nats import Bus, Credentials, Durability, EmbeddedServer
 from cortex.nats.permissions import Role as User
 from cortex.node import ProjectionNode
 from cortex.writer import LedgerWriter
+from projections.tasks import stop_task
 
 
 class Role(Protocol):
@@ -118,7 +119,7 @@ class Runtime:
         self.server = await self.add(server)
         self._url = server.url
         watch = asyncio.create_task(self._watch(server), name="cortex-server-watch")
-        self._stack.push_async_callback(_cancel, watch)  # before the server is stopped
+        self._stack.push_async_callback(stop_task, watch)  # before the server is stopped
         return server.url
 
     async def _watch(self, server: EmbeddedServer) -> None:
@@ -149,7 +150,7 @@ class Runtime:
             await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (stopping, failing):
-                await _cancel(task)
+                await stop_task(task)
         if self.failure is not None:
             raise self.failure
 
@@ -196,12 +197,6 @@ class Runtime:
         tb: TracebackType | None,
     ) -> None:
         await self._stack.__aexit__(exc_type, exc, tb)
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def _signal_name(number: int) -> str:

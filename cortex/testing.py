@@ -47,7 +47,8 @@ async def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = 
         env=child,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -71,13 +72,15 @@ class Up:
 
     async def exited(self, timeout: float = 30) -> int:
         """Wait, bounded, for it to exit on its own; the exit code."""
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.proc.wait()
 
     async def stop(self, timeout: float = 30) -> int:
         """SIGTERM, as a user's Ctrl-C or service manager sends; the exit code."""
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            return await self.proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -122,7 +125,8 @@ async def _up(
     )
     try:
         assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), timeout)).decode()
+        async with asyncio.timeout(timeout):
+            line = (await proc.stdout.readline()).decode()
         match = re.search(r"serving (nats://127\.0\.0\.1:\d+)", line)
         if match is None:
             raise AssertionError(

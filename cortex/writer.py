@@ -76,6 +76,7 @@ from events.commands import Command
 from events.limits import MAX_QUEUED
 from events.model import SYSTEM_TENANT
 from events.rules import Refusal
+from projections.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -237,9 +238,7 @@ class LedgerWriter:
         self._sub = self._admin = self._advisories = None
         for task in (self._watch, self._ticker):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await stop_task(task)
         self._watch = self._ticker = None
         if self._committer is not None:
             await self._queue.put(None)
@@ -268,9 +267,8 @@ class LedgerWriter:
             return
         final: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(
-                self._commit([Item(CHECKPOINT, SYSTEM_TENANT, final)]), _FINAL_CHECKPOINT_S
-            )
+            async with asyncio.timeout(_FINAL_CHECKPOINT_S):
+                await self._commit([Item(CHECKPOINT, SYSTEM_TENANT, final)])
         except Exception as e:  # the stop goes on; the next start signs one
             log.warning("final_checkpoint_failed", error=str(e) or type(e).__name__)
 
@@ -562,7 +560,8 @@ class LedgerWriter:
             self._idle = self.state.seq <= self.state.checkpoint_seq
             self._tick.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick.wait(), max(0.001, wait))
+                async with asyncio.timeout(max(0.001, wait)):
+                    await self._tick.wait()
             self._idle = False
 
     def _resolve(self, items: list[_Pending], staged: Staged) -> None:
@@ -681,7 +680,8 @@ class LedgerWriter:
         due = self._checked_at + period
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), max(0.0, due - time.monotonic()))
+                async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                    await self._poke.wait()
             self._poke.clear()
             try:
                 await self.check_stream()

@@ -49,6 +49,7 @@ from projections.consensus import Consensus, consensus_of
 from projections.pool import ConnectionPool
 from projections.quarantine import INT64_MAX, INT64_MIN
 from projections.schema import DDL, SCHEMA_VERSION
+from projections.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -528,12 +529,10 @@ class Projector:
             await self._apply_queued(queue, task, batch_size, progress)
         finally:
             if not task.done():
-                task.cancel()
                 # Empty the queue so a pump stuck on a full one can see its cancellation.
                 while not queue.empty():
                     queue.get_nowait()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await stop_task(task)
         await task  # re-raises what went wrong in the reader, if anything
 
     async def _apply_queued(

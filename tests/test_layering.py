@@ -106,3 +106,19 @@ def test_cortex_nats_exports_what_it_lists() -> None:
     package = importlib.import_module("cortex.nats")
     assert all(hasattr(package, name) for name in package.__all__)
     assert package.__all__ == sorted(package.__all__)
+
+
+def test_no_wait_for_outside_the_tests() -> None:
+    """``asyncio.wait_for`` drops a cancellation that meets its result on Python 3.11
+    (see projections/tasks.py); a node's stop hung on it. ``asyncio.timeout`` does not."""
+    offenders = sorted(
+        f"{path}:{node.lineno}"
+        for path, tree in SOURCES.items()
+        if not path.startswith("tests/")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "wait_for"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "asyncio"
+    )
+    assert offenders == []

@@ -69,7 +69,8 @@ class _Arrivals:
         if not self._msgs:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter, timeout)
+                async with asyncio.timeout(timeout):
+                    await self._waiter
             finally:
                 self._waiter = None
         return self._msgs.popleft()

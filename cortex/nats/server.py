@@ -16,7 +16,6 @@ listed, each with its role's permissions (``cortex.nats.permissions``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import enum
 import importlib.resources
@@ -33,6 +32,7 @@ import structlog
 from cortex.errors import ServerError
 from cortex.nats.auth import PID_FILE, Credentials, LocalAuth
 from cortex.nats.permissions import Role
+from projections.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -154,7 +154,8 @@ class EmbeddedServer:
             preexec_fn=_die_with_parent,
         )
         try:
-            await asyncio.wait_for(self._wait_ready(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wait_ready()
         except (TimeoutError, ServerError) as e:
             await self.stop()
             if isinstance(e, ServerError):
@@ -214,14 +215,13 @@ class EmbeddedServer:
         if proc is not None and proc.returncode is None:
             proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
         if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
+            await stop_task(self._drain)
             self._drain = None
 
     async def __aenter__(self) -> EmbeddedServer:

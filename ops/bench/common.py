@@ -71,7 +71,8 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 async def bounded(what: str, awaitable: Awaitable[T], limit_s: float) -> T:
     """``awaitable``'s result, or BenchError if it takes longer than ``limit_s``."""
     try:
-        return await asyncio.wait_for(awaitable, limit_s)
+        async with asyncio.timeout(limit_s):
+            return await awaitable
     except TimeoutError as e:
         raise BenchError(f"{what} did not finish within {limit_s:.0f}s") from e
 
@@ -155,7 +156,8 @@ class CortexUp:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    code = await asyncio.wait_for(proc.wait(), self.stop_s)
+                    async with asyncio.timeout(self.stop_s):
+                        code = await proc.wait()
                 except TimeoutError:
                     proc.kill()
                     code = await proc.wait()

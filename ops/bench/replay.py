@@ -329,7 +329,8 @@ async def _run_child(args: Sequence[str], *, what: str, cwd: Path, limit_s: floa
         if proc.returncode is None:
             proc.kill()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(proc.wait(), CHILD_STOP_S)
+                async with asyncio.timeout(CHILD_STOP_S):
+                    await proc.wait()
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller

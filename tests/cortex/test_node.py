@@ -343,3 +343,22 @@ async def test_fact_ids_in_any_spelling_share_one_cache_entry(
     fact = await client.get_fact(upper, min_seq=vote.seq)
     assert fact is not None
     assert fact["consensus"]["votes_for"] == 1
+
+
+async def test_a_node_stopped_right_after_its_start_stops(bus: Bus, tmp_path: Path) -> None:
+    """A stop that meets the follower's first request used to hang for ever, or leave
+    the follower running (a cancellation lost inside nats-py on Python 3.11)."""
+    ledger = LedgerBuilder()
+    ledger.agent("a")
+    ledger.fact("a", "x")
+    await _append(bus, ledger)
+    for round_ in range(30):
+        node = ProjectionNode(bus, tmp_path / f"node-{round_}.db")
+        await node.start()
+        assert await node.projector.wait_for(2, timeout=10)
+        stopping = asyncio.create_task(node.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=10)
+        assert done == {stopping}, f"round {round_}: the stop did not end"
+        await stopping
+        left = {t.get_name() for t in asyncio.all_tasks()} & {"cortex-projector", "projector-pump"}
+        assert left == set(), f"round {round_}: the stop left {left} running"
