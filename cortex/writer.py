@@ -116,6 +116,7 @@ class LedgerWriter:
         checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
         rotate_from: WriterKey | None = None,
         require_signatures: bool = False,
+        accept_unbound_signatures: bool = False,
         stream_check_s: float = DEFAULT_STREAM_CHECK_S,
         watch_advisories: bool = True,
         on_fatal: Callable[[CortexError], None] | None = None,
@@ -134,7 +135,10 @@ class LedgerWriter:
         self.replicas = replicas
         #: Judges, links and signs; the writer appends what it stages and answers.
         self.sequencer = Sequencer(
-            LedgerState(require_signatures=require_signatures),
+            LedgerState(
+                require_signatures=require_signatures,
+                accept_unbound_signatures=accept_unbound_signatures,
+            ),
             key=key,
             checkpoint_every=checkpoint_every,
             checkpoint_interval=checkpoint_interval,

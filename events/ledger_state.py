@@ -58,6 +58,9 @@ class LedgerState:
     checkpoint_root: str = ""
     #: Refuse commands from agents without a registered key.
     require_signatures: bool = False
+    #: Take agent signatures in the older form that names no ledger (replayable
+    #: on another deployment); off unless the writer is told otherwise.
+    accept_unbound_signatures: bool = False
 
     def seq_of(self, event_id: uuid.UUID, tenant: str) -> int | None:
         """The seq of ``tenant``'s event with this id (another tenant's is not seen)."""

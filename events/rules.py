@@ -128,6 +128,16 @@ class LedgerView(Protocol):
     @property
     def require_signatures(self) -> bool: ...
 
+    @property
+    def first_hash(self) -> bytes:
+        """The ledger's origin: its first event's hash (b"" before it has one)."""
+        ...
+
+    @property
+    def accept_unbound_signatures(self) -> bool:
+        """Whether a signature in the older form, which names no ledger, still counts."""
+        ...
+
 
 def judge(
     view: LedgerView, command: Command, tenant: str, *, signatures: bool = True
@@ -183,7 +193,16 @@ def _check_signature(
         return Refusal(
             "signature_required", f"agent {agent_id!r} has a key: its commands must be signed"
         )
-    if not signing.check_command(key, signature, command, tenant, getattr(view, "first_hash", b"")):
+    origin, unbound = view.first_hash, view.accept_unbound_signatures
+    if not signing.check_command(key, signature, command, tenant, origin, unbound=unbound):
+        if signing.is_unbound(key, signature, command, tenant):
+            return Refusal(
+                "bad_signature",
+                "the signature is in the older form that names no ledger, so it could "
+                f"have been made for another deployment: sign for this ledger, origin "
+                f"{origin.hex()} (cortex.Client does); a writer started with "
+                "--accept-unbound-signatures still takes the older form",
+            )
         return Refusal(
             "bad_signature",
             f"the signature is not agent {agent_id!r}'s signature of this command "

@@ -53,14 +53,26 @@ def sign_command(command: C, tenant: str, key: Ed25519PrivateKey, origin: bytes 
 
 
 def check_command(
-    public_key_hex: str, signature_hex: str, command: Command, tenant: str, origin: bytes
+    public_key_hex: str,
+    signature_hex: str,
+    command: Command,
+    tenant: str,
+    origin: bytes,
+    *,
+    unbound: bool = True,
 ) -> bool:
     """Whether the signature holds for ``command`` in the ledger of ``origin``: signed
-    naming that origin, or in the older form that names none."""
+    naming that origin, or (``unbound``) in the older form that names none."""
     return (
         bool(origin)
         and check(public_key_hex, signature_hex, command_bytes(command, tenant, origin))
-    ) or check(public_key_hex, signature_hex, command_bytes(command, tenant))
+    ) or (unbound and check(public_key_hex, signature_hex, command_bytes(command, tenant)))
+
+
+def is_unbound(public_key_hex: str, signature_hex: str, command: Command, tenant: str) -> bool:
+    """Whether the signature holds only in the older form, which names no ledger (and
+    so could have been taken from another deployment)."""
+    return check(public_key_hex, signature_hex, command_bytes(command, tenant))
 
 
 def is_signable(value: Command | Event) -> bool:

@@ -170,6 +170,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
                 checkpoint_interval=args.checkpoint_interval,
                 require_signatures=args.require_signatures,
+                accept_unbound_signatures=args.accept_unbound_signatures,
                 rate_agent=args.rate_agent,
                 rate_tenant=args.rate_tenant,
             )
@@ -489,6 +490,12 @@ def _register_run(sub: Any) -> None:
         "--require-signatures",
         action="store_true",
         help="refuse commands from agents that have no registered key",
+    )
+    p.add_argument(
+        "--accept-unbound-signatures",
+        action="store_true",
+        help="also take agent signatures in the older form that names no ledger (they "
+        "could be replayed from another deployment); off by default",
     )
     p.add_argument(
         "--rate-agent",

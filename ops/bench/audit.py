@@ -279,7 +279,7 @@ async def build(events: int) -> Built:
             if isinstance(cmd, RegisterAgent):
                 cmd = msgspec.structs.replace(cmd, public_key=public_hex(key))
             else:
-                cmd = signing.sign_command(cmd, tenant, key)
+                cmd = signing.sign_command(cmd, tenant, key, origin=sequencer.state.first_hash)
                 signed_ids.add(msg_id(tenant, str(cmd.id)))  # as Outgoing.event_id holds it
         return Item(cmd, tenant, None)
 
@@ -510,6 +510,7 @@ class SignedSet:
 
     events: list[tuple[Event, str]]  # decoded event, its agent's key (hex)
     plain: list[tuple[Ed25519PublicKey, bytes, bytes]]  # key, signature, signed payload
+    origin: bytes  # the ledger's first event's hash, which agents sign into their commands
 
 
 def prepare_signed(events: list[Stored], signed: set[int]) -> SignedSet:
@@ -525,7 +526,8 @@ def prepare_signed(events: list[Stored], signed: set[int]) -> SignedSet:
         hex_key: Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
         for hex_key in agent_keys.values()
     }
-    prepared = SignedSet([], [])
+    origin = events[0][4] if events else b""
+    prepared = SignedSet([], [], origin)
     for seq, _, body, _, _ in events:
         if seq not in signed:
             continue
@@ -535,7 +537,7 @@ def prepare_signed(events: list[Stored], signed: set[int]) -> SignedSet:
         assert signature is not None
         prepared.events.append((event, hex_key))
         prepared.plain.append(
-            (key_objects[hex_key], bytes.fromhex(signature), signing.signed_bytes(event))
+            (key_objects[hex_key], bytes.fromhex(signature), signing.signed_bytes(event, origin))
         )
     return prepared
 
@@ -543,7 +545,8 @@ def prepare_signed(events: list[Stored], signed: set[int]) -> SignedSet:
 def time_verify_event(prepared: SignedSet) -> float:
     verify = signing.verify_event
     started = time.perf_counter()
-    good = sum(verify(event, key) for event, key in prepared.events)
+    origin = prepared.origin
+    good = sum(verify(event, key, origin) for event, key in prepared.events)
     seconds = time.perf_counter() - started
     if good != len(prepared.events):
         raise BenchError(f"verify_event passed {good} of {len(prepared.events)} signatures")

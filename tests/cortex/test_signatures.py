@@ -125,7 +125,12 @@ async def test_a_field_changed_after_signing_is_refused(client: Client, bus: Bus
     key = Ed25519PrivateKey.generate()
     await client.register_agent("ada", public_key=key)
     fact = await _fact(client, "ada")
-    signed = sign_command(CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1), TENANT, key)
+    signed = sign_command(
+        CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1),
+        TENANT,
+        key,
+        origin=await client.origin(),
+    )
     flipped = msgspec.structs.replace(signed, value=-1)
     await _refused(bus, client.submit(flipped), "bad_signature")
 
@@ -138,7 +143,10 @@ async def test_a_signature_for_another_tenant_is_refused(
     await client.register_agent("ada", public_key=key)
     fact = await _fact(client, "ada")
     signed = sign_command(
-        CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1), "elsewhere", key
+        CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1),
+        "elsewhere",
+        key,
+        origin=await client.origin(),
     )
     await _refused(bus, client.submit(signed), "bad_signature")
 
@@ -148,7 +156,12 @@ async def test_replaying_a_signed_command_appends_nothing(client: Client, bus: B
     key = Ed25519PrivateKey.generate()
     await client.register_agent("ada", public_key=key)
     fact = await _fact(client, "ada")
-    signed = sign_command(CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1), TENANT, key)
+    signed = sign_command(
+        CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1),
+        TENANT,
+        key,
+        origin=await client.origin(),
+    )
     first = await client.submit(signed)
     before = await bus.last_seq()
     again = await client.submit(signed)
@@ -161,11 +174,38 @@ async def test_an_old_signature_on_a_new_id_is_refused(client: Client, bus: Bus)
     key = Ed25519PrivateKey.generate()
     await client.register_agent("ada", public_key=key)
     fact = await _fact(client, "ada")
-    signed = sign_command(CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1), TENANT, key)
+    signed = sign_command(
+        CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1),
+        TENANT,
+        key,
+        origin=await client.origin(),
+    )
     await client.submit(signed)
     await _refused(
         bus, client.submit(msgspec.structs.replace(signed, id=new_id())), "bad_signature"
     )
+
+
+async def test_a_signature_that_names_no_ledger_is_refused_unless_the_writer_accepts_it(
+    server: EmbeddedServer, bus: Bus
+) -> None:
+    """The older form signs no origin, so one captured on another deployment would
+    hold here too: refused, saying how to sign; a writer told to accept it does."""
+    key = Ed25519PrivateKey.generate()
+    async with _writer(server), await Client.connect(server.url, tenant=TENANT) as client:
+        await client.register_agent("ada", public_key=key)
+        fact = await _fact(client, "ada", key)
+        vote = CastVote(id=new_id(), fact_id=fact, agent_id="ada", value=1)
+        unbound = sign_command(vote, TENANT, key)  # no origin: the older form
+        refused = await _refused(bus, client.submit(unbound), "bad_signature")
+        assert "names no ledger" in refused.message
+        assert (await client.origin()).hex() in refused.message
+    async with (
+        _writer(server, accept_unbound_signatures=True),
+        await Client.connect(server.url, tenant=TENANT) as client,
+    ):
+        receipt = await client.submit(unbound)
+        assert verify_event(decode_event((await bus.get(receipt.seq)).body), public_hex(key))
 
 
 # -- a ledger that requires signatures ---------------------------------------

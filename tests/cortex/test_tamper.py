@@ -122,6 +122,7 @@ async def _story(url: str) -> Story:
             CastVote(id=new_id(), fact_id=facts[1], agent_id="ann", value=1, reason="seen it"),
             TENANT,
             ann,
+            origin=await client.origin(),
         )
         receipt = await client.submit(signed)
         await client.vote("ann", facts[2], -1, reason="there is a trace exosphere")
