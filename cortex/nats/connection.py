@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable
 from typing import Any, Final
 
 import nats.errors
@@ -132,10 +133,26 @@ async def _connect(
 
 
 async def close(nc: NatsClient) -> None:
-    """Drain (finish what is in flight), then close; with the server gone, just close."""
+    """Drain (finish what is in flight), then close; with the server gone, just close.
+
+    A server that goes away during the drain can leave nats-py awaiting a
+    socket-close future that asyncio cancels: a CancelledError nobody asked
+    for (this task is not being cancelled). It means the socket is closed,
+    so it ends the drain; a real cancellation of this task still goes through.
+    """
     if nc.is_connected:
         with contextlib.suppress(nats.errors.Error, OSError):
-            await nc.drain()
+            await _not_spuriously_cancelled(nc.drain())
     if not nc.is_closed:
         with contextlib.suppress(nats.errors.Error, OSError):
-            await nc.close()
+            await _not_spuriously_cancelled(nc.close())
+
+
+async def _not_spuriously_cancelled(step: Awaitable[object]) -> None:
+    try:
+        await step
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        log.warning("nats_close_interrupted", reason="the socket closed under the drain")
