@@ -224,6 +224,52 @@ async def test_a_re_chained_re_signed_folder_fools_the_ledger_audit_not_a_head_o
             assert parse_cosigner_key(witness.verifier)[0] in out["violations"][0]["detail"]
 
 
+async def test_a_tail_cut_at_a_checkpoint_with_valid_checksums_is_a_rollback_and_no_witness_backs_it(
+    server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Tail truncation without a damaged record: every event after an earlier
+    checkpoint is removed from the blocks, the rest keeps valid checksums, so the
+    stream simply ends there, internally perfect. The remembered head says
+    ``rollback``; the witness that cosigned the longer head says ``witness_missing``."""
+    key = writer_key_at(default_key_path(server.data_dir))
+    trust, kept = tmp_path / "trust.json", tmp_path / "cosigned"
+    async with (
+        running_writer(server.url, key=key, checkpoint_every=5),
+        await Client.connect(server.url, tenant=TENANT) as client,
+    ):
+        await client.register_agent("ann")
+        for n in range(12):
+            await client.store_fact("ann", f"Fact number {n}.")
+    notes = await _checkpoint_notes(server.url)
+    cut = notes[-2][0]  # the stream will end with this checkpoint
+    assert (await _audit(server.url, trust=TrustStore.load(trust))).ok
+    with _witness(tmp_path / "witness", key.verifier) as witness:
+        real = Head.from_note(notes[-1][1])
+        kept.mkdir()
+        line = await submit(notes[-1][1], 0, [], witness.url)
+        (kept / f"{real.tree_size}.note").write_text(notes[-1][1] + line)
+        await server.stop()
+
+        rechain(server.data_dir, key, lambda r: [r] if r.seq <= cut else [])
+
+        async with EmbeddedServer(server.data_dir, port=-1) as restarted:
+            async with _bus(restarted.url) as bus:
+                assert await bus.last_seq() == cut
+            alone = await _audit(restarted.url, writer_keys=[key.public_hex])
+            assert alone.ok, alone.violations
+            remembered = await _audit(restarted.url, trust=TrustStore.load(trust))
+            assert [v.type for v in remembered.violations] == ["rollback"]
+            assert f"fewer than the remembered checkpoint of {real.tree_size}" in (
+                remembered.violations[0].detail
+            )
+            policy = ("--witness", witness.verifier, "--cosigned", str(kept))
+            run = await run_cli("audit", "--nats", restarted.url, "--no-trust", *policy, "--json")
+            assert run.code == 1, run.out + run.err
+            out = run.json()
+            assert [v["type"] for v in out["violations"]] == ["witness_missing"]
+            assert "rolled back" in out["violations"][0]["detail"]
+
+
 # -- 2. forged events of every kind, written into the block files -----------------
 
 
