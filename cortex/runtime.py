@@ -36,6 +36,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import structlog
 
+from cortex.cosigner import Cosigner, NodeReads
 from cortex.datalock import DataLock
 from cortex.errors import CortexError, ServerError
 from cortex.nats import Bus, Credentials, Durability, EmbeddedServer
@@ -182,6 +183,32 @@ class Runtime:
         node = ProjectionNode(await self.connect("node"), db, **options)
         self.nodes.append(await self.add(node))
         return node
+
+    async def add_cosigner(self, witnesses: list[str], folder: Path, **options: Any) -> Cosigner:
+        """Have every checkpoint the writer signs cosigned by ``witnesses`` in the background,
+        with proofs from this runtime's first node, and kept under ``folder``
+        (``cortex.cosigner``). Needs the writer and a node started here first."""
+        writer = self.writer
+        if writer is None or not self.nodes:
+            raise CortexError(
+                "witnessing needs the writer and a node in this process (the node's read "
+                "side makes the consistency proofs)",
+                code="invalid_field",
+            )
+        cosigner = Cosigner(witnesses, folder, NodeReads(self.nodes[0].service), **options)
+
+        async def stop() -> None:
+            # Stop the writer first (again is harmless), while the node still serves:
+            # the checkpoint a clean stop signs is cosigned too.
+            await writer.stop()
+            await cosigner.stop()
+
+        self._stack.push_async_callback(stop)
+        await cosigner.start()
+        writer.on_checkpoint = cosigner.checkpointed
+        if writer.state.checkpoint_seq:
+            cosigner.checkpointed(writer.state.checkpoint_seq, writer.state.checkpoint_size)
+        return cosigner
 
     async def close(self) -> None:
         """Stop every role and close every connection, the last started first."""

@@ -120,6 +120,7 @@ class LedgerWriter:
         stream_check_s: float = DEFAULT_STREAM_CHECK_S,
         watch_advisories: bool = True,
         on_fatal: Callable[[CortexError], None] | None = None,
+        on_checkpoint: Callable[[int, int], None] | None = None,
         rate_agent: Rate = DEFAULT_AGENT_RATE,
         rate_tenant: Rate = DEFAULT_TENANT_RATE,
         max_queued: int = MAX_QUEUED,
@@ -172,6 +173,8 @@ class LedgerWriter:
         #: then only the polling bounds how long a drift goes unnoticed.
         self.watch_advisories = watch_advisories
         self._on_fatal = on_fatal
+        #: Told ``(seq, tree_size)`` of each newer checkpoint once it is stored (must not block).
+        self.on_checkpoint = on_checkpoint
         self._failed = False
         self._stopping = False
         #: Set once the stream was found unsafe: nothing is appended after it.
@@ -482,6 +485,7 @@ class LedgerWriter:
     async def _commit(self, items: list[_Pending]) -> None:
         """Stage and append ``items`` as one batch, retrying after conflicts."""
         synced = False
+        signed = self.state.checkpoint_seq
         for _attempt in range(_MAX_ATTEMPTS):
             if self._broken is not None:
                 raise self._broken
@@ -512,6 +516,8 @@ class LedgerWriter:
                 await self._ensure_safe()
                 self._resolve(items, staged)
                 self._answer_covering()
+                if self.on_checkpoint is not None and self.state.checkpoint_seq > signed:
+                    self.on_checkpoint(self.state.checkpoint_seq, self.state.checkpoint_size)
                 if self._idle and self.state.seq > self.state.checkpoint_seq:
                     self._idle = False
                     self._tick.set()  # the timer slept with nothing uncovered: it counts now

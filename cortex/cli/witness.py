@@ -18,19 +18,15 @@ from typing import Any, Final
 
 from cortex.cli.connect import data_of, open_client
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, print_json
-from cortex.trust import Head, atomic_write
+from cortex.trust import Head
 from cortex.witness.check import WitnessPolicy
 from cortex.witness.service import Witness, parse_log_key, serve
-from cortex.witnessing import WitnessConflict, submit
+from cortex.witnessing import cosign, record
 from events.errors import CortexError
 from events.note import NoteError, parse_cosigner_key
 
 COSIGNED: Final = "cosigned"
 DEFAULT_WITNESS_DATA: Final = Path(".cortex-witness")
-
-
-def _safe(origin: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in origin)
 
 
 async def cmd_witness(args: argparse.Namespace) -> int:
@@ -43,43 +39,29 @@ async def cmd_witness(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _cosign_one(note: str, head: Head, url: str, args: argparse.Namespace) -> str:
-    try:
-        return await submit(note, 0, [], url)
-    except WitnessConflict as e:
-        if e.size == 0 or e.size > head.tree_size:
-            raise CortexError(
-                f"witness {url} cosigned {e.size} events of {head.origin}; the node's latest "
-                f"checkpoint has {head.tree_size}: not cosigning a shorter tree",
-                code="witness_refused",
-            ) from e
-        proof: list[bytes] = []
-        if e.size < head.tree_size:
-            async with await open_client(args) as c:
-                doc = await c.consistency_proof(e.size, head.tree_size)
-            proof = [bytes.fromhex(p) for p in doc.get("path", [])]
-        return await submit(note, e.size, proof, url)
-
-
 async def cmd_cosign(args: argparse.Namespace) -> int:
     async with await open_client(args) as c:
         checkpoint = await c.checkpoint()
-    note = str(checkpoint["note"])
-    head = Head.from_note(note)
-    cosigned, failed = note, []
-    for url in args.witness:
-        try:
-            cosigned += await _cosign_one(note, head, url, args)
-        except CortexError as e:
-            failed.append({"witness": url, "code": e.code, "message": e.message})
+        note = str(checkpoint["note"])
+        head = Head.from_note(note)
+
+        async def proof(old_size: int, new_size: int) -> list[bytes]:
+            doc = await c.consistency_proof(old_size, new_size)
+            return [bytes.fromhex(p) for p in doc.get("path", [])]
+
+        lines, failed = "", []
+        for url in args.witness:
+            try:
+                lines += await cosign(note, url, proof)
+            except CortexError as e:
+                failed.append({"witness": url, "code": e.code, "message": e.message})
+    cosigned = note + lines
     where = "-"
     if args.out == "-":
         sys.stdout.write(cosigned)
     else:
         folder = Path(args.out) if args.out else data_of(args) / COSIGNED
-        path = folder / _safe(head.origin) / f"{head.tree_size}.note"
-        atomic_write(path, cosigned.encode(), mode=0o644)
-        where = str(path)
+        where = str(record(folder, note, lines))
     if args.json:
         print_json(
             {"tree_size": head.tree_size, "note": cosigned, "saved": where, "failed": failed}

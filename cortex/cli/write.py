@@ -23,6 +23,7 @@ from cortex.cli.audit import print_audit
 from cortex.cli.connect import open_client
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_events, print_json, summary
 from cortex.cli.parse import batch_size, parse_time, parse_uuid, positive
+from cortex.cli.witness import COSIGNED
 from cortex.client import Client, Receipt
 from cortex.core.fairshare import DEFAULT_AGENT_RATE, DEFAULT_TENANT_RATE, Rate
 from cortex.core.keys import (
@@ -156,6 +157,12 @@ async def cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data or DEFAULT_DATA)
     port = DEFAULT_PORT if args.port is None else args.port
     creds = Credentials.load(args.creds) if nats_url is not None and args.creds else None
+    if args.witness and args.role != "all":
+        raise CortexError(
+            "--witness needs --role all: the node in this process makes the consistency "
+            "proofs the witnesses ask for",
+            code="invalid_field",
+        )
     async with Runtime(nats_url, creds=creds) as runtime:
         # The folder holds the store, the read model and the writer key: one
         # process at a time, external server or not.
@@ -176,6 +183,9 @@ async def cmd_up(args: argparse.Namespace) -> int:
             )
         if args.role in ("all", "node"):
             await runtime.add_node(data / "projection.db")
+        if args.witness:
+            cosigned = Path(args.cosigned) if args.cosigned else data / COSIGNED
+            await runtime.add_cosigner(args.witness, cosigned)
         url, writer = runtime.url, runtime.writer
         # Where `cortex log`, `audit` and `replay` beside us reach this folder's ledger.
         served.announce(data, url)
@@ -192,6 +202,11 @@ async def cmd_up(args: argparse.Namespace) -> int:
             out.print(
                 f"checkpoints are signed by {escape(writer.key.verifier)} "
                 "(give it to auditors: cortex audit --writer-key …)"
+            )
+        if args.witness:
+            out.print(
+                f"each checkpoint goes to {len(args.witness)} witness(es); cosigned notes are "
+                f"kept in {escape(str(cosigned))} (keep a copy outside the data folder)"
             )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -512,6 +527,19 @@ def _register_run(sub: Any) -> None:
         metavar="RATE[:BURST]",
         help=f"commands per second one tenant's agents together may send "
         f"(default {DEFAULT_TENANT_RATE})",
+    )
+    p.add_argument(
+        "--witness",
+        action="append",
+        metavar="URL",
+        help="have this witness cosign every new checkpoint, in the background (repeatable; "
+        "needs --role all)",
+    )
+    p.add_argument(
+        "--cosigned",
+        metavar="DIR",
+        help="with --witness: where cosigned notes are kept (default <data>/cosigned; "
+        "better outside the data folder)",
     )
     p.set_defaults(func=cmd_up)
 
