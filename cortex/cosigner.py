@@ -113,6 +113,14 @@ class Cosigner:
         for w in self._witnesses:
             w.wake.set()
 
+    async def cosigned(self, tree_size: int) -> None:
+        """Until every witness has cosigned a checkpoint of at least ``tree_size`` events
+        (unbounded: the caller bounds it)."""
+        async with self._progress:
+            await self._progress.wait_for(
+                lambda: all(w.cosigned >= tree_size for w in self._witnesses)
+            )
+
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=self.timeout)
         for w in self._witnesses:

@@ -76,6 +76,11 @@ async def cmd_cosign(args: argparse.Namespace) -> int:
 def witness_policy(args: argparse.Namespace) -> WitnessPolicy | None:
     """The ``cortex audit --witness`` options as the audit's policy (None without them)."""
     if not args.witness:
+        if args.witness_url:
+            raise CortexError(
+                "--witness-url needs --witness: the keys its cosignatures must verify with",
+                code="invalid_field",
+            )
         return None
     try:
         keys = tuple(parse_cosigner_key(k) for k in args.witness)
@@ -87,7 +92,7 @@ def witness_policy(args: argparse.Namespace) -> WitnessPolicy | None:
             "--min-witnesses is between 1 and the number of --witness keys", code="invalid_field"
         )
     folder = Path(args.cosigned) if args.cosigned else data_of(args) / COSIGNED
-    return WitnessPolicy(keys, k, folder)
+    return WitnessPolicy(keys, k, folder, tuple(args.witness_url or ()))
 
 
 def add_audit_options(p: argparse.ArgumentParser) -> None:
@@ -109,6 +114,14 @@ def add_audit_options(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="where the cosigned notes are (default <data>/cosigned; keep a copy outside "
         "the data folder)",
+    )
+    p.add_argument(
+        "--witness-url",
+        action="append",
+        metavar="URL",
+        help="also ask this witness for the latest note it cosigned for the ledger's origin "
+        "(counted like a note in --cosigned; one that does not answer backs nothing; "
+        "repeatable)",
     )
 
 

@@ -13,22 +13,26 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import pytest
+import structlog
+from conftest import AsAdmin
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cortex.audit import AuditReport, audit_ledger
 from cortex.client import Client
-from cortex.core.keys import writer_key
+from cortex.core.keys import writer_key, writer_key_at
 from cortex.errors import StateConflict
 from cortex.nats import CHECKPOINT_SUBJECT, Bus, EmbeddedServer
-from cortex.testing import run_cli, running_node, running_writer
+from cortex.runtime import Runtime
+from cortex.testing import Run, cortex_up, run_cli, running_node, running_writer
 from cortex.trust import Head, atomic_write
 from cortex.witness.check import WitnessPolicy
 from cortex.witnessing import WitnessConflict, request_body, submit
@@ -318,3 +322,171 @@ async def test_cortex_cosign_saves_the_cosigned_note_and_audit_witness_counts_it
     refused = await run_cli(*audit, "--witness", other, "--json")
     assert refused.code == 1
     assert json.loads(refused.out)["violation_counts"] == {"witness_missing": 1}
+
+
+# -- witnessing while the ledger runs (cortex up --witness, audit --witness-url) --------
+
+
+@pytest.fixture
+async def writer_witness(server: EmbeddedServer, tmp_path: Path) -> AsyncIterator[Running]:
+    """A witness of the ledger the ``server`` fixture holds (no writer started yet)."""
+    running = _start(tmp_path / "witness", writer_key(server.data_dir).verifier)
+    yield running
+    _stop(running)
+
+
+def _newest_note(kept: Path) -> tuple[Head, str]:
+    path = max(kept.glob("*/*.note"), key=lambda p: int(p.stem))
+    note = path.read_text()
+    return Head.from_note(note[: note.rfind("\n\n") + 1] + "\n"), note
+
+
+async def test_the_runtime_has_each_new_checkpoint_cosigned_while_it_runs(
+    server: EmbeddedServer, writer_witness: Running, tmp_path: Path
+) -> None:
+    """With a cosigner, the writer's checkpoints reach the witness without anyone asking:
+    the first from size 0, the next with the node's consistency proof; each cosigned
+    note is kept, and ``cortex audit --witness`` counts the newest."""
+    kept = tmp_path / "cosigned"
+    name, key = parse_cosigner_key(writer_witness.verifier)
+    async with Runtime(server.url, name="test") as runtime:
+        await runtime.add_writer(key=writer_key(server.data_dir))
+        await runtime.add_node(tmp_path / "node.db")
+        cosigner = await runtime.add_cosigner([writer_witness.url], kept)
+        async with await Client.connect(server.url, tenant=TENANT) as client:
+            await client.register_agent("ann")
+            first = await client.store_fact("ann", "one")
+            async with asyncio.timeout(WAIT):
+                await cosigner.cosigned(first.seq)
+            head, note = _newest_note(kept)
+            assert head.tree_size >= first.seq
+            assert verify_cosignature(note, name, key) > 0
+            second = await client.store_fact("ann", "two")
+            async with asyncio.timeout(WAIT):
+                await cosigner.cosigned(second.seq)
+        head, note = _newest_note(kept)
+        assert head.tree_size >= second.seq
+        assert verify_cosignature(note, name, key) > 0
+    assert cosigner.failures == 0
+    audit = await run_cli(
+        *("audit", "--no-trust", "--nats", server.url, "--tenant", TENANT),
+        *("--cosigned", str(kept), "--witness", writer_witness.verifier),
+    )
+    assert audit.code == 0, audit.out + audit.err
+
+
+@pytest.fixture
+async def hanging_witness() -> AsyncIterator[str]:
+    """A witness that takes the connection and never answers."""
+    release = asyncio.Event()
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.close()
+
+    listening = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = listening.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        release.set()
+        listening.close()
+        await listening.wait_closed()
+
+
+async def test_a_witness_that_never_answers_does_not_hold_up_writes_and_is_logged(
+    server: EmbeddedServer, hanging_witness: str, tmp_path: Path
+) -> None:
+    """Writes are acknowledged and checkpointed at their usual pace while the witness
+    hangs; its timeout is a warning naming it, and the stop is not held up."""
+    with structlog.testing.capture_logs() as logs:
+        async with Runtime(server.url, name="test") as runtime:
+            await runtime.add_writer(key=writer_key(server.data_dir))
+            await runtime.add_node(tmp_path / "node.db")
+            await runtime.add_cosigner([hanging_witness], tmp_path / "cosigned", timeout=0.5)
+            async with await Client.connect(server.url, tenant=TENANT) as client:
+                await client.register_agent("ann")
+                async with asyncio.timeout(WAIT / 3):
+                    receipts = [await client.store_fact("ann", f"fact {i}") for i in range(20)]
+                    covered = await client.wait_checkpoint(receipts[-1])
+            assert covered.checkpoint is not None
+    failed = [e for e in logs if e["event"] == "witness_failed"]
+    assert failed and failed[0]["witness"] == hanging_witness
+    assert failed[0]["log_level"] == "warning" and failed[0]["code"] == "unavailable"
+    assert not list((tmp_path / "cosigned").glob("*/*.note"))
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+async def test_cortex_up_with_a_dead_witness_acknowledges_writes_and_says_which_failed(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
+    data, dead = tmp_path / "data", _dead_url()
+    as_admin(data)
+    async with cortex_up(data, "--witness", dead) as up:
+        async with await Client.connect(up.url, tenant=TENANT) as client:
+            await client.register_agent("ann")
+            receipt = await client.store_fact("ann", "one")
+            assert (await client.wait_checkpoint(receipt)).checkpoint is not None
+        assert await up.stop() == 0
+        log = up.err()
+    assert "witness_failed" in log and dead in log
+
+
+async def test_cortex_up_witness_and_audit_witness_url_catch_a_rollback_without_local_notes(
+    tmp_path: Path, as_admin: AsAdmin
+) -> None:
+    """``cortex up --witness`` has its checkpoints cosigned (the last on its clean stop);
+    with the cosigned folder gone, ``cortex audit --witness-url`` asks the witness itself:
+    the ledger passes, a restored older copy of its folder is ``witness_missing``
+    (rolled back), and a witness that does not answer is named."""
+    data, key, kept = tmp_path / "data", tmp_path / "writer.key", tmp_path / "cosigned"
+    as_admin(data)
+    running = _start(tmp_path / "witness", writer_key_at(key).verifier)
+    up_args = ("--key", str(key), "--witness", running.url, "--cosigned", str(kept))
+    try:
+        async with cortex_up(data, *up_args) as up:
+            await _write(up.url, "one", "two")
+            assert await up.stop() == 0
+        name, public = parse_cosigner_key(running.verifier)
+        head, note = _newest_note(kept)
+        assert verify_cosignature(note, name, public) > 0
+        snapshot = tmp_path / "snapshot"
+        shutil.copytree(data, snapshot, ignore=shutil.ignore_patterns("*.lock", "served*"))
+        async with cortex_up(data, *up_args) as up:
+            await _write(up.url, LATE)
+            assert await up.stop() == 0
+        assert _newest_note(kept)[0].tree_size > head.tree_size
+        shutil.rmtree(kept)
+
+        def audit(folder: Path, *urls: str) -> Awaitable[Run]:
+            witness_urls = [a for url in urls for a in ("--witness-url", url)]
+            return run_cli(
+                *("audit", "--no-trust", "--data", str(folder), "--json"),
+                *("--cosigned", str(kept), "--witness", running.verifier, *witness_urls),
+            )
+
+        held = await audit(data, running.url)
+        assert held.code == 0, held.out + held.err
+        without = await audit(data)
+        assert without.code == 1
+        assert without.json()["violation_counts"] == {"witness_missing": 1}
+        gone = _dead_url()
+        unreachable = await audit(data, gone)
+        assert unreachable.code == 1
+        detail = unreachable.json()["violations"][0]["detail"]
+        assert f"{gone}: witness {gone} did not answer" in detail
+
+        shutil.rmtree(data)
+        shutil.copytree(snapshot, data)
+        rolled_back = await audit(data, running.url)
+    finally:
+        _stop(running)
+    assert rolled_back.code == 1
+    violations = rolled_back.json()["violations"]
+    assert [v["type"] for v in violations] == ["witness_missing"]
+    assert "rolled back" in violations[0]["detail"] and running.url in violations[0]["detail"]
