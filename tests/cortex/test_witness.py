@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cortex.audit import AuditReport, audit_ledger
 from cortex.client import Client
 from cortex.core.keys import writer_key, writer_key_at
+from cortex.cosigner import Cosigner
 from cortex.errors import StateConflict
 from cortex.nats import CHECKPOINT_SUBJECT, Bus, EmbeddedServer
 from cortex.runtime import Runtime
@@ -490,3 +491,41 @@ async def test_cortex_up_witness_and_audit_witness_url_catch_a_rollback_without_
     violations = rolled_back.json()["violations"]
     assert [v["type"] for v in violations] == ["witness_missing"]
     assert "rolled back" in violations[0]["detail"] and running.url in violations[0]["detail"]
+
+
+class _Leaves:
+    """A read side over ``LEAVES``, signed with ``key``; it records the sizes asked for."""
+
+    def __init__(self, key: Ed25519PrivateKey) -> None:
+        self.key, self.asked = key, list[int]()
+
+    async def note(self, tree_size: int, seq: int) -> str:
+        self.asked.append(tree_size)
+        return _note(self.key, LEAVES[:tree_size])
+
+    async def proof(self, old_size: int, new_size: int) -> list[bytes]:
+        return consistency_proof(old_size, new_size, LEAVES)
+
+
+async def test_checkpoints_that_come_while_a_witness_is_busy_are_coalesced_into_the_newest(
+    witness: Running, log_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """Only the newest checkpoint is submitted; the next goes with a proof from the size
+    the witness cosigned, and each cosigned note is kept by size."""
+    reads, kept = _Leaves(log_key), tmp_path / "kept"
+    cosigner = Cosigner([witness.url], kept, reads)
+    cosigner.checkpointed(3, 3)
+    cosigner.checkpointed(5, 5)  # before the cosigner runs: 3 is never asked for
+    await cosigner.start()
+    try:
+        async with asyncio.timeout(WAIT):
+            await cosigner.cosigned(5)
+        cosigner.checkpointed(9, 9)
+        cosigner.checkpointed(12, 12)
+        async with asyncio.timeout(WAIT):
+            await cosigner.cosigned(12)
+    finally:
+        await cosigner.stop()
+    assert reads.asked == [5, 12]
+    assert sorted(int(p.stem) for p in kept.glob("*/*.note")) == [5, 12]
+    assert cosigner.failures == 0
