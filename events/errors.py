@@ -226,6 +226,15 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
         "the ledger stream's configuration could drop or hide events, or the stream is gone: "
         "nothing is appended until an operator restores it",
     ),
+    "too_few_servers": (
+        Unavailable,
+        "the stream asks for more replicas than the JetStream cluster has servers up "
+        "(the message says how many it needs)",
+    ),
+    "not_clustered": (
+        LedgerError,
+        "replicas above 1 asked of a nats-server that is not in a JetStream cluster",
+    ),
     "missing_events": (
         LedgerError,
         "the stream's state counts events its store no longer holds (cut or damaged)",

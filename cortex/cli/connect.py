@@ -11,7 +11,9 @@ In order:
 
 The server is ``--nats`` (or ``CORTEX_NATS_URL``), else the URL written in
 the credentials file given, else the one the data folder's ``cortex up``
-announced (``<data>/nats.url``), else the default.
+announced (``<data>/nats.url``), else the default. Each may name several
+servers of a cluster, comma-separated: the client connects to one that is up
+and fails over to the others (and to those the cluster announces).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cortex import served
 from cortex.client import Client
 from cortex.nats import DEFAULT_URL, Credentials, LocalAuth, Role
 from cortex.nats.auth import ENV_CREDS
+from cortex.nats.subjects import parse_urls
 
 DEFAULT_DATA: Final = Path(".cortex")
 
@@ -44,11 +47,14 @@ def credentials(args: argparse.Namespace, folder: Path | None = None) -> Credent
 
 
 def server_url(args: argparse.Namespace, creds: Credentials | None) -> str:
+    """The seed servers to connect to, comma-separated (see the module doc)."""
     if args.nats:
-        return str(args.nats)
-    if getattr(args, "creds", None) and creds is not None and creds.url:
-        return creds.url
-    return served.served_url(data_of(args)) or DEFAULT_URL
+        given = str(args.nats)
+    elif getattr(args, "creds", None) and creds is not None and creds.url:
+        given = creds.url
+    else:
+        given = served.served_url(data_of(args)) or DEFAULT_URL
+    return ",".join(parse_urls(given))
 
 
 async def open_client(args: argparse.Namespace) -> Client:

@@ -37,7 +37,8 @@ from cortex.core.keys import (
     writer_key_at,
 )
 from cortex.errors import CortexError
-from cortex.nats import Credentials, Durability, LocalAuth
+from cortex.nats import Bus, Credentials, Durability, LocalAuth
+from cortex.nats.subjects import parse_urls
 from cortex.receipts import save_receipt
 from cortex.runtime import Runtime
 from cortex.writer import DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_MAX_BATCH
@@ -107,7 +108,7 @@ def _server_of(args: argparse.Namespace) -> str | None:
                 "the embedded nats-server, --nats uses a running one; give one of them",
                 code="invalid_field",
             )
-        return str(typed)
+        return ",".join(parse_urls(str(typed)))
     if exported is None:
         return None
     if args.port is not None:
@@ -123,7 +124,39 @@ def _server_of(args: argparse.Namespace) -> str | None:
             "CORTEX_NATS_URL) to start the embedded one on the folder",
             code="invalid_field",
         )
-    return exported
+    return ",".join(parse_urls(exported))
+
+
+async def _replicas(runtime: Runtime, args: argparse.Namespace) -> int:
+    """How many replicas the writer keeps the stream at: ``--replicas``, else 3 on a
+    cluster of three servers or more, else 1.
+
+    A stream that exists with fewer is reported and kept as it is (the writer
+    then requires what it has), unless ``--scale-replicas`` asks to scale it up:
+    that takes the admin's credentials, and as many servers up as replicas.
+    """
+    bus = await Bus.connect(
+        runtime.url, name=f"{runtime.name}-setup", creds=runtime.credentials("admin")
+    )
+    try:
+        wanted = bus.default_replicas(args.replicas)
+        status = await bus.stream_status()
+        if status is None or status.config.num_replicas >= wanted:
+            return wanted
+        have = status.config.num_replicas
+        if args.scale_replicas:
+            await bus.scale_replicas(wanted)
+            out.print(f"stream CORTEX_LEDGER scaled from {have} to {wanted} replicas")
+            return wanted
+        err.print(
+            f"warning: stream CORTEX_LEDGER has {have} replica{'s' * (have > 1)}, fewer than "
+            f"the {wanted} asked for ({bus.server_count()} servers): a server's loss can lose "
+            "acknowledged events. `cortex up --scale-replicas` (admin credentials) scales it "
+            "up; it stays as it is until then"
+        )
+        return have
+    finally:
+        await bus.close()
 
 
 def _up_key(args: argparse.Namespace, data: Path) -> WriterKey:
@@ -171,6 +204,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await runtime.serve(data, port=port, durability=Durability(args.durability))
         if args.role in ("all", "writer"):
             await runtime.add_writer(
+                replicas=await _replicas(runtime, args),
                 max_batch=args.max_batch,
                 key=_up_key(args, data),
                 rotate_from=_rotate_from(args),
@@ -434,9 +468,24 @@ def _register_run(sub: Any) -> None:
     )
     p.add_argument(
         "--nats",
-        metavar="URL",
-        help="use this NATS server or cluster instead of starting one (env CORTEX_NATS_URL, "
-        "which a typed --port overrides)",
+        metavar="URL[,URL…]",
+        help="use this NATS server or cluster instead of starting one: one URL, or several "
+        "seeds of a cluster, comma-separated (env CORTEX_NATS_URL, which a typed --port "
+        "overrides)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=positive,
+        metavar="N",
+        help="copies of the ledger stream the writer creates and requires (default: 3 on a "
+        "cluster of three servers or more, else 1); an existing stream with fewer is "
+        "reported, and scaled up with --scale-replicas",
+    )
+    p.add_argument(
+        "--scale-replicas",
+        action="store_true",
+        help="scale an existing stream with fewer replicas than --replicas (or the default) "
+        "up to it (admin credentials; new replicas catch up online)",
     )
     p.add_argument(
         "--creds",

@@ -15,7 +15,7 @@ from nats.aio.client import Client as NatsClient
 from cortex.core.records import Outgoing, StoredEvent
 from cortex.nats import auth, connection, consumer, rpc, store, stream_config
 from cortex.nats.auth import Credentials
-from cortex.nats.stream_config import StreamDrift
+from cortex.nats.stream_config import LiveCluster, StreamDrift, StreamStatus
 from cortex.nats.subjects import DEFAULT_URL
 
 
@@ -30,7 +30,7 @@ class Bus:
     @classmethod
     async def connect(
         cls,
-        url: str = DEFAULT_URL,
+        url: str | Sequence[str] = DEFAULT_URL,
         *,
         name: str = "cortex",
         timeout: float = 5.0,
@@ -38,7 +38,12 @@ class Bus:
     ) -> Bus:
         """Connect as ``creds`` (default: the file ``CORTEX_CREDS`` names, else none),
         failing fast with a clear error when nothing listens at ``url`` or the server
-        refuses the identity."""
+        refuses the identity.
+
+        ``url``: one server, or seeds of a cluster (``"nats://a:4222,nats://b:4222"`` or
+        a list); once connected the bus reconnects to any of them, and to the servers
+        the cluster announces, for as long as it lives.
+        """
         if creds is None:
             creds = auth.from_env()
         nc = await connection.connect(url, name=name, timeout=timeout, creds=creds)
@@ -54,6 +59,10 @@ class Bus:
         hide events (``stream_config.drifts``)."""
         await store.ensure_stream(self._nc, self._js, replicas=replicas, timeout=self.timeout)
 
+    async def stream_status(self) -> StreamStatus | None:
+        """The stream's live configuration, state and cluster; None if it does not exist."""
+        return await stream_config.read(self._nc, timeout=self.timeout)
+
     async def stream_drifts(self, *, replicas: int = 1, appended: int = 0) -> list[StreamDrift]:
         """How the live stream differs from what the ledger needs; empty when it is safe.
 
@@ -67,6 +76,35 @@ class Bus:
         """StreamUnsafe naming every drift if there is one (see ``stream_drifts``)."""
         if found := await self.stream_drifts(replicas=replicas, appended=appended):
             raise store.unsafe(found)
+
+    # -- in a cluster -----------------------------------------------------
+
+    def server_count(self) -> int:
+        """How many servers the cluster has now, as the connected server sees its routes
+        (1 for a server on its own)."""
+        return connection.server_count(self._nc)
+
+    def default_replicas(self, asked: int | None = None) -> int:
+        """How many replicas the stream is created with: ``asked``, else 3 on a cluster of
+        three or more servers, else 1."""
+        if asked is not None:
+            return asked
+        return 3 if self.server_count() >= 3 else 1
+
+    async def stream_cluster(self) -> LiveCluster:
+        """The stream's leader (a server name) and its followers (``current``, ``lag``);
+        LedgerError if there is no stream, Unavailable while the cluster cannot say."""
+        return await store.cluster(self._nc, timeout=self.timeout)
+
+    async def step_down(self, preferred: str | None = None) -> None:
+        """Have the stream's leader hand over (to the server named ``preferred``, else
+        one the cluster picks): before a graceful stop of the leader's server."""
+        await store.step_down(self._nc, preferred=preferred, timeout=self.timeout)
+
+    async def scale_replicas(self, replicas: int) -> None:
+        """Change the stream's replicas (admin credentials; the other roles may not
+        update the stream). Unavailable ``too_few_servers`` if the cluster has fewer."""
+        await store.scale_replicas(self._nc, replicas, timeout=self.timeout)
 
     async def watch_stream(self, notify: Callable[[], None]) -> rpc.Serving:
         """Call ``notify`` on each JetStream advisory about the stream (updated, deleted,

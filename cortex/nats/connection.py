@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, Final
 
 import nats.errors
@@ -25,6 +25,7 @@ from cortex.errors import Forbidden, Unavailable
 from cortex.nats.auth import Credentials
 from cortex.nats.consumer import header_lines
 from cortex.nats.errors import translated
+from cortex.nats.subjects import parse_urls
 
 log = structlog.get_logger(__name__)
 
@@ -93,14 +94,27 @@ def guard_of(nc: NatsClient) -> Guard | None:
     return nc.guard if isinstance(nc, _Client) else None
 
 
+#: Between two tries of the same server. nats-py tries the next server of its pool
+#: at once; this only spaces out rounds over all of them (loopback fail-over is fast).
+RECONNECT_WAIT_S: Final = 0.2
+
+
 async def connect(
-    url: str, *, name: str, timeout: float, creds: Credentials | None = None
+    url: str | Sequence[str], *, name: str, timeout: float, creds: Credentials | None = None
 ) -> NatsClient:
-    """Connect as ``creds`` (anonymously without), failing fast with Unavailable when
-    nothing listens at ``url`` and Forbidden when the server refuses the identity."""
+    """Connect as ``creds`` (anonymously without) to one of the seed servers ``url``
+    (a comma-separated list, or a sequence), failing fast with Unavailable when
+    nothing listens at any of them and Forbidden when the server refuses the identity.
+
+    Once connected, the connection rides out restarts and cluster fail-overs for
+    ever: it reconnects to any server of the pool, the seeds and those the cluster
+    announced, and replays its subscriptions.
+    """
+    servers = parse_urls(url)
+    url = ",".join(servers)
     nc = _Client()
     try:
-        await _connect(nc, url, name=name, timeout=timeout, creds=creds)
+        await _connect(nc, servers, name=name, timeout=timeout, creds=creds)
     except Unavailable as e:
         if nc.guard.unauthorized:
             raise Forbidden(
@@ -115,21 +129,21 @@ async def connect(
 
 
 async def _connect(
-    nc: _Client, url: str, *, name: str, timeout: float, creds: Credentials | None
+    nc: _Client, servers: list[str], *, name: str, timeout: float, creds: Credentials | None
 ) -> None:
-    with translated("connect", url=url):
+    with translated("connect", url=",".join(servers)):
         # nats-py types these seconds as int; it takes (and uses) floats.
         options: dict[str, Any] = {
             "connect_timeout": timeout,
             # Fail fast when nothing listens at first…
             "max_reconnect_attempts": 1,
-            "reconnect_time_wait": 0.5,
+            "reconnect_time_wait": RECONNECT_WAIT_S,
             "allow_reconnect": True,
         }
         if creds is not None:
             options["nkeys_seed_str"] = creds.seed
             options["inbox_prefix"] = creds.inbox_prefix
-        await nc.connect(url, name=name, error_cb=nc._log_error, **options)
+        await nc.connect(servers, name=name, error_cb=nc._log_error, **options)
 
 
 async def close(nc: NatsClient) -> None:
@@ -156,3 +170,11 @@ async def _not_spuriously_cancelled(step: Awaitable[object]) -> None:
         if task is None or task.cancelling():
             raise
         log.warning("nats_close_interrupted", reason="the socket closed under the drain")
+
+
+def server_count(nc: NatsClient) -> int:
+    """How many servers are in the cluster the connection is on (1 alone): the client
+    URLs its server announces (INFO ``connect_urls``, itself included)."""
+    info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+    urls = info.get("connect_urls") or []
+    return max(1, len(set(urls)))

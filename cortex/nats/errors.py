@@ -7,6 +7,27 @@ does not name falls through to ``_COMMON``. CORTEX errors pass untouched, and
 so does anything that is not a nats-py or socket error. A JetStream publish
 acknowledgement reports its error as JSON, not as an exception:
 ``ack_error`` reads it with the same codes.
+
+In a JetStream cluster a leader election, a server restarting or a stream
+short of peers is a passing state, not a broken ledger: every reply with
+HTTP code 503, and the codes in ``TRANSIENT``, become ``Unavailable`` (retry
+with backoff), never ``LedgerError`` (stop). ``jetstream_error`` is the one
+place that decides, for exceptions and JSON replies alike:
+
+    JetStream reply                                   CORTEX error
+    10008 temporarily unavailable (503)               Unavailable
+    10041 raft ("not leader": a leader change)        Unavailable
+    10118 stream offline, 10163 per-subject CAS       Unavailable
+    10176 atomic batch incomplete (leader changed)    Unavailable
+    any other 503                                     Unavailable
+    10023 insufficient resources, 10005 no peers      Unavailable  too_few_servers ("need N servers")
+    10074 replicas > 1 on a server not clustered      LedgerError  not_clustered ("need N servers")
+    10071 wrong last seq, 10201 duplicate id in batch AppendConflict
+    anything else                                     LedgerError
+
+An append that meets no responder is ``Unavailable`` too (only the stream
+leader listens, so an election looks like that); ``store.append`` asks the
+stream whether it exists before saying it does not.
 """
 
 from __future__ import annotations
@@ -46,6 +67,19 @@ _NO_ANSWER: Final = (nats.errors.TimeoutError, nats.errors.NoRespondersError)
 STREAM_NAME_IN_USE: Final = 10058
 _WRONG_LAST_SEQUENCE: Final = 10071
 _BATCH_DUPLICATE_MSG_ID: Final = 10201
+JS_UNAVAILABLE: Final = 10008
+_NO_SUITABLE_PEERS: Final = 10005
+_INSUFFICIENT_RESOURCES: Final = 10023
+_REPLICAS_NOT_CLUSTERED: Final = 10074
+_STREAM_OFFLINE: Final = 10118
+_SUBJECT_SEQUENCE_UNAVAILABLE: Final = 10163
+_BATCH_INCOMPLETE: Final = 10176
+_RAFT: Final = 10041
+#: Codes of a passing cluster state (besides every HTTP 503): retry, do not stop.
+TRANSIENT: Final = frozenset(
+    {JS_UNAVAILABLE, _RAFT, _STREAM_OFFLINE, _SUBJECT_SEQUENCE_UNAVAILABLE, _BATCH_INCOMPLETE}
+)
+_TOO_FEW_PEERS: Final = frozenset({_NO_SUITABLE_PEERS, _INSUFFICIENT_RESOURCES})
 
 _TABLE: Final[dict[Op, tuple[_Row, ...]]] = {
     "connect": (
@@ -73,8 +107,8 @@ _TABLE: Final[dict[Op, tuple[_Row, ...]]] = {
     "append": (
         _Row(
             nats.errors.NoRespondersError,
-            LedgerError,
-            "no stream accepts {subject}: is {stream} created?",
+            Unavailable,
+            "no stream leader accepts {subject} now (an election, or {stream} is missing)",
         ),
         _Row(
             nats.errors.TimeoutError, Unavailable, "JetStream did not acknowledge the batch in time"
@@ -110,6 +144,16 @@ def translate(e: BaseException, op: Op, **context: Any) -> CortexError | None:
     """The CORTEX error for ``e`` raised by nats-py during ``op``; None to let it pass."""
     if isinstance(e, CortexError) or not isinstance(e, Exception):
         return None
+    if isinstance(e, nats.js.errors.APIError):
+        mapped = jetstream_error(
+            e.err_code,
+            e.description or str(e),
+            status=e.code,
+            replicas=context.get("replicas"),
+            doing=context.get("doing", ""),
+        )
+        if mapped is not None:
+            return mapped
     for caught, raised, message, code in _TABLE[op] + _COMMON:
         if isinstance(e, caught):
             details = {
@@ -150,10 +194,51 @@ class translated:
             raise error from e
 
 
+def jetstream_error(
+    err_code: int | None,
+    description: str,
+    *,
+    status: int | None = None,
+    replicas: int | None = None,
+    doing: str = "",
+) -> CortexError | None:
+    """The CORTEX error for a JetStream API error that is a cluster's passing state or
+    a cluster too small; None for the others (each caller has its own message).
+
+    ``status`` is the reply's HTTP-like code; ``replicas`` what was asked for, to say
+    how many servers are needed; ``doing`` what was tried, for the message.
+    """
+    what = f"{doing}: " if doing else ""
+    need = f"need {replicas} servers" if replicas else "need as many servers as replicas"
+    if err_code in _TOO_FEW_PEERS:
+        return Unavailable(
+            f"{what}{need} in the JetStream cluster, fewer are up ({description}, {err_code})",
+            code="too_few_servers",
+        )
+    if err_code == _REPLICAS_NOT_CLUSTERED:
+        return LedgerError(
+            f"{what}{need}: this nats-server is not in a JetStream cluster, so streams have "
+            f"one replica ({description}); give --replicas 1 or connect to a cluster",
+            code="not_clustered",
+        )
+    if err_code in TRANSIENT or status == 503:
+        return Unavailable(f"{what}JetStream is not available now: {description} ({err_code})")
+    return None
+
+
 def ack_error(error: dict[str, Any]) -> CortexError:
     """The CORTEX error for a JetStream publish acknowledgement's ``error`` object."""
     err_code = error.get("err_code")
-    description = error.get("description")
+    description = str(error.get("description"))
     if err_code in (_WRONG_LAST_SEQUENCE, _BATCH_DUPLICATE_MSG_ID):
         return AppendConflict(f"stream moved on: {description}")
+    status = error.get("code")
+    passing = jetstream_error(
+        err_code if isinstance(err_code, int) else None,
+        description,
+        status=status if isinstance(status, int) else None,
+        doing="JetStream did not store the batch",
+    )
+    if passing is not None:
+        return passing
     return LedgerError(f"JetStream refused the batch: {description} ({err_code})")

@@ -28,12 +28,13 @@ from nats.aio.client import Client as NatsClient
 
 from cortex.core.records import LEDGER_PREFIX
 from cortex.errors import LedgerError
-from cortex.nats.errors import translated
+from cortex.nats.errors import jetstream_error, translated
 from cortex.nats.subjects import DUPLICATE_WINDOW_S, STREAM
 
 __all__ = [
     "ADVISORIES",
     "StreamDrift",
+    "LiveCluster",
     "LiveConfig",
     "LiveState",
     "StreamStatus",
@@ -102,14 +103,39 @@ class LiveState(msgspec.Struct):
     last_seq: int = 0
 
 
+class PeerState(msgspec.Struct, frozen=True):
+    """A follower of the stream's Raft group: is it current, how far behind."""
+
+    name: str = ""
+    current: bool = False
+    offline: bool = False
+    #: Nanoseconds since the leader last heard from it.
+    active: int = 0
+    #: Operations it is behind the leader.
+    lag: int = 0
+
+
+class LiveCluster(msgspec.Struct, frozen=True):
+    """Where the stream lives in a cluster: its leader (a server name) and followers.
+
+    A single server reports only its own name as leader and no replicas.
+    """
+
+    name: str | None = None
+    leader: str | None = None
+    replicas: list[PeerState] | None = None
+
+
 class StreamStatus(msgspec.Struct):
     """The stream's configuration and state as nats-server reported them."""
 
     config: LiveConfig
     state: LiveState
+    cluster: LiveCluster | None = None
 
 
 class _ApiError(msgspec.Struct):
+    code: int = 0
     err_code: int = 0
     description: str = ""
 
@@ -118,6 +144,7 @@ class _InfoReply(msgspec.Struct):
     error: _ApiError | None = None
     config: LiveConfig | None = None
     state: LiveState | None = None
+    cluster: LiveCluster | None = None
 
 
 _reply: Final = msgspec.json.Decoder(_InfoReply)
@@ -137,20 +164,31 @@ class StreamDrift:
 
 
 async def read(nc: NatsClient, *, timeout: float) -> StreamStatus | None:
-    """The stream's live configuration and state; None when there is no such stream."""
+    """The stream's live configuration and state; None when there is no such stream.
+
+    Unavailable while the cluster cannot say (no leader, offline: ``jetstream_error``).
+    """
     with translated("stream_info", stream=STREAM):
         msg = await nc.request(_INFO, b"", timeout=timeout)
     reply = _reply.decode(msg.data)
     if reply.error is not None:
         if reply.error.err_code == _STREAM_NOT_FOUND:
             return None
+        passing = jetstream_error(
+            reply.error.err_code,
+            reply.error.description,
+            status=reply.error.code,
+            doing=f"describing {STREAM}",
+        )
+        if passing is not None:
+            raise passing
         raise LedgerError(
             f"JetStream refused to describe {STREAM}: {reply.error.description} "
             f"({reply.error.err_code})"
         )
     if reply.config is None or reply.state is None:
         raise ValueError(f"JetStream's answer about {STREAM} has no config or state")
-    return StreamStatus(reply.config, reply.state)
+    return StreamStatus(reply.config, reply.state, reply.cluster)
 
 
 def _seconds(ns: int) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from cortex.core.records import LEDGER_PREFIX, ledger_subject
+from cortex.errors import InvalidCommand
 
 __all__ = [
     "CHECKPOINT_SUBJECT",
@@ -17,6 +19,7 @@ __all__ = [
     "STREAM",
     "command_subject",
     "ledger_subject",
+    "parse_urls",
 ]
 
 STREAM: Final = "CORTEX_LEDGER"
@@ -42,3 +45,21 @@ def hash_header(headers: dict[str, str] | None, name: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         return b""
+
+
+def parse_urls(urls: str | Sequence[str]) -> list[str]:
+    """Seed server URLs from ``"nats://a:4222,nats://b:4222"`` (or a list of such
+    strings): split on commas, stripped, duplicates dropped, order kept.
+
+    A client needs one live seed: the servers of a cluster tell it the others.
+    """
+    parts = [urls] if isinstance(urls, str) else list(urls)
+    found: list[str] = []
+    for part in parts:
+        for raw in part.split(","):
+            url = raw.strip()
+            if url and url not in found:
+                found.append(url)
+    if not found:
+        raise InvalidCommand(f"no NATS server URL in {urls!r}", code="invalid_field")
+    return found

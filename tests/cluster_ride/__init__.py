@@ -1,0 +1,1 @@
+"""The client side of a cluster: URL lists, fail-over, transient errors, replicas."""
