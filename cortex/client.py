@@ -9,6 +9,16 @@ commands or 10 ms of waiting, and each still gets its own receipt or its
 own error. A lone call is sent at once. Ids are chosen here (UUIDv7), so a
 request that timed out is retried with the same ids and cannot append twice.
 
+The client rides through a fail-over: it knows every server of the cluster
+(the seeds it was given, and those the cluster announces) and reconnects on
+its own, and it sends a command again, the very same bytes, until a reply
+says what became of it or ``deadline`` seconds have passed: after no reply
+within ``attempt_timeout`` (a writer killed, a reply lost), no writer
+subscribed yet (a standby taking over), or a reply that says "not now"
+(``unavailable``, ``busy``). The writer appends each id once and answers a
+repeat with the first receipt, so a command is neither lost nor doubled.
+Refusals (bad input, forbidden, conflicts, rate limits) are final at once.
+
 An agent registered with a public key must sign what it sends. Give the
 client the agent's private key (``keys=`` at connect, ``sign_as``, or
 ``key=`` on one call) and its facts, deprecations and votes are signed
@@ -22,17 +32,19 @@ import contextlib
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Self
 
 import msgspec
+import structlog
 import uuid_utils.compat
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from cortex.commands_wire import ATOMIC_KIND, BATCH_KIND
 from cortex.errors import (
+    CODES,
     CortexError,
     Forbidden,
     Forked,
@@ -54,7 +66,18 @@ from events.operations import QUERIES, GetStats, Query, Stats, op_name
 from events.rules import check_shape, check_tenant, utc
 from projections.tasks import stop_task
 
+log = structlog.get_logger(__name__)
+
 DEFAULT_TENANT: Final = "default"
+#: How long a command is tried, in all, before Unavailable (a fail-over takes seconds).
+DEFAULT_DEADLINE: Final = 30.0
+#: How long one try waits for its reply before it sends again (same ids).
+DEFAULT_ATTEMPT_TIMEOUT: Final = 2.0
+#: Pause between tries: from 50 ms, doubling, at most 1 s.
+_FIRST_DELAY: Final = 0.05
+_MAX_DELAY: Final = 1.0
+#: The shortest try worth making as the deadline nears.
+_MIN_ATTEMPT: Final = 0.1
 _reply_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]] | dict[str, Any])
 
 
@@ -142,6 +165,22 @@ def _rejection(err: dict[str, Any]) -> CortexError:
     )
 
 
+def _passing_code(code: object) -> bool:
+    """Whether an error reply's code means "not now, ask again" (an ``Unavailable``
+    code: no writer, no stream leader, a full queue), not a refusal."""
+    cls, _meaning = CODES.get(str(code), (CortexError, ""))
+    return issubclass(cls, Unavailable)
+
+
+def _passing_error(results: list[dict[str, Any]]) -> CortexError | None:
+    """The first "not now" error among a reply's results; None if every one is final."""
+    for result in results:
+        err = result.get("error")
+        if isinstance(err, dict) and _passing_code(err.get("code")):
+            return _rejection(err)
+    return None
+
+
 def _results(raw: bytes, count: int) -> list[dict[str, Any]]:
     """One result per command sent; a single error reply refuses them all."""
     reply = _reply_decoder.decode(raw)
@@ -194,7 +233,8 @@ class Client:
         max_batch: int = 100,
         linger: float = 0.010,
         timeout: float = 10.0,
-        retries: int = 2,
+        deadline: float = DEFAULT_DEADLINE,
+        attempt_timeout: float = DEFAULT_ATTEMPT_TIMEOUT,
         max_in_flight: int = 32,
         keys: Mapping[str, Ed25519PrivateKey] | None = None,
         owns_bus: bool = False,
@@ -215,8 +255,11 @@ class Client:
         )
         self.max_batch = max_batch
         self.linger = linger
+        #: Seconds a query (and a wait for a checkpoint) waits for its reply.
         self.timeout = timeout
-        self.retries = retries
+        #: Seconds a command is tried in all; and one try waits for its reply.
+        self.deadline = deadline
+        self.attempt_timeout = attempt_timeout
         self._owns_bus = owns_bus
         self._queue: asyncio.Queue[_Call] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -234,7 +277,7 @@ class Client:
     @classmethod
     async def connect(
         cls,
-        url: str | None = None,
+        url: str | Sequence[str] | None = None,
         *,
         tenant: str | None = None,
         creds: Credentials | Path | str | None = None,
@@ -242,6 +285,7 @@ class Client:
     ) -> Self:
         """Connect to ``url`` (default: the one in the credentials, else the local
         default) as ``creds`` (a credentials file or object; default ``CORTEX_CREDS``).
+        ``url`` may name several servers of a cluster: a list, or comma-separated.
 
         Agent credentials name their tenant, and the server lets them send to that
         tenant only: the client takes the tenant from them and refuses another.
@@ -405,9 +449,7 @@ class Client:
         Signatures name it, so one made for this ledger does not hold on another.
         """
         if not self._origin:
-            raw = await self.bus.request(
-                command_subject(self.tenant, ORIGIN_KIND), b"", timeout=self.timeout
-            )
+            raw = await self._ask_writer(command_subject(self.tenant, ORIGIN_KIND), b"")
             reply = msgspec.json.decode(raw)
             if not isinstance(reply, dict) or "origin" not in reply:
                 raise CortexError("unexpected reply from the writer", code="internal")
@@ -489,14 +531,11 @@ class Client:
                 code="too_large",
             )
         subject = command_subject(self.tenant, ATOMIC_KIND)
-        for attempt in range(self.retries + 1):
-            try:
-                raw = await self.bus.request(subject, payload, timeout=self.timeout)
-                break
-            except Unavailable:
-                if attempt == self.retries:
-                    raise
-        results = _results(raw, len(signed))
+        count = len(signed)
+        raw = await self._ask_writer(
+            subject, payload, again=lambda raw: _passing_error(_results(raw, count))
+        )
+        results = _results(raw, count)
         errors = [r["error"] for r in results if "error" in r]
         real = [e for e in errors if e.get("code") != "aborted"] or errors
         if real:
@@ -763,6 +802,48 @@ class Client:
         )
         return result
 
+    # -- riding through fail-over -----------------------------------------
+
+    async def _ask_writer(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        again: Callable[[bytes], CortexError | None] = lambda _raw: None,
+    ) -> bytes:
+        """Send ``payload`` to the writer until it answers for good; its reply.
+
+        Sent again, the very same bytes (so the same event ids), after no reply
+        or no writer (Unavailable) and after a reply that ``again`` finds to
+        say "not now"; with backoff, until ``deadline`` seconds have passed
+        (then Unavailable, with the last reason). Anything else is raised at once.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.deadline
+        delay, tries = _FIRST_DELAY, 0
+        while True:
+            tries += 1
+            wait = max(_MIN_ATTEMPT, min(self.attempt_timeout, give_up - loop.time()))
+            try:
+                raw = await self.bus.request(subject, payload, timeout=wait)
+            except Unavailable as e:
+                error: CortexError = e
+            else:
+                found = again(raw)
+                if found is None:
+                    return raw
+                error = found
+            left = give_up - loop.time()
+            if left <= 0:
+                raise Unavailable(
+                    f"no answer from a writer within {self.deadline:g} s ({tries} tries); "
+                    f"the last: {error.message}",
+                    code=error.code,
+                ) from error
+            log.info("command_retry", subject=subject, error=error.code, tries=tries)
+            await asyncio.sleep(min(delay, left))
+            delay = min(2 * delay, _MAX_DELAY)
+
     # -- batching ---------------------------------------------------------
 
     async def _send_loop(self) -> None:
@@ -819,13 +900,10 @@ class Client:
                 subject = command_subject(self.tenant, BATCH_KIND)
                 payload = b"[" + b",".join(c.body for c in batch) + b"]"
             self.requests_sent += 1
-            for attempt in range(self.retries + 1):
-                try:
-                    raw = await self.bus.request(subject, payload, timeout=self.timeout)
-                    break
-                except Unavailable:
-                    if attempt == self.retries:
-                        raise
+            count = len(batch)
+            raw = await self._ask_writer(
+                subject, payload, again=lambda raw: _passing_error(_results(raw, count))
+            )
             for call, result in zip(batch, _results(raw, len(batch)), strict=True):
                 if not call.future.done():
                     call.future.set_result(result)

@@ -30,6 +30,9 @@ from cortex.nats.auth import ENV_CREDS
 from cortex.nats.subjects import parse_urls
 
 DEFAULT_DATA: Final = Path(".cortex")
+#: How long a command typed by hand is tried before it fails: through a fail-over
+#: (a few seconds), not the library's 30 s in front of a ledger that is not running.
+CLI_DEADLINE: Final = 10.0
 
 
 def data_of(args: argparse.Namespace) -> Path:
@@ -61,7 +64,9 @@ async def open_client(args: argparse.Namespace) -> Client:
     """A client as the command line asks for; ``args.tenant`` becomes the client's own
     (an agent's credentials name it)."""
     creds = credentials(args)
-    client = await Client.connect(server_url(args, creds), tenant=args.tenant, creds=creds)
+    client = await Client.connect(
+        server_url(args, creds), tenant=args.tenant, creds=creds, deadline=CLI_DEADLINE
+    )
     args.tenant = client.tenant
     return client
 
