@@ -9,6 +9,7 @@ and ``cortex.errors`` exceptions translated by ``cortex.nats.errors``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Self
 
 from nats.aio.client import Client as NatsClient
 
@@ -35,7 +36,7 @@ class Bus:
         name: str = "cortex",
         timeout: float = 5.0,
         creds: Credentials | None = None,
-    ) -> Bus:
+    ) -> Self:
         """Connect as ``creds`` (default: the file ``CORTEX_CREDS`` names, else none),
         failing fast with a clear error when nothing listens at ``url`` or the server
         refuses the identity.
@@ -51,6 +52,11 @@ class Bus:
 
     async def close(self) -> None:
         await connection.close(self._nc)
+
+    @property
+    def connected_url(self) -> str:
+        """The server this bus is connected to now ("" while it reconnects)."""
+        return connection.connected_url(self._nc)
 
     # -- the stream -------------------------------------------------------
 

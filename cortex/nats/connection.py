@@ -178,3 +178,11 @@ def server_count(nc: NatsClient) -> int:
     info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
     urls = info.get("connect_urls") or []
     return max(1, len(set(urls)))
+
+
+def connected_url(nc: NatsClient) -> str:
+    """``nats://host:port`` of the server ``nc`` is connected to ("" while it is not)."""
+    url = nc.connected_url
+    if url is None or not nc.is_connected:
+        return ""
+    return f"{url.scheme}://{url.hostname}:{url.port}"
