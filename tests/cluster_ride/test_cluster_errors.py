@@ -7,14 +7,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats.errors
-import nats.js.errors
 import pytest
 from conftest import StreamAdmin
 
 from cortex.errors import LedgerError, StreamUnsafe, Unavailable
 from cortex.nats import Bus, EmbeddedServer, Outgoing, ledger_subject
-from cortex.nats.errors import ack_error, translate
+from cortex.nats.errors import ack_error, jetstream_error
 from cortex.nats.stream_config import LiveCluster
 from cortex.testing import run_cli
 from events.chain import GENESIS, link
@@ -29,37 +27,24 @@ def _event(body: bytes, event_id: str) -> Outgoing:
     )
 
 
-def test_no_responder_on_append_is_unavailable() -> None:
-    """In a cluster only the stream's leader listens: during an election an append
-    meets no responder, which is a wait, not a broken ledger."""
-    error = translate(nats.errors.NoRespondersError(), "append", subject="s", stream="S")
-    assert isinstance(error, Unavailable)
-
-
 @pytest.mark.parametrize("err_code", [10008, 10041, 10118, 10163, 10176])
 def test_passing_cluster_states_are_unavailable(err_code: int) -> None:
     """Leader elections, an offline stream, a batch cut by a leader change: retry."""
     status = 503 if err_code == 10008 else 500
     reply = {"code": status, "err_code": err_code, "description": "d"}
     assert isinstance(ack_error(reply), Unavailable)
-    raised = nats.js.errors.APIError(code=status, err_code=err_code, description="d")
-    assert isinstance(translate(raised, "stream_info", stream="S"), Unavailable)
+    assert isinstance(jetstream_error(err_code, "d", status=status), Unavailable)
 
 
 def test_any_503_is_unavailable_and_other_refusals_stay_ledger_errors() -> None:
+    """Whatever its code, a 503 is JetStream saying "not now"."""
     assert isinstance(ack_error({"code": 503, "err_code": 10999, "description": "d"}), Unavailable)
     assert type(ack_error({"code": 500, "err_code": 10999, "description": "d"})) is LedgerError
 
 
 def test_too_few_servers_says_how_many_are_needed() -> None:
-    error = translate(
-        nats.js.errors.ServiceUnavailableError(
-            code=503, err_code=10023, description="insufficient resources"
-        ),
-        "create_stream",
-        stream="S",
-        replicas=3,
-    )
+    """A cluster short of servers for the replicas: retryable, and says how many."""
+    error = jetstream_error(10023, "insufficient resources", status=503, replicas=3)
     assert isinstance(error, Unavailable)
     assert error.code == "too_few_servers"
     assert "need 3 servers" in error.message
