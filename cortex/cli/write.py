@@ -127,7 +127,7 @@ def _server_of(args: argparse.Namespace) -> str | None:
     return ",".join(parse_urls(exported))
 
 
-async def _replicas(runtime: Runtime, args: argparse.Namespace) -> int:
+async def up_replicas(runtime: Runtime, args: argparse.Namespace) -> int:
     """How many replicas the writer keeps the stream at: ``--replicas``, else 3 on a
     cluster of three servers or more, else 1.
 
@@ -204,7 +204,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             await runtime.serve(data, port=port, durability=Durability(args.durability))
         if args.role in ("all", "writer"):
             await runtime.add_writer(
-                replicas=await _replicas(runtime, args),
+                replicas=await up_replicas(runtime, args),
                 max_batch=args.max_batch,
                 key=_up_key(args, data),
                 rotate_from=_rotate_from(args),

@@ -3,6 +3,7 @@ stream that is really gone still is; too few servers for the replicas says how m
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 from conftest import StreamAdmin
 
+from cortex.cli.write import up_replicas
 from cortex.errors import LedgerError, StreamUnsafe, Unavailable
 from cortex.nats import Bus, EmbeddedServer, Outgoing, ledger_subject
 from cortex.nats.errors import ack_error, jetstream_error
 from cortex.nats.stream_config import LiveCluster
+from cortex.runtime import Runtime
 from cortex.testing import run_cli
 from events.chain import GENESIS, link
 
@@ -164,3 +167,25 @@ async def test_a_stream_scaled_up_in_a_cluster_keeps_its_events_and_hands_over(
         assert await bus.last_seq() == 1
     finally:
         await bus.close()
+
+
+async def test_up_keeps_an_under_replicated_stream_until_asked_to_scale_it(
+    servers: Start,
+) -> None:
+    """`cortex up` on a cluster of 3 wants R3; an R1 stream there is reported and kept
+    (the writer requires the 1 it has) until --scale-replicas scales it to 3."""
+    group = await servers(3, cluster=True)
+    seeds = ",".join(s.url for s in group)
+    async with Runtime(seeds) as runtime:
+        bus = await runtime.connect("admin")
+        await bus.ensure_stream(replicas=1)
+        asked = argparse.Namespace(replicas=None, scale_replicas=False)
+        assert await up_replicas(runtime, asked) == 1
+        status = await bus.stream_status()
+        assert status is not None
+        assert status.config.num_replicas == 1
+        asked.scale_replicas = True
+        assert await up_replicas(runtime, asked) == 3
+        status = await bus.stream_status()
+        assert status is not None
+        assert status.config.num_replicas == 3
