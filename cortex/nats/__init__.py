@@ -1,7 +1,9 @@
 """All of CORTEX's NATS access, and the only package that imports nats-py.
 
-    connection  connect and close, with a lighter header parser
-    store       the ledger stream: create and check it, append atomic batches, get, last seq
+    connection  connect (to one server or seeds of a cluster) and close, with a lighter
+                header parser
+    store       the ledger stream: create and check it, append atomic batches, get, last seq;
+                in a cluster its leader and replicas, stepdown, scaling
     stream_config  what the stream's configuration must be, and its live drifts from it
     consumer    read the ledger in order, to a seq or followed live (the hot path)
     rpc         serve a subject / send a request; handlers see an ``Inbound``
@@ -36,6 +38,7 @@ from cortex.nats.subjects import (
     STREAM,
     command_subject,
     ledger_subject,
+    parse_urls,
 )
 
 __all__ = [
@@ -61,4 +64,5 @@ __all__ = [
     "StreamDrift",
     "command_subject",
     "ledger_subject",
+    "parse_urls",
 ]
