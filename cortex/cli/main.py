@@ -22,7 +22,7 @@ from typing import NoReturn
 import structlog
 from rich.markup import escape
 
-from cortex.cli import audit, connect, proof, read, tenant, witness, write
+from cortex.cli import audit, cluster, connect, proof, read, tenant, witness, write
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, print_json
 from cortex.errors import CortexError
 from cortex.nats import DEFAULT_URL
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # In the order `cortex --help` lists them.
     write.register(sub, common)
+    cluster.register(sub)
     tenant.register(sub, common)
     read.register_log(sub, common)
     audit.register(sub, common)
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_OK
-    _configure_logging(args.verbose or args.func is write.cmd_up)
+    _configure_logging(args.verbose or args.func in (write.cmd_up, cluster.cmd_up))
     try:
         result = args.func(args)
         code: int = asyncio.run(result) if inspect.iscoroutine(result) else result

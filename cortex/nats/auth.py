@@ -15,7 +15,10 @@ on first start, ``agents.json`` (the public keys of issued agent
 credentials, by tenant: their seeds are handed out, never kept) and
 ``users.conf``, the nats-server ``authorization`` block written from them.
 Files readable by group or others are refused at start: whoever can read a
-seed is that user.
+seed is that user. A cluster (``cortex.nats.cluster``) keeps one such folder
+for all its servers, so users and permissions are the same on each, plus the
+route password (``route.secret``); ``reload`` signals every server of the
+folder (``nats.pid``, ``n*/nats.pid``).
 
 Nothing here prints a seed: ``Credentials`` leaves it out of its ``repr``,
 and every error names the file, never its content.
@@ -45,6 +48,8 @@ AGENTS_FILE: Final = "agents.json"
 USERS_CONF: Final = "users.conf"
 #: Where the embedded nats-server writes its pid (``pid_file``), for reloads.
 PID_FILE: Final = "nats.pid"
+#: The cluster's route password (``cortex.nats.cluster``): one for all members.
+ROUTE_SECRET: Final = "route.secret"  # noqa: S105 - a file name, not a password
 #: Credentials in the environment, for agents and tools away from the data folder.
 ENV_CREDS: Final = "CORTEX_CREDS"
 _VERSION: Final = 1
@@ -173,9 +178,9 @@ class LocalAuth:
             if not path.exists():
                 Credentials.generate(role).save(path)
             check_private(path)
-        key = self.data / "writer.key"
-        if key.exists():
-            check_private(key)
+        for secret in (self.data / "writer.key", self.folder / ROUTE_SECRET):
+            if secret.exists():
+                check_private(secret)
 
     def credentials(self, role: Role) -> Credentials:
         return Credentials.load(self.path(role))
@@ -228,19 +233,38 @@ class LocalAuth:
         self.write_config()
         return creds
 
+    def route_password(self) -> str:
+        """The cluster's route password, created (0600) on first use: every member
+        of a cluster on this folder proves it to the others (``cortex.nats.cluster``)."""
+        self.ensure()
+        path = self.folder / ROUTE_SECRET
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        check_private(path)
+        return path.read_text().strip()
+
+    def pid_files(self) -> list[Path]:
+        """Where the folder's servers write their pids: the embedded server's, and each
+        cluster member's (``n1/nats.pid``…), which all share this folder's users."""
+        return [self.data / PID_FILE, *sorted(self.data.glob(f"n*/{PID_FILE}"))]
+
     def reload(self) -> bool:
-        """Have the folder's running nats-server re-read its users (SIGHUP, as
+        """Have every running nats-server of the folder re-read its users (SIGHUP, as
         ``nats-server --signal reload`` sends); False when none runs."""
-        try:
-            pid = int((self.data / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
-            return False
-        if not _is_nats_server(pid):
-            return False  # a stale pid file: nothing of ours runs there
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGHUP)
-            return True
-        return False
+        reloaded = False
+        for path in self.pid_files():
+            try:
+                pid = int(path.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if not _is_nats_server(pid):
+                continue  # a stale pid file: nothing of ours runs there
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+                reloaded = True
+        return reloaded
 
 
 def _is_nats_server(pid: int) -> bool:

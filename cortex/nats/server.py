@@ -19,11 +19,13 @@ import asyncio
 import ctypes
 import enum
 import importlib.resources
+import os
 import re
 import shutil
 import signal
 import sys
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -89,7 +91,15 @@ class EmbeddedServer:
 
     ``port=-1`` asks nats-server for a free port (tests use it); the port it
     really listens on is read from its log and exposed as ``url``.
+
+    ``auth``: whose users it admits (default: the data folder's own); the members
+    of a cluster share one (``cortex.nats.cluster``). ``env``: variables set for the
+    process (e.g. ``GOMAXPROCS``). A subclass may write another configuration
+    (``_write_config``); the process runs in ``data_dir``.
     """
+
+    #: Log lines that are expected and not worth a warning (a subclass may add some).
+    quiet: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -98,13 +108,16 @@ class EmbeddedServer:
         port: int = 4222,
         durability: Durability = Durability.SAFE,
         extra_config: str = "",
+        auth: LocalAuth | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
-        #: The folder's users: admin, writer, node and the agents issued so far.
-        self.auth = LocalAuth(self.data_dir)
+        #: The users it admits: admin, writer, node and the agents issued so far.
+        self.auth = auth or LocalAuth(self.data_dir)
         self.port = port
         self.durability = durability
         self.extra_config = extra_config
+        self.env = dict(env or {})
         self.url = ""
         self._proc: asyncio.subprocess.Process | None = None
         #: Set once ``stop`` was called: an exit after it was asked for.
@@ -130,7 +143,7 @@ class EmbeddedServer:
             "# Written by `cortex up`: nats.conf plus this run's port, store, durability and"
             " users.\n"
             'include "nats.conf"\n'
-            f'include "{users.relative_to(self.data_dir)}"\n'
+            f'include "{os.path.relpath(users, self.data_dir)}"\n'
             f'pid_file: "{self.data_dir / PID_FILE}"\n'
             f'listen: "127.0.0.1:{self.port}"\n'
             "jetstream {\n"
@@ -152,6 +165,8 @@ class EmbeddedServer:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
+            cwd=self.data_dir,
+            env={**os.environ, **self.env} if self.env else None,
         )
         try:
             async with asyncio.timeout(timeout):
@@ -180,19 +195,31 @@ class EmbeddedServer:
             if not raw:
                 raise ServerError(f"nats-server exited during start-up: {last.strip()}")
             line = raw.decode(errors="replace")
+            self._saw(line)
             last = line if "[FTL]" in line or "[ERR]" in line or not last else last
             if match := _LISTENING.search(line):
                 self.url = f"nats://{match.group(1)}:{match.group(2)}"
             if _READY in line:
                 return
 
-    @staticmethod
-    async def _forward_log(stderr: asyncio.StreamReader) -> None:
+    async def _forward_log(self, stderr: asyncio.StreamReader) -> None:
         """Keep reading the server's log so its pipe never fills and blocks it."""
         while raw := await stderr.readline():
             line = raw.decode(errors="replace").rstrip()
+            self._saw(line)
+            if any(text in line for text in self.quiet):
+                continue
             if "[ERR]" in line or "[FTL]" in line or "[WRN]" in line:
                 log.warning("nats_server", line=line)
+
+    def _saw(self, line: str) -> None:
+        """Each line of the server's log after it is ready (a subclass may watch them)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (None when it does not run)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.returncode is None else None
 
     def reload(self) -> None:
         """Re-read the users from the data folder (SIGHUP): new agents get in at once."""
@@ -208,12 +235,16 @@ class EmbeddedServer:
             raise ServerError("nats-server is not running")
         return await self._proc.wait()
 
-    async def stop(self, *, timeout: float = 10.0) -> None:
-        """Stop the server gracefully (SIGTERM), then forcefully if it hangs."""
+    async def stop(self, *, timeout: float = 10.0, kill: bool = False) -> None:
+        """Stop the server gracefully (SIGTERM), then forcefully if it hangs; with
+        ``kill``, at once with SIGKILL (a crash, for chaos tests)."""
         self.stopping = True
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
-            proc.terminate()
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
             try:
                 async with asyncio.timeout(timeout):
                     await proc.wait()
