@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import nats.errors
 import structlog
+from nats.aio.client import Client as NatsClient
 
 from cortex.errors import ServerError, Unavailable
 from cortex.nats import connection
@@ -450,6 +452,50 @@ async def stream_cluster(
             f"({reply.error.err_code})"
         )
     return reply.cluster or StreamCluster()
+
+
+async def admits(url: str, creds: Credentials | None = None, *, timeout: float = 2.0) -> bool:
+    """Whether the server at ``url`` lets ``creds`` (None: nobody) connect.
+
+    One attempt at that server alone. (``connection.connect`` keeps retrying a
+    refused identity against a cluster: every refusal's INFO puts the members it
+    lists back into nats-py's server pool, so its attempts never run out.)
+    """
+    nc = NatsClient()
+
+    async def quiet(_e: Exception) -> None:
+        return None
+
+    options: dict[str, Any] = {
+        "connect_timeout": timeout,
+        "allow_reconnect": False,
+        "max_reconnect_attempts": 0,
+        "error_cb": quiet,
+    }
+    if creds is not None:
+        options["nkeys_seed_str"] = creds.seed
+        options["inbox_prefix"] = creds.inbox_prefix
+    try:
+        await nc.connect(url, name="cortex-cluster-check", **options)
+    except nats.errors.Error as e:
+        if "authorization" in str(e).lower():
+            return False
+        raise Unavailable(f"cannot reach NATS at {url}: {e}") from e
+    except (OSError, TimeoutError) as e:
+        raise Unavailable(f"cannot reach NATS at {url}: {e}") from e
+    finally:
+        await _close_refused(nc)
+    return True
+
+
+async def _close_refused(nc: NatsClient) -> None:
+    """Close a connection, also one the server refused (its socket is still open then)."""
+    await connection.close(nc)
+    transport = getattr(nc, "_transport", None)
+    if transport is not None:
+        with contextlib.suppress(Exception):
+            transport.close()
+            await transport.wait_closed()
 
 
 def read_cluster_file(data: Path) -> list[tuple[int, str, str]]:
