@@ -357,9 +357,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--gomaxprocs",
         type=int,
-        default=1,
+        default=0,
         metavar="N",
-        help="GOMAXPROCS of each nats-server (default 1; 0: Go's default, one per core)",
+        help="GOMAXPROCS of each nats-server (default 0: Go's own, one per core)",
     )
     p.set_defaults(func=cmd_up)
     p = cluster.add_parser(

@@ -25,7 +25,7 @@ def test_member_config_is_loopback_authenticated_and_durable() -> None:
     assert "sync_interval: always" in text
     assert 'include "../auth/users.conf"' in text
     assert f'include "../auth/{ROUTES_CONF}"' in text
-    assert "0.0.0.0" not in text
+    assert "0.0.0.0" not in text  # noqa: S104 - checking it is absent
     assert "password:" not in text  # the secret is in auth/routes.conf
     assert "nats-route://" not in text
 

@@ -4,6 +4,7 @@ the same users everywhere, and routes nobody joins without the route password.""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,18 @@ from cortex.client import Client
 from cortex.core.keys import writer_key
 from cortex.errors import Unavailable
 from cortex.nats import Bus, Credentials, EmbeddedServer, Inbound, Role
-from cortex.nats.cluster import ClusterServers, admits, stream_cluster
+from cortex.nats.cluster import ClusterServers, Ports, admits, stream_cluster
 from cortex.runtime import Runtime
 from projections.digest import digest
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ClusterServers]:
+    """Three nats-servers on free loopback ports forming one JetStream cluster, ready
+    for an R3 stream; stopped after. No ``CORTEX_CREDS``: each connection says who it is."""
+    monkeypatch.delenv("CORTEX_CREDS", raising=False)
+    async with ClusterServers(tmp_path / "cluster", 3, ports=Ports.free(3)) as servers:
+        yield servers
 
 
 async def test_an_r3_ledger_reaches_every_node(cluster: ClusterServers, tmp_path: Path) -> None:
