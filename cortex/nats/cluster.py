@@ -59,6 +59,7 @@ CONFIG_FILE: Final = "nats-server.conf"
 ROUTE_USER: Final = "route"
 #: A member's log says it knows the meta leader (jetstream_cluster.go).
 _META_LEADER: Final = ("JetStream cluster new metadata leader", "Self is new JetStream cluster")
+_RELOADED: Final = "Reloaded server configuration"
 _JS_INFO: Final = "$JS.API.INFO"
 _STREAM_INFO: Final = f"$JS.API.STREAM.INFO.{STREAM}"
 #: The throwaway stream ``placement_ready`` creates to see that every peer is online.
@@ -193,6 +194,10 @@ class ClusterMember(EmbeddedServer):
         self.ports = ports
         #: Set once the member's log says it knows the cluster's meta leader.
         self.meta_leader = asyncio.Event()
+        #: Set each time the member's log says it re-read its configuration (SIGHUP:
+        #: ``LocalAuth.reload``); clear it before signalling to wait for the next.
+        self.reloaded = asyncio.Event()
+        self._watched: list[tuple[str, asyncio.Event]] = []
 
     def _write_config(self) -> Path:
         self.auth.ensure()
@@ -206,9 +211,22 @@ class ClusterMember(EmbeddedServer):
         self.meta_leader.clear()
         return await super().start(timeout=timeout)
 
+    def watch(self, text: str) -> asyncio.Event:
+        """An event set when the member's log next says ``text`` (e.g. that a stream
+        caught up, or has a new leader): something to wait on, bounded by the caller."""
+        event = asyncio.Event()
+        self._watched.append((text, event))
+        return event
+
     def _saw(self, line: str) -> None:
         if any(text in line for text in _META_LEADER):
             self.meta_leader.set()
+        elif _RELOADED in line:
+            self.reloaded.set()
+        for text, event in self._watched:
+            if text in line:
+                event.set()
+        self._watched = [(t, e) for t, e in self._watched if not e.is_set()]
 
 
 class ClusterServers:
@@ -315,6 +333,24 @@ class ClusterServers:
         peer is online a moment after the peer knows the leader): a throwaway
         in-memory stream with one replica per member is created, then deleted."""
         await placement_ready(self.urls[0], self.admin(), len(self.members))
+
+    async def wait_current(self, *, pause: float = 0.1) -> StreamCluster:
+        """Until the ledger stream has a leader and every running member is it or a
+        current follower (bound it with ``asyncio.timeout``). The server announces no
+        such moment, so this asks, with ``pause`` between the questions."""
+        running = {m.name for m in self.members if m.pid is not None}
+        admin = self.admin()
+        while True:
+            url = next(self.ports.url(m.node) for m in self.members if m.pid is not None)
+            try:
+                placed = await stream_cluster(url, admin, timeout=2.0)
+            except Unavailable:
+                placed = None
+            if placed is not None and placed.leader:
+                current = {r.name for r in placed.replicas if r.current} | {placed.leader}
+                if running <= current:
+                    return placed
+            await asyncio.sleep(pause)
 
     async def stop(self, node: int) -> None:
         """Stop member ``node`` gracefully (SIGTERM: it hands its Raft leaderships over)."""
