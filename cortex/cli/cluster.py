@@ -43,10 +43,10 @@ from cortex.nats.cluster import (
     DEFAULT_ROUTE_PORT,
     ClusterServers,
     Ports,
-    StreamCluster,
     read_cluster_file,
     stream_cluster,
 )
+from cortex.nats.stream_config import LiveCluster
 from cortex.runtime import Runtime
 from projections.tasks import stop_task
 
@@ -237,7 +237,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     with contextlib.suppress(OSError, ValueError, KeyError):
         writers = [int(n) for n in json.loads((data / CLUSTER_FILE).read_text())["writers"]]
     rows = await asyncio.gather(*(_server_status(url, admin) for _, _, url in members))
-    stream: StreamCluster | None = None
+    stream: LiveCluster | None = None
     stream_error = ""
     for (_, _, url), row in zip(members, rows, strict=True):
         if row["up"]:
@@ -252,10 +252,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
         "stream": None
         if stream is None
         else {
-            "leader": stream.leader,
+            "leader": stream.leader or "",
             "replicas": [
                 {"name": r.name, "current": r.current, "offline": r.offline, "lag": r.lag}
-                for r in stream.replicas
+                for r in stream.replicas or []
             ],
         },
         "ledger_last_seq": last,

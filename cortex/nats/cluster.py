@@ -42,10 +42,11 @@ from nats.aio.client import Client as NatsClient
 from cortex.errors import ServerError, Unavailable
 from cortex.nats import connection
 from cortex.nats.auth import AUTH_DIR, Credentials, LocalAuth
+from cortex.nats.bus import Bus
 from cortex.nats.errors import translated
 from cortex.nats.permissions import Role
 from cortex.nats.server import EmbeddedServer
-from cortex.nats.subjects import STREAM
+from cortex.nats.stream_config import LiveCluster
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +62,6 @@ ROUTE_USER: Final = "route"
 _META_LEADER: Final = ("JetStream cluster new metadata leader", "Self is new JetStream cluster")
 _RELOADED: Final = "Reloaded server configuration"
 _JS_INFO: Final = "$JS.API.INFO"
-_STREAM_INFO: Final = f"$JS.API.STREAM.INFO.{STREAM}"
 #: The throwaway stream ``placement_ready`` creates to see that every peer is online.
 _PROBE: Final = "CORTEX_CLUSTER_PROBE"
 
@@ -334,7 +334,7 @@ class ClusterServers:
         in-memory stream with one replica per member is created, then deleted."""
         await placement_ready(self.urls[0], self.admin(), len(self.members))
 
-    async def wait_current(self, *, pause: float = 0.1) -> StreamCluster:
+    async def wait_current(self, *, pause: float = 0.1) -> LiveCluster:
         """Until the ledger stream has a leader and every running member is it or a
         current follower (bound it with ``asyncio.timeout``). The server announces no
         such moment, so this asks, with ``pause`` between the questions."""
@@ -347,7 +347,8 @@ class ClusterServers:
             except Unavailable:
                 placed = None
             if placed is not None and placed.leader:
-                current = {r.name for r in placed.replicas if r.current} | {placed.leader}
+                followers = placed.replicas or []
+                current = {r.name for r in followers if r.current} | {placed.leader}
                 if running <= current:
                     return placed
             await asyncio.sleep(pause)
@@ -395,30 +396,6 @@ class _ApiError(msgspec.Struct):
 
 class _Reply(msgspec.Struct):
     error: _ApiError | None = None
-
-
-class Replica(msgspec.Struct, frozen=True):
-    """A follower of the stream, as its leader sees it."""
-
-    name: str
-    current: bool = False
-    offline: bool = False
-    active: int = 0  # ns since the leader last heard from it
-    lag: int = 0
-
-
-class StreamCluster(msgspec.Struct, frozen=True):
-    """Where the stream lives: its leader and its followers."""
-
-    name: str = ""
-    leader: str = ""
-    replicas: list[Replica] = msgspec.field(default_factory=list)
-
-
-class _StreamReply(msgspec.Struct):
-    error: _ApiError | None = None
-    cluster: StreamCluster | None = None
-    config: dict[str, Any] | None = None
 
 
 async def _request(
@@ -480,20 +457,17 @@ async def placement_ready(
 
 async def stream_cluster(
     url: str, creds: Credentials, *, timeout: float = 5.0
-) -> StreamCluster | None:
-    """The ledger stream's leader and followers, asked of the server at ``url``
-    (None when there is no such stream)."""
-    reply = msgspec.json.decode(
-        await _request(url, creds, _STREAM_INFO, timeout=timeout), type=_StreamReply
-    )
-    if reply.error is not None:
-        if reply.error.err_code == 10059:  # stream not found
-            return None
-        raise Unavailable(
-            f"JetStream could not describe {STREAM}: {reply.error.description} "
-            f"({reply.error.err_code})"
-        )
-    return reply.cluster or StreamCluster()
+) -> LiveCluster | None:
+    """The ledger stream's leader and followers, asked of the server at ``url`` (None
+    when there is no such stream; Unavailable while the cluster cannot say)."""
+    bus = await Bus.connect(url, name="cortex-cluster", creds=creds, timeout=timeout)
+    try:
+        status = await bus.stream_status()
+    finally:
+        await bus.close()
+    if status is None:
+        return None
+    return status.cluster or LiveCluster()
 
 
 async def admits(url: str, creds: Credentials | None = None, *, timeout: float = 2.0) -> bool:
