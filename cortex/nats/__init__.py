@@ -8,6 +8,7 @@
     consumer    read the ledger in order, to a seq or followed live (the hot path)
     rpc         serve a subject / send a request; handlers see an ``Inbound``
     server      the embedded nats-server process
+    cluster     N embedded servers on loopback as one JetStream cluster (cortex cluster up)
     auth        credentials (nkeys) and the data folder's users
     permissions the roles' subject permissions, as nats-server configuration
     errors      nats-py's errors translated into ``cortex.errors``, one table
