@@ -330,10 +330,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--nodes",
         type=int,
-        choices=range(1, 10),
+        choices=range(2, 10),
         default=DEFAULT_NODES,
         metavar="N",
-        help=f"servers (and nodes) to run (default {DEFAULT_NODES})",
+        help=f"servers (and nodes) to run, 2-9 (default {DEFAULT_NODES}; one: `cortex up`)",
     )
     p.add_argument(
         "--port",

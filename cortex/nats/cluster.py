@@ -246,8 +246,8 @@ class ClusterServers:
         ports: Ports | None = None,
         gomaxprocs: int | None = None,
     ) -> None:
-        if nodes < 1:
-            raise ValueError("a cluster needs at least one server")
+        if nodes < 2:
+            raise ValueError("a cluster needs at least two servers (one: `cortex up`)")
         self.data = data.resolve()
         self.ports = ports or Ports.default(nodes)
         if len(self.ports.client) != nodes or len(self.ports.route) != nodes:
