@@ -26,6 +26,7 @@ from cortex.nats.auth import Credentials
 from cortex.nats.consumer import header_lines
 from cortex.nats.errors import translated
 from cortex.nats.subjects import parse_urls
+from projections.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +37,13 @@ _VIOLATION: Final = re.compile(r'permissions violation for (publish|subscription
 class Guard:
     """A connection's permission violations, matched to what is waiting on them."""
 
-    __slots__ = ("denied_subscriptions", "unauthorized", "waiting")
+    __slots__ = ("denied_subscriptions", "refused", "unauthorized", "waiting")
 
     def __init__(self) -> None:
         #: The server refused the connection's credentials (or their absence).
         self.unauthorized = False
+        #: Set with ``unauthorized``, for a first connect to stop trying at once.
+        self.refused = asyncio.Event()
         #: lower-cased subject → the tasks whose request to it is in flight.
         self.waiting: dict[str, set[asyncio.Task[Any]]] = {}
         #: Subscriptions the server refused (lower-cased), for ``rpc.serve`` to report.
@@ -83,6 +86,7 @@ class _Client(NatsClient):
             or "authorization violation" in text.lower()
         ):
             self.guard.unauthorized = True
+            self.guard.refused.set()
         if match := _VIOLATION.search(text):
             log.warning("nats_permission_denied", kind=match.group(1), subject=match.group(2))
             self.guard.violated(match.group(1), match.group(2))
@@ -143,7 +147,34 @@ async def _connect(
         if creds is not None:
             options["nkeys_seed_str"] = creds.seed
             options["inbox_prefix"] = creds.inbox_prefix
-        await nc.connect(servers, name=name, error_cb=nc._log_error, **options)
+        # A refusal by one member of a cluster puts the members it announces back into
+        # nats-py's pool, so its attempts never run out: stop at the first refusal,
+        # and in any case after one round's worth of connect timeouts.
+        connecting = asyncio.create_task(
+            nc.connect(servers, name=name, error_cb=nc._log_error, **options)
+        )
+        refused = asyncio.create_task(nc.guard.refused.wait())
+        try:
+            await asyncio.wait(
+                {connecting, refused},
+                timeout=timeout * (len(servers) + 1),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            await stop_task(refused)
+        if not connecting.done():
+            await stop_task(connecting)
+            await _abandon(nc)
+            if not nc.guard.unauthorized:
+                raise TimeoutError(f"no server of {','.join(servers)} answered in time")
+            raise nats.errors.NoServersError
+        await connecting  # what nats-py raised, if it gave up by itself
+
+
+async def _abandon(nc: NatsClient) -> None:
+    """Close a connection that never came up, without waiting on a server."""
+    with contextlib.suppress(nats.errors.Error, OSError, asyncio.CancelledError):
+        await nc.close()
 
 
 async def close(nc: NatsClient) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from cortex.client import Client
 from cortex.core.keys import writer_key
-from cortex.errors import Unavailable
+from cortex.errors import Forbidden, Unavailable
 from cortex.nats import Bus, Credentials, EmbeddedServer, Inbound, Role
 from cortex.nats.cluster import ClusterServers, Ports, admits, stream_cluster
 from cortex.runtime import Runtime
@@ -69,6 +69,18 @@ async def test_no_server_admits_a_connection_without_credentials(
         assert not await admits(url)  # anonymous
         assert not await admits(url, Credentials.generate(Role.ADMIN))  # an unknown key
         assert await admits(url, cluster.admin())
+
+
+async def test_a_refused_identity_is_told_so_by_a_cluster_not_retried_for_ever(
+    cluster: ClusterServers,
+) -> None:
+    """Each refusal's INFO lists the other members, which nats-py would try for ever:
+    ``Bus.connect`` stops at the first refusal and says why."""
+    for creds in (None, Credentials.generate(Role.ADMIN)):
+        async with asyncio.timeout(15):
+            with pytest.raises(Forbidden) as refused:
+                await Bus.connect(",".join(cluster.urls), creds=creds, timeout=2)
+        assert refused.value.code == "not_authorized"
 
 
 async def test_a_new_agent_gets_in_on_every_server(cluster: ClusterServers) -> None:
