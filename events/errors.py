@@ -16,6 +16,7 @@
     │   ├── PoolTimeout          no connection came free within the acquire timeout
     │   └── PoolClosed           the pool is closed (or was never opened)
     ├── Unavailable              no server, writer or node answered in time
+    │   └── LeaseLost            this writer candidate no longer holds the writer lease
     ├── ServerError              the embedded nats-server could not be found or started
     ├── Forbidden                NATS refused this identity: no or wrong credentials, or
     │                            a subject its permissions do not allow
@@ -157,6 +158,13 @@ class Unavailable(CortexError):
     code = "unavailable"
 
 
+class LeaseLost(Unavailable):
+    """Another writer candidate holds the writer lease now: this one appends nothing
+    more; a command sent again (same id) reaches the writer that holds it."""
+
+    code = "lease_lost"
+
+
 class ServerError(CortexError):
     code = "server_error"
 
@@ -255,6 +263,7 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "pool_timeout": (PoolTimeout, "no read model connection came free in time"),
     "pool_closed": (PoolClosed, "the read model is closed"),
     "unavailable": (Unavailable, "no server, writer or node answered in time"),
+    "lease_lost": (LeaseLost, "this writer lost the writer lease to another: ask again"),
     "server_error": (ServerError, "the embedded nats-server could not start"),
     "usage": (CortexError, "the command line is not one `cortex` understands (see --help)"),
     "server_exited": (ServerError, "the embedded nats-server ended while CORTEX ran on it"),

@@ -7,7 +7,8 @@ an attacker could route around. Each role is a user known by its public nkey
     role    publishes                                  subscribes
     writer  cortex.ledger.>, the JetStream API it      cortex.cmd.> and cortex.admin.checkpoint,
             uses on CORTEX_LEDGER (create, info, get,   only in queue cortex-writer; the stream's
-            read consumers); replies to requests        advisories; its own inbox
+            read consumers), the writer lease (its KV   advisories; the candidates' liveness
+            bucket, probes, leader stepdown); replies   probes; its own inbox
     node    the read-only JetStream API of              cortex.query.> only in queue
             CORTEX_LEDGER; replies to requests          cortex-query; its own inbox
     agent   cortex.cmd.<tenant>.>,                      its own inbox only
@@ -49,6 +50,26 @@ READ_API: Final = (
     f"{_API}.CONSUMER.INFO.{STREAM}.*",
     f"{_API}.CONSUMER.DELETE.{STREAM}.*",
     f"{_API}.CONSUMER.MSG.NEXT.{STREAM}.*",
+)
+#: The writer lease (``cortex.lease``): the KV bucket's stream (create it, read and
+#: watch its key), its key's subjects, the probes between candidates, and asking the
+#: ledger's stream leader to step down (a clean stop hands over leadership first).
+LEASE_STREAM: Final = "KV_CORTEX_WRITER"
+ALIVE_SUBJECTS: Final = "cortex.writer.alive.>"
+LEASE_API: Final = (
+    "$KV.CORTEX_WRITER.>",
+    f"{_API}.STREAM.CREATE.{LEASE_STREAM}",
+    f"{_API}.STREAM.INFO.{LEASE_STREAM}",
+    f"{_API}.STREAM.MSG.GET.{LEASE_STREAM}",
+    f"{_API}.DIRECT.GET.{LEASE_STREAM}",
+    f"{_API}.DIRECT.GET.{LEASE_STREAM}.>",
+    f"{_API}.CONSUMER.CREATE.{LEASE_STREAM}",
+    f"{_API}.CONSUMER.CREATE.{LEASE_STREAM}.>",
+    f"{_API}.CONSUMER.INFO.{LEASE_STREAM}.*",
+    f"{_API}.CONSUMER.DELETE.{LEASE_STREAM}.*",
+    "$JS.FC.>",
+    ALIVE_SUBJECTS,
+    f"{_API}.STREAM.LEADER.STEPDOWN.{STREAM}",
 )
 #: What only an admin may do to the stream (nobody else is granted these).
 ADMIN_ONLY_API: Final = (
@@ -100,11 +121,13 @@ def permissions(user: User) -> Permissions | None:
                     f"{LEDGER_PREFIX}.>",
                     f"{_API}.STREAM.CREATE.{STREAM}",
                     *READ_API,
+                    *LEASE_API,
                 ),
                 subscribe=(
                     f"{COMMAND_PREFIX}.> {WRITER_QUEUE}",
                     f"{CHECKPOINT_SUBJECT} {WRITER_QUEUE}",
                     f"$JS.EVENT.ADVISORY.STREAM.*.{STREAM}",
+                    ALIVE_SUBJECTS,
                     inbox,
                 ),
                 responses=True,
