@@ -39,6 +39,7 @@ import structlog
 from cortex.cosigner import Cosigner, NodeReads
 from cortex.datalock import DataLock
 from cortex.errors import CortexError, ServerError
+from cortex.lease import DEFAULT_PERIOD, WriterLease
 from cortex.nats import Bus, Credentials, Durability, EmbeddedServer
 from cortex.nats.permissions import Role as User
 from cortex.node import ProjectionNode
@@ -170,10 +171,22 @@ class Runtime:
         self._stack.push_async_callback(bus.close)
         return bus
 
-    async def add_writer(self, **options: Any) -> LedgerWriter:
-        """Start the ledger writer on its own connection (options as ``LedgerWriter`` takes)."""
+    async def add_writer(
+        self, *, candidate: bool = False, lease_period: float = DEFAULT_PERIOD, **options: Any
+    ) -> LedgerWriter:
+        """Start the ledger writer on its own connection (options as ``LedgerWriter`` takes).
+
+        ``candidate``: one of several writers, serving only while it holds the writer
+        lease (``cortex.lease``, renewed every ``lease_period / 4`` seconds); its start
+        returns once it stands by, and ``writer.active`` is set while it serves.
+        """
         options.setdefault("on_fatal", self.fail)
-        writer = LedgerWriter(await self.connect("writer"), **options)
+        bus = await self.connect("writer")
+        if candidate:
+            options["lease"] = WriterLease(
+                bus, replicas=options.get("replicas", 1), period=lease_period, name=self.name
+            )
+        writer = LedgerWriter(bus, **options)
         self.writer = await self.add(writer)
         return writer
 

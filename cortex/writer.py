@@ -31,6 +31,15 @@ is stale (another writer appended first) is refused by JetStream, reads
 what it missed, judges its commands again and retries: two writers can
 never fork the chain, and a retried command id is found even if the other
 writer appended it.
+
+A writer *candidate* (``lease=``, ``cortex.lease``) serves only while it holds
+the writer lease: on start it makes sure the stream is there, then stands by
+(no command subscription) until it wins the lease, recovers the chain head
+from the stream, and serves. When it learns that another candidate took the
+lease it stops appending at once, leaves the command queue group and answers
+what it had queued ``unavailable`` (clients send the same ids again and reach
+the new writer), then stands by again. A clean stop drains, signs its final
+checkpoint and releases the lease, so that a standby takes over at once.
 """
 
 from __future__ import annotations
@@ -66,7 +75,9 @@ from cortex.errors import (
     InternalError,
     LedgerError,
     StreamUnsafe,
+    Unavailable,
 )
+from cortex.lease import WriterLease
 from cortex.nats import CHECKPOINT_SUBJECT, COMMAND_PREFIX, STREAM, Bus, Inbound, Serving
 from cortex.receipts import COVERING_KIND, ORIGIN_KIND
 from cortex.supervisor import Backoff
@@ -87,6 +98,13 @@ _MAX_ATTEMPTS: Final = 50
 _FINAL_CHECKPOINT_S: Final = 2.0
 #: How old the last check of the stream's configuration may be when a batch is acknowledged.
 DEFAULT_STREAM_CHECK_S: Final = 5.0
+#: A batch that meets NATS unavailable is retried after 50 ms, doubling to 1 s, for this long
+#: (a stream leader's election takes 4-9 s); then its callers are answered ``unavailable``.
+_UNAVAILABLE_BUDGET_S: Final = 15.0
+_RETRY_FIRST_S: Final = 0.05
+_RETRY_CAP_S: Final = 1.0
+#: How long a start waits for the stream to become available (a cluster electing its leaders).
+_START_BUDGET_S: Final = 60.0
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
@@ -124,6 +142,7 @@ class LedgerWriter:
         rate_agent: Rate = DEFAULT_AGENT_RATE,
         rate_tenant: Rate = DEFAULT_TENANT_RATE,
         max_queued: int = MAX_QUEUED,
+        lease: WriterLease | None = None,
     ) -> None:
         if not 1 <= max_batch <= JETSTREAM_BATCH_LIMIT:
             raise ValueError(
@@ -188,6 +207,13 @@ class LedgerWriter:
         #: The last seq known to be in the stream (appended or read by this writer).
         self._stored = 0
         self.appended = 0
+        #: A candidate's lease (None: this writer always serves); see the module doc.
+        self.lease = lease
+        #: Set while this writer serves commands (holds the lease, if it is a candidate).
+        self.active = asyncio.Event()
+        self._candidacy: asyncio.Task[None] | None = None
+        #: Times this writer started serving (more than once: it lost and won the lease again).
+        self.activations = 0
         #: Bugs met (each answered ``internal`` with a trace id that the log holds).
         self.internal_errors = 0
         self.conflicts = 0
@@ -203,13 +229,40 @@ class LedgerWriter:
         return self.sequencer.key
 
     async def start(self) -> None:
-        """Create the stream or check it, recover the head and state, watch the
-        stream's configuration, then serve."""
+        """Create the stream or check it, watch its configuration; then recover the head
+        and state and serve (a candidate: stand by until it holds the lease, and
+        return at once)."""
         checked = time.monotonic()
-        await self.bus.ensure_stream(replicas=self.replicas)
+        await self._ensure_stream()
         self._checked_at = checked
         if self.watch_advisories:
             self._advisories = await self.bus.watch_stream(self._on_advisory)
+        if self.lease is None:
+            await self._activate()
+        else:
+            self._candidacy = asyncio.create_task(self._stand(), name="cortex-writer-candidacy")
+            self._candidacy.add_done_callback(self._ended)
+        self._watch = asyncio.create_task(self._watch_stream(), name="cortex-stream-watch")
+        self._watch.add_done_callback(self._ended)
+
+    async def _ensure_stream(self) -> None:
+        """``ensure_stream``, retried while JetStream is unavailable (a cluster still
+        electing its leaders), for at most ``_START_BUDGET_S``."""
+        deadline = time.monotonic() + _START_BUDGET_S
+        backoff = Backoff(first=0.1, cap=2.0)
+        while True:
+            try:
+                await self.bus.ensure_stream(replicas=self.replicas)
+                return
+            except Unavailable as e:
+                delay = backoff.failed(e)
+                if delay is None or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("stream_unavailable", error=e.message, retry_in=delay)
+                await asyncio.sleep(delay)
+
+    async def _activate(self) -> None:
+        """Recover the head and state from the stream, then serve commands."""
         started = time.perf_counter()
         await self._catch_up()
         gc.freeze()  # the recovered state lives as long as the writer: stop re-scanning it
@@ -222,22 +275,67 @@ class LedgerWriter:
         if self.key is not None and self.key.public_hex not in self.state.writer_keys:
             await self._commit([])  # records this writer's key before anything it signs
         self._committer = asyncio.create_task(self._run(), name="cortex-writer")
-        self._watch = asyncio.create_task(self._watch_stream(), name="cortex-stream-watch")
+        self._committer.add_done_callback(self._ended)
         if self.key is not None:
             self._ticker = asyncio.create_task(self._checkpoint_timer(), name="cortex-ckpt-timer")
             self._ticker.add_done_callback(self._ended)
-        for task in (self._committer, self._watch):
-            task.add_done_callback(self._ended)
         self._sub = await self.bus.serve(
             f"{COMMAND_PREFIX}.*.*", self._on_request, queue=QUEUE_GROUP
         )
         self._admin = await self.bus.serve(
             CHECKPOINT_SUBJECT, self._on_checkpoint, queue=QUEUE_GROUP
         )
+        self.activations += 1
+        self.active.set()
+
+    async def _stand(self) -> None:
+        """A candidate's life: wait for the lease, serve while it holds it, stand by again
+        once it lost it (see the module doc)."""
+        assert self.lease is not None
+        lease = self.lease
+        while True:
+            await lease.acquire()
+            try:
+                await self._activate()
+            except Unavailable as e:  # NATS away while it recovered: let another try
+                log.warning("writer_activation_failed", error=e.message)
+                await self._deactivate("it could not recover the ledger's head")
+                await lease.release()
+                continue
+            await lease.lost.wait()
+            await self._deactivate("another writer holds the writer lease")
+
+    async def _deactivate(self, why: str) -> None:
+        """Stop serving at once: leave the queue group, answer what was queued
+        ``unavailable`` (nothing more is appended: ``_commit`` checks the lease)."""
+        self.active.clear()
+        log.warning("writer_standing_by", why=why, seq=self.state.seq)
+        for sub in (self._sub, self._admin):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.close()
+        self._sub = self._admin = None
+        if self._ticker is not None:
+            self._ticker.remove_done_callback(self._ended)
+            await stop_task(self._ticker)
+            self._ticker = None
+        if self._committer is not None:
+            self._committer.remove_done_callback(self._ended)
+            await self._queue.put(None)  # what is queued before it is answered `unavailable`
+            await self._committer
+            self._committer = None
+        for _seq, waiter in self._covering:
+            if not waiter.done():
+                waiter.set_result(error("unavailable", f"this writer stopped serving: {why}"))
+        self._covering.clear()
 
     async def stop(self) -> None:
         """Stop taking requests, finish what was taken, answer every caller."""
         self._stopping = True
+        if self._candidacy is not None:
+            await stop_task(self._candidacy)
+            self._candidacy = None
+        self.active.clear()
         for sub in (self._sub, self._admin, self._advisories):
             if sub is not None:
                 with contextlib.suppress(Exception):
@@ -258,6 +356,9 @@ class LedgerWriter:
         self._covering.clear()
         if self._replies:
             await asyncio.gather(*self._replies, return_exceptions=True)
+        if self.lease is not None:
+            await self.lease.release()  # a standby takes over now, not after a period
+            await self.lease.close()
 
     async def _final_checkpoint(self) -> None:
         """A clean stop leaves no tail uncovered: its checkpoint is the head a restart,
@@ -483,16 +584,16 @@ class LedgerWriter:
                         item.payload.set_result(reply)
 
     async def _commit(self, items: list[_Pending]) -> None:
-        """Stage and append ``items`` as one batch, retrying after conflicts."""
+        """Stage and append ``items`` as one batch, retrying after conflicts (at once) and
+        after NATS was unavailable (backing off, within ``_UNAVAILABLE_BUDGET_S``)."""
         synced = False
         signed = self.state.checkpoint_seq
+        retry = _Retry()
         for _attempt in range(_MAX_ATTEMPTS):
-            if self._broken is not None:
-                raise self._broken
-            if self.unsafe is not None:
-                raise self.unsafe
+            self._may_append()
             staged: Staged | None = None
             appended = False
+            failure: CortexError | None = None
             try:
                 staged = self.sequencer.stage(items, synced=synced)
                 if not staged.behind:
@@ -504,6 +605,7 @@ class LedgerWriter:
                 # else (a timeout) may or may not have landed. Either way,
                 # learn from the stream and judge again: ids make it safe.
                 self.conflicts += isinstance(e, AppendConflict)
+                failure = e
             finally:
                 if staged is not None and not appended:
                     # whatever happened, the state matches the stream again
@@ -522,15 +624,38 @@ class LedgerWriter:
                     self._idle = False
                     self._tick.set()  # the timer slept with nothing uncovered: it counts now
                 return
+            # Anything but a conflict (a timeout, JetStream electing a leader) is retried
+            # after a pause, not at once. TODO(issue 12 P2): a NoResponders append is still
+            # a LedgerError here until cortex.nats.errors maps it to Unavailable; the pause
+            # covers it meanwhile.
+            if failure is not None and not isinstance(failure, AppendConflict):
+                await retry.pause(failure)
             # A stateful refusal may only mean this writer has not yet seen
             # what another writer appended: catch up, then judge again.
+            await self._resync(retry)
+            synced = True
+        raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
+
+    def _may_append(self) -> None:
+        """Raise why this writer must append nothing now (a broken or unsafe ledger, a lost lease)."""
+        if self._broken is not None:
+            raise self._broken
+        if self.unsafe is not None:
+            raise self.unsafe
+        if self.lease is not None and not self.lease.held:
+            raise Unavailable("this writer no longer holds the writer lease: ask again")
+
+    async def _resync(self, retry: _Retry) -> None:
+        """Catch up with the stream, pausing while NATS is unavailable."""
+        while True:
             try:
                 await self._catch_up()
+                return
+            except Unavailable as e:
+                await retry.pause(e)
             except LedgerError as e:  # a broken or cut ledger: no retry will mend it
                 self._fatal(e)
                 raise
-            synced = True
-        raise CortexError(f"could not append after {_MAX_ATTEMPTS} attempts", code="unavailable")
 
     def _answer_covering(self) -> None:
         """Answer those waiting for a checkpoint that now covers their seq."""
@@ -711,6 +836,26 @@ class LedgerWriter:
                 continue
             backoff.progressed()
             due = self._checked_at + period
+
+
+class _Retry:
+    """The pauses of one batch's retries: 50 ms doubling to 1 s, within a budget."""
+
+    __slots__ = ("deadline", "delay")
+
+    def __init__(self) -> None:
+        self.delay = _RETRY_FIRST_S
+        self.deadline = time.monotonic() + _UNAVAILABLE_BUDGET_S
+
+    async def pause(self, failure: CortexError) -> None:
+        """Sleep before the next attempt; Unavailable once the budget is spent."""
+        if time.monotonic() + self.delay > self.deadline:
+            raise Unavailable(
+                f"could not append for {_UNAVAILABLE_BUDGET_S:.0f} s: {failure.message}"
+            ) from failure
+        log.warning("append_retry", error=failure.message, in_s=self.delay)
+        await asyncio.sleep(self.delay)
+        self.delay = min(_RETRY_CAP_S, self.delay * 2)
 
 
 def _tenant_of(subject: str) -> str:
