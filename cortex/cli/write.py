@@ -214,6 +214,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
                 accept_unbound_signatures=args.accept_unbound_signatures,
                 rate_agent=args.rate_agent,
                 rate_tenant=args.rate_tenant,
+                candidate=args.writer_candidate,
             )
         if args.role in ("all", "node"):
             await runtime.add_node(data / "projection.db")
@@ -589,6 +590,13 @@ def _register_run(sub: Any) -> None:
         metavar="DIR",
         help="with --witness: where cosigned notes are kept (default <data>/cosigned; "
         "better outside the data folder)",
+    )
+    # issue 12 (writer lease): one hunk, kept apart from the rest of `up`'s options.
+    p.add_argument(
+        "--writer-candidate",
+        action="store_true",
+        help="one of several writers on a shared server or cluster: serve only while "
+        "holding the writer lease, take over when its holder dies or stops",
     )
     p.set_defaults(func=cmd_up)
 
