@@ -208,7 +208,7 @@ class WriterLease:
         """The renewal ended: fine if lost or stopped; a failure loses the lease, loudly."""
         if task.cancelled() or task.exception() is None:
             return
-        log.error("lease_renew_failed", error=repr(task.exception()))
+        log.critical("lease_renew_failed", error=repr(task.exception()))
         self._lose(f"its renewal failed: {task.exception()!r}")
 
     async def release(self) -> None:
