@@ -188,21 +188,28 @@ async def _writer(
 async def test_a_config_change_stops_the_writer_and_the_audit_names_it(
     attack: str, server: EmbeddedServer, bus: Bus, stream_admin: StreamAdmin
 ) -> None:
-    """The writer hears the stream's advisory: the very next command is refused
-    ``stream_unsafe`` naming the drift, and nothing is appended from then on."""
+    """The writer hears the stream's advisory and stops: commands are refused
+    ``stream_unsafe`` naming the drift, and nothing is appended from then on. The
+    server sends the advisory after its reply to the change, so a command sent at
+    once may reach the writer first: it is acknowledged, as the module doc allows
+    within a check interval, and the very next one is refused."""
     changes, named = ATTACKS[attack]
     async with _writer(server) as (writer, watched, client):
         last = await bus.last_seq()
         reply = await stream_admin.update(**changes)
         assert "error" not in reply, reply
-        with pytest.raises(StreamUnsafe, match=named.replace("[", r"\[")):
+        try:
             await client.store_fact("alice", "sent after the change")
+            slipped = 1
+        except StreamUnsafe as refused:
+            assert named in refused.message
+            slipped = 0
         failure = await watched.stopped(POLL_S + MARGIN_S)
         assert isinstance(failure, StreamUnsafe) and named in failure.message
         assert writer.unsafe is failure
         with pytest.raises(StreamUnsafe):
             await client.register_agent("bob")
-        assert await bus.last_seq() == last
+        assert await bus.last_seq() == last + slipped
     report = await audit_ledger(bus)
     field = named.split(" is ")[0]
     assert ("stream_config", f"stream {STREAM}: {field}") in [
