@@ -449,6 +449,24 @@ class Load:
             self._count += 1
             await self.store(self._count, give_up=deadline + 30)
 
+    async def ticker(self, deadline: float, interval: float) -> None:
+        """A new write every ``interval`` seconds whatever the others wait for: writes
+        sent after a fault measure when the cluster accepts writes again, not how long
+        a client waits before it resends a command whose reply was lost."""
+        ticks: set[asyncio.Task[None]] = set()
+        while not self.stop.is_set() and self._count < self.limit:
+            if time.monotonic() > deadline:
+                break
+            self._count += 1
+            task = asyncio.create_task(self.store(self._count, give_up=deadline + 30))
+            ticks.add(task)
+            task.add_done_callback(ticks.discard)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):  # pacing, not synchronisation
+                    await self.stop.wait()
+        if ticks:
+            await asyncio.gather(*ticks)
+
     async def finish(self, timeout: float = 60.0) -> None:
         """Start no new write; wait for those in flight (bounded)."""
         self.stop.set()
@@ -482,13 +500,16 @@ async def load(
     workers: int = 4,
     limit: int = 100_000,
     seconds: float = 60.0,
+    tick: float = 0.05,
 ) -> AsyncIterator[Load]:
-    """``workers`` concurrent writers through one client that knows every server; they
-    stop by themselves after ``limit`` writes or ``seconds``, or when the block ends."""
+    """``workers`` concurrent writers through one client that knows every server, and a
+    new write every ``tick`` seconds beside them; they stop by themselves after
+    ``limit`` writes or ``seconds``, or when the block ends."""
     async with await Client.connect(urls, creds=creds, timeout=5.0) as client:
         running = Load(client, limit)
         deadline = time.monotonic() + seconds
         running.tasks = [asyncio.create_task(running.worker(deadline)) for _ in range(workers)]
+        running.tasks.append(asyncio.create_task(running.ticker(deadline, tick)))
         try:
             yield running
         finally:
