@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
-import re
 import signal
 import sys
 import time
@@ -83,7 +83,7 @@ class CortexProcess:
                     if UP_LINE in line:
                         break
                     if not line:
-                        raise CortexError(f"{self.name} exited before serving: {self._tail()}")
+                        self._exited()
         except BaseException:
             await self.kill()
             raise
@@ -91,9 +91,13 @@ class CortexProcess:
         self._drain = asyncio.create_task(self._read_rest())
 
     async def _read_rest(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         while await self.proc.stdout.readline():
             pass
+
+    def _exited(self) -> None:
+        raise CortexError(f"{self.name} exited before serving: {self._tail()}")
 
     def _tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -482,7 +486,7 @@ class Load:
         """The longest time in [start, end] without a receipt."""
         times = sorted(w.acked for w in self.writes if start <= w.acked <= end)
         edges = [start, *times, end]
-        return max(b - a for a, b in zip(edges, edges[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(edges))
 
     async def acks_after(self, moment: float, count: int, timeout: float = 30.0) -> None:
         """Until ``count`` writes sent after ``moment`` were acknowledged (bounded)."""
