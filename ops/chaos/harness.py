@@ -532,3 +532,62 @@ class Fault:
     #: The longest time without any receipt, from the fault until writes flowed again.
     gap_s: float
     check: Check | None = None
+
+
+KINDS: Final = ("leader", "writer", "node", "stop")
+#: What each kind of fault does.
+KIND_HELP: Final = {
+    "leader": "kill -9 of the nats-server that leads CORTEX_LEDGER (restarted after)",
+    "writer": "kill -9 of the active writer candidate process (restarted after)",
+    "node": "kill -9 of a whole node: its server, writer and projector (restarted after)",
+    "stop": "SIGTERM of a whole node: writer, projector, then server (restarted after)",
+}
+
+
+async def victim_of(cluster: ChaosCluster, kind: str, round_: int = 0) -> int:
+    """The node a fault of ``kind`` hits: the stream leader's, or the active writer's
+    (whole-node faults alternate between the two)."""
+    async with asyncio.timeout(30):
+        if kind == "leader" or (kind in ("node", "stop") and round_ % 2 == 1):
+            return await cluster.leader()
+        return await cluster.active_writer()
+
+
+async def inflict(cluster: ChaosCluster, kind: str, victim: int) -> None:
+    """The fault itself: what returns once it is done (the kill, or the clean stop)."""
+    if kind == "leader":
+        await cluster.kill_server(victim)
+    elif kind == "writer":
+        await cluster.node(victim).writer.kill()
+    elif kind == "node":
+        await cluster.kill_node(victim)
+    elif kind == "stop":
+        await cluster.stop_node(victim)
+    else:
+        raise ValueError(f"no such fault: {kind}")
+
+
+async def restore(cluster: ChaosCluster, kind: str, victim: int) -> None:
+    """Bring back what ``inflict`` took away, and wait until the cluster is whole."""
+    if kind == "leader":
+        await cluster.restart_server(victim)
+    elif kind == "writer":
+        await cluster.node(victim).writer.start()
+    else:
+        await cluster.restart_node(victim)
+    await cluster.settle()
+
+
+async def fault(
+    cluster: ChaosCluster, running: Load, kind: str, round_: int = 0, *, after: int = 30
+) -> Fault:
+    """One fault of ``kind`` under ``running``'s load, measured, then restored."""
+    victim = await victim_of(cluster, kind, round_)
+    await running.acks_after(time.monotonic(), 20)
+    began = time.monotonic()
+    await inflict(cluster, kind, victim)
+    await running.acks_after(began, after)
+    failover = running.first_ack_after(began)
+    gap = running.longest_gap(began, time.monotonic())
+    await restore(cluster, kind, victim)
+    return Fault(kind, victim, failover, gap)
