@@ -531,6 +531,10 @@ class Fault:
     failover_s: float | None
     #: The longest time without any receipt, from the fault until writes flowed again.
     gap_s: float
+    #: When the fault began and when its measurement ended (monotonic), for the
+    #: plain JetStream load measured beside it.
+    began: float = 0.0
+    ended: float = 0.0
     check: Check | None = None
 
 
@@ -587,7 +591,8 @@ async def fault(
     began = time.monotonic()
     await inflict(cluster, kind, victim)
     await running.acks_after(began, after)
+    ended = time.monotonic()
     failover = running.first_ack_after(began)
-    gap = running.longest_gap(began, time.monotonic())
+    gap = running.longest_gap(began, ended)
     await restore(cluster, kind, victim)
-    return Fault(kind, victim, failover, gap)
+    return Fault(kind, victim, failover, gap, began, ended)
