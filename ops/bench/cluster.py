@@ -69,7 +69,7 @@ from ops.bench.common import (
     print_bars,
     run_main,
 )
-from ops.bench.write import _store, event_size
+from ops.bench.write import AGENT, _store, event_size
 from ops.chaos.harness import ChaosCluster, Fault, fault, load
 
 PLAIN_STREAM: Final = "BENCH_PLAIN_R3"
@@ -332,6 +332,7 @@ async def _throughput(
     acked: dict[uuid.UUID, int],
 ) -> None:
     async with await Client.connect(cluster.urls, creds=cluster.admin()) as client:
+        await client.register_agent(AGENT)
         # Warm-up for both: connections, subscriptions, the streams' first blocks.
         await asyncio.gather(*(_store(client, i) for i in range(200)))
         await asyncio.gather(*[await js.publish_async(PLAIN_SUBJECT, payload) for _ in range(200)])
