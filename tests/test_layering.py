@@ -24,6 +24,7 @@ RAW_NATS_ALLOWED = {
     "tests/cortex/test_tamper.py": "plays an attacker with a raw connection",
     "tests/cortex/test_permissions.py": "attacks the server's permissions with raw connections",
     "ops/bench/write.py": "the plain nats-py baseline the writer is measured against",
+    "ops/bench/cluster.py": "plain R3 JetStream publishing and failover, measured beside CORTEX's",
 }
 
 #: What each floor must not import (a top-level package, or a dotted prefix).
