@@ -130,10 +130,15 @@ class Report:
 # -- plain JetStream ----------------------------------------------------------
 
 
+async def _quiet(_e: Exception) -> None:
+    """A server killed under the plain publisher is expected: it reconnects."""
+
+
 async def _plain_connect(urls: list[str], creds: Credentials) -> NatsClient:
     return await nats.connect(
         urls,
         name="bench-plain",
+        error_cb=_quiet,
         nkeys_seed_str=creds.seed,
         inbox_prefix=creds.inbox_prefix,
         reconnect_time_wait=0.05,
