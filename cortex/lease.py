@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from typing import Final
 
+import msgspec
 import structlog
 
 from cortex.errors import CortexError, Unavailable
@@ -54,7 +54,7 @@ DEFAULT_PERIOD: Final = 1.0
 #: The first retry after NATS did not answer; doubled up to a quarter of the period.
 _FIRST_RETRY: Final = 0.05
 
-__all__ = ["DEFAULT_PERIOD", "KEY", "WriterLease"]
+__all__ = ["DEFAULT_PERIOD", "KEY", "LeaseHolder", "WriterLease", "current_holder"]
 
 
 class WriterLease:
@@ -88,9 +88,7 @@ class WriterLease:
         self._bucket: LeaseBucket | None = None
         self._changed = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
-        self._value = json.dumps(
-            {"holder": self.candidate, "name": self.name, "since": time.time()}
-        ).encode()
+        self._value = b""
 
     @property
     def held(self) -> bool:
@@ -143,6 +141,10 @@ class WriterLease:
         return False
 
     async def _take(self, bucket: LeaseBucket, last: int, why: str, holder: str = "") -> bool:
+        # Who holds it, where, since when: what `cortex cluster status` shows.
+        self._value = msgspec.json.encode(
+            LeaseHolder(self.candidate, self.name, self.bus.server_name, time.time())
+        )
         try:
             revision = await bucket.put(KEY, self._value, last=last)
         except LeaseLost:
@@ -226,6 +228,29 @@ class WriterLease:
         except (CortexError, TimeoutError) as e:  # a standby takes over once it looks dead
             log.warning("lease_release_failed", error=str(e) or type(e).__name__)
 
+    async def successor(self, timeout: float) -> LeaseHolder | None:
+        """After ``release``: the candidate that took the lease over, once the key names
+        one (it watches the key), or None if none did within ``timeout``."""
+        if self._bucket is None:
+            return None
+        deadline = time.monotonic() + timeout
+        while True:
+            self._changed.clear()
+            try:
+                entry = await self._bucket.get(KEY)
+            except Unavailable:
+                entry = None
+            if entry is not None and not entry.deleted:
+                found = _parse(entry.value)
+                if found is not None and found.holder != self.candidate:
+                    return found
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+
     async def close(self) -> None:
         """Stop renewing (without releasing) and stop answering probes."""
         if self._renewer is not None:
@@ -237,10 +262,38 @@ class WriterLease:
             self._bucket = None
 
 
+class LeaseHolder(msgspec.Struct, frozen=True):
+    """The lease key's value: the candidate holding it, its name (the node it runs on),
+    the server it is connected to, and since when (Unix time) it holds it."""
+
+    holder: str
+    name: str = ""
+    server: str = ""
+    since: float = 0.0
+
+
+def _parse(value: bytes) -> LeaseHolder | None:
+    try:
+        found = msgspec.json.decode(value, type=LeaseHolder)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return found if found.holder.isalnum() else None
+
+
 def _holder(value: bytes) -> str:
     """The candidate a lease value names ("" if it names none)."""
-    try:
-        holder = json.loads(value).get("holder", "")
-    except (ValueError, AttributeError):
-        return ""
-    return holder if isinstance(holder, str) and holder.isalnum() else ""
+    found = _parse(value)
+    return "" if found is None else found.holder
+
+
+async def current_holder(bus: Bus, *, timeout: float = 2.0) -> LeaseHolder | None:
+    """Who holds the writer lease now, as the key says (None: nobody, or no candidate
+    ever ran). Unavailable if NATS cannot say. The key may name a holder that just
+    died: its successor rewrites it within a period."""
+    bucket = await LeaseBucket.existing(bus, timeout=timeout)
+    if bucket is None:
+        return None
+    entry = await bucket.get(KEY)
+    if entry is None or entry.deleted:
+        return None
+    return _parse(entry.value)

@@ -103,6 +103,8 @@ DEFAULT_STREAM_CHECK_S: Final = 5.0
 _UNAVAILABLE_BUDGET_S: Final = 15.0
 _RETRY_FIRST_S: Final = 0.05
 _RETRY_CAP_S: Final = 1.0
+#: How long a stop (or a lost lease) waits for the requests already delivered to it.
+_DRAIN_S: Final = 1.0
 #: How long a start waits for the stream to become available (a cluster electing its leaders).
 _START_BUDGET_S: Final = 60.0
 
@@ -143,6 +145,7 @@ class LedgerWriter:
         rate_tenant: Rate = DEFAULT_TENANT_RATE,
         max_queued: int = MAX_QUEUED,
         lease: WriterLease | None = None,
+        step_down: bool = False,
     ) -> None:
         if not 1 <= max_batch <= JETSTREAM_BATCH_LIMIT:
             raise ValueError(
@@ -209,6 +212,9 @@ class LedgerWriter:
         self.appended = 0
         #: A candidate's lease (None: this writer always serves); see the module doc.
         self.lease = lease
+        #: A candidate's clean stop also asks the stream's leader to hand over, when that
+        #: is this writer's server (measured: see ``tests/cluster/test_handover.py``).
+        self.step_down = step_down
         #: Set while this writer serves commands (holds the lease, if it is a candidate).
         self.active = asyncio.Event()
         self._candidacy: asyncio.Task[None] | None = None
@@ -310,11 +316,7 @@ class LedgerWriter:
         ``unavailable`` (nothing more is appended: ``_commit`` checks the lease)."""
         self.active.clear()
         log.warning("writer_standing_by", why=why, seq=self.state.seq)
-        for sub in (self._sub, self._admin):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.close()
-        self._sub = self._admin = None
+        await self._drain()
         if self._ticker is not None:
             self._ticker.remove_done_callback(self._ended)
             await stop_task(self._ticker)
@@ -336,11 +338,11 @@ class LedgerWriter:
             await stop_task(self._candidacy)
             self._candidacy = None
         self.active.clear()
-        for sub in (self._sub, self._admin, self._advisories):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.close()
-        self._sub = self._admin = self._advisories = None
+        await self._drain()
+        if self._advisories is not None:
+            with contextlib.suppress(Exception):
+                await self._advisories.close()
+            self._advisories = None
         for task in (self._watch, self._ticker):
             if task is not None:
                 await stop_task(task)
@@ -357,8 +359,39 @@ class LedgerWriter:
         if self._replies:
             await asyncio.gather(*self._replies, return_exceptions=True)
         if self.lease is not None:
+            held = self.lease.held
             await self.lease.release()  # a standby takes over now, not after a period
+            if held and self.step_down:
+                await self._hand_over_leadership(self.lease)
             await self.lease.close()
+
+    async def _drain(self) -> None:
+        """Leave the command queue group, but first take in every request the server
+        already delivered (bounded): each is answered, by this writer or ``unavailable``
+        (then its client sends it again at once) instead of waiting out its timeout."""
+        subs = [sub for sub in (self._sub, self._admin) if sub is not None]
+        self._sub = self._admin = None
+        if subs:
+            drained = await asyncio.gather(*(sub.drain(_DRAIN_S) for sub in subs))
+            if not all(drained):
+                log.warning("writer_drain_incomplete", within_s=_DRAIN_S)
+
+    async def _hand_over_leadership(self, lease: WriterLease) -> None:
+        """After releasing the lease: if this writer's server leads the stream, ask it to
+        hand over, to the new writer's server if that is known soon (bounded; a failure
+        only means the server keeps leading)."""
+        here = self.bus.server_name
+        try:
+            async with asyncio.timeout(max(1.0, lease.period)):
+                placed = await self.bus.stream_cluster()
+                if not here or placed.leader != here:
+                    return
+                successor = await lease.successor(timeout=lease.period / 2)
+                preferred = successor.server if successor and successor.server != here else None
+                await self.bus.step_down(preferred)
+            log.info("stream_leader_stepped_down", server=here, preferred=preferred)
+        except (CortexError, TimeoutError) as e:
+            log.warning("stream_step_down_failed", error=str(e) or type(e).__name__)
 
     async def _final_checkpoint(self) -> None:
         """A clean stop leaves no tail uncovered: its checkpoint is the head a restart,

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Self
 
+import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.js.api import KeyValueConfig
+from nats.js.kv import KeyValue
 
 from cortex.core.records import Outgoing, StoredEvent
 from cortex.nats import auth, connection, consumer, rpc, store, stream_config
@@ -57,6 +60,11 @@ class Bus:
     def connected_url(self) -> str:
         """The server this bus is connected to now ("" while it reconnects)."""
         return connection.connected_url(self._nc)
+
+    @property
+    def server_name(self) -> str:
+        """The name of the server this bus is connected to now ("" while it reconnects)."""
+        return connection.server_name(self._nc)
 
     # -- the stream -------------------------------------------------------
 
@@ -159,6 +167,22 @@ class Bus:
             self._nc, self._js, start_seq, None, to_end=False, timeout=self.timeout
         )
 
+    # -- key-value buckets -------------------------------------------------
+
+    async def kv(
+        self, bucket: str, *, create: KeyValueConfig | None = None, timeout: float | None = None
+    ) -> KeyValue:
+        """The JetStream KV bucket ``bucket`` on this connection, created as ``create`` says
+        if it is missing (None: nats-py's BucketNotFoundError). For ``cortex.nats`` modules
+        (``lease_bucket``): the handle is nats-py's, and so are its errors."""
+        js = self._nc.jetstream(timeout=timeout or self.timeout)
+        try:
+            return await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            if create is None:
+                raise
+        return await js.create_key_value(create)
+
     # -- requests ---------------------------------------------------------
 
     async def serve(self, subject: str, handler: rpc.Handler, *, queue: str = "") -> rpc.Serving:
@@ -169,3 +193,8 @@ class Bus:
     async def request(self, subject: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         """Send a request and return the reply's bytes; Unavailable if none comes."""
         return await rpc.request(self._nc, subject, payload, timeout=timeout or self.timeout)
+
+    async def probe(self, subject: str, *, timeout: float) -> bool | None:
+        """Whether anyone serves ``subject``: True if it answered, False if the server says
+        nobody listens, None if no answer came within ``timeout`` (see ``rpc.probe``)."""
+        return await rpc.probe(self._nc, subject, timeout=timeout)

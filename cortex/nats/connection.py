@@ -211,6 +211,13 @@ def server_count(nc: NatsClient) -> int:
     return max(1, len(set(urls)))
 
 
+def server_name(nc: NatsClient) -> str:
+    """The name of the server ``nc`` is connected to, as its INFO says ("" if none)."""
+    info: dict[str, Any] = getattr(nc, "_server_info", None) or {}
+    name = info.get("server_name") or ""
+    return name if isinstance(name, str) and nc.is_connected else ""
+
+
 def connected_url(nc: NatsClient) -> str:
     """``nats://host:port`` of the server ``nc`` is connected to ("" while it is not)."""
     url = nc.connected_url

@@ -16,7 +16,6 @@ so a standby need not wait for the lease to age to see that its holder died.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from typing import Final
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig, StorageType
@@ -33,6 +31,7 @@ from nats.js.kv import KeyValue
 
 from cortex.errors import CortexError, LedgerError, Unavailable
 from cortex.nats.bus import Bus
+from cortex.nats.rpc import Inbound, Serving
 from events.errors import LeaseLost
 
 log = structlog.get_logger(__name__)
@@ -93,36 +92,41 @@ class _Translated:
 class LeaseBucket:
     """The lease's key, read and written by compare-and-set, on one connection."""
 
-    def __init__(self, nc: NatsClient, kv: KeyValue, *, timeout: float) -> None:
-        self._nc = nc
+    def __init__(self, bus: Bus, kv: KeyValue, *, timeout: float) -> None:
+        self._bus = bus
         self._kv = kv
         self.timeout = timeout
         self._watch: Subscription | None = None
-        self._alive: Subscription | None = None
+        self._alive: Serving | None = None
 
     @classmethod
     async def open(cls, bus: Bus, *, replicas: int, timeout: float) -> LeaseBucket:
-        """The bucket on ``bus``'s connection, created (with ``replicas`` copies) if missing.
+        """The bucket on ``bus``'s connection (a candidate's lease dies with it), created
+        (with ``replicas`` copies) if missing.
 
         Two candidates creating it at once both succeed: JetStream accepts a create
         that matches the stream already there.
         """
-        nc = bus._nc  # the bus's own connection: a candidate's lease dies with it
-        js = nc.jetstream(timeout=timeout)
+        config = KeyValueConfig(
+            bucket=BUCKET,
+            description="CORTEX: which writer candidate appends (cortex.lease)",
+            history=1,
+            replicas=replicas,
+            storage=StorageType.FILE,
+        )
+        with _Translated("open the lease bucket"):
+            kv = await bus.kv(BUCKET, create=config, timeout=timeout)
+        return cls(bus, kv, timeout=timeout)
+
+    @classmethod
+    async def existing(cls, bus: Bus, *, timeout: float) -> LeaseBucket | None:
+        """The bucket if it exists (None: no candidate ever ran on this ledger); to read."""
         with _Translated("open the lease bucket"):
             try:
-                kv = await js.key_value(BUCKET)
+                kv = await bus.kv(BUCKET, timeout=timeout)
             except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(
-                    KeyValueConfig(
-                        bucket=BUCKET,
-                        description="CORTEX: which writer candidate appends (cortex.lease)",
-                        history=1,
-                        replicas=replicas,
-                        storage=StorageType.FILE,
-                    )
-                )
-        return cls(nc, kv, timeout=timeout)
+                return None
+        return cls(bus, kv, timeout=timeout)
 
     async def get(self, key: str) -> LeaseEntry | None:
         """The key's latest revision (a delete marker too); None if it never was written."""
@@ -171,31 +175,23 @@ class LeaseBucket:
     async def serve_alive(self, candidate: str) -> None:
         """Answer probes on ``ALIVE_PREFIX.<candidate>`` while this connection lives."""
 
-        async def pong(msg: Msg) -> None:
-            if msg.reply:
-                with contextlib.suppress(Exception):
-                    await msg.respond(b"")
+        async def pong(msg: Inbound) -> None:
+            with contextlib.suppress(Exception):
+                await msg.respond(b"")
 
-        with _Translated("serve the liveness probe"):
-            self._alive = await self._nc.subscribe(f"{ALIVE_PREFIX}.{candidate}", cb=pong)
-            await self._nc.flush(timeout=max(1, int(self.timeout)))
+        self._alive = await self._bus.serve(f"{ALIVE_PREFIX}.{candidate}", pong)
 
     async def probe(self, candidate: str, *, timeout: float) -> bool | None:
         """Whether ``candidate`` answers: True; False when nobody serves its subject (its
         connection is gone); None when no answer came in ``timeout`` (or NATS is away)."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._nc.request(f"{ALIVE_PREFIX}.{candidate}", b"", timeout=timeout)
-        except nats.errors.NoRespondersError:
-            return False
-        except (TimeoutError, nats.errors.Error, OSError):
-            return None
-        return True
+        return await self._bus.probe(f"{ALIVE_PREFIX}.{candidate}", timeout=timeout)
 
     async def close(self) -> None:
         """Stop the watch and the probe answers (the connection stays the bus's)."""
-        for sub in (self._watch, self._alive):
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+        if self._watch is not None:
+            with contextlib.suppress(Exception):
+                await self._watch.unsubscribe()
+        if self._alive is not None:
+            with contextlib.suppress(Exception):
+                await self._alive.close()
         self._watch = self._alive = None

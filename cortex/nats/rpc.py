@@ -14,10 +14,11 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
 
-from cortex.errors import Forbidden
+from cortex.errors import CortexError, Forbidden
 from cortex.nats.connection import denied, guard_of
 from cortex.nats.errors import translated
 
@@ -53,8 +54,13 @@ class Inbound(Protocol):
 Handler = Callable[[Inbound], Awaitable[None]]
 
 
+#: How long ``Serving.drain`` waits by default for the requests already delivered.
+DRAIN_S: Final = 2.0
+
+
 class Serving:
-    """A subject being served; ``close`` stops taking requests."""
+    """A subject being served; ``close`` stops taking requests at once, ``drain`` after
+    handling those the server already delivered."""
 
     __slots__ = ("_sub",)
 
@@ -62,8 +68,29 @@ class Serving:
         self._sub = sub
 
     async def close(self) -> None:
+        """Stop taking requests now: those delivered but not yet handled are dropped (their
+        senders wait out their own timeout)."""
         with translated("serve"):
             await self._sub.unsubscribe()
+
+    async def drain(self, timeout: float = DRAIN_S) -> bool:
+        """Stop taking requests, but hand every request the server already delivered to
+        the handler first, so that none is dropped unanswered: the server is told to
+        stop sending, a round trip makes sure nothing more is on its way, then the
+        handler works through what arrived. True if it did within ``timeout``; else
+        (or with the connection away) the rest is dropped as by ``close``, and False."""
+        sub = self._sub
+        try:
+            async with asyncio.timeout(timeout):
+                with translated("serve"):
+                    await sub.drain()  # type: ignore[no-untyped-call]
+            return True
+        except (TimeoutError, CortexError):
+            # nats-py marks the subscription closed once its drain began: stop its
+            # delivery task and forget it by hand, as its unsubscribe would.
+            sub._stop_processing()
+            sub._conn._remove_sub(sub._id)
+            return False
 
 
 async def serve(
@@ -125,6 +152,20 @@ async def request(nc: NatsClient, subject: str, payload: bytes, *, timeout: floa
         if not waiting and guard.waiting.get(key) is waiting:
             del guard.waiting[key]
     return bytes(reply.data)
+
+
+async def probe(nc: NatsClient, subject: str, *, timeout: float) -> bool | None:
+    """Whether anyone answers on ``subject``: True; False when nobody serves it (the
+    server says so at once: the serving connection is gone); None when no answer came
+    within ``timeout`` or NATS is away (the server cannot say)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await nc.request(subject, b"", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        return False
+    except (TimeoutError, nats.errors.Error, OSError):
+        return None
+    return True
 
 
 async def watch_advisories(
