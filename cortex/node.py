@@ -6,6 +6,8 @@ for its position must be the ledger's hash at that seq), catches up to the
 ledger's last seq as it stands then (logging its progress), and only then
 joins the query group: it answers ``cortex.query.<tenant>.<op>`` in a queue
 group, so any node may answer any client, and none answers from far behind.
+A named node also answers ``status`` on a subject of its own
+(``status_subject``), so that ``cortex cluster status`` can ask each node.
 
 From then on it follows the stream live, supervised (``cortex.supervisor``):
 a stall or a lost connection restarts the follower with backoff (the read
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +52,15 @@ PROGRESS_LOG_S: Final = 2.0
 #: Failed attempts in a row, without progress, before a catch-up on start gives up.
 CATCH_UP_ATTEMPTS: Final = 5
 _encoder: Final = msgspec.json.Encoder()
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def status_subject(tenant: str, node: str) -> str:
+    """Where the node named ``node`` alone answers ``status`` (its projector's position,
+    whether it follows): ``cortex.query.<tenant>.status.<node>``. Any other query
+    subject is served by the whole group, so whichever node answers says nothing of
+    a given one."""
+    return f"{QUERY_PREFIX}.{tenant}.status.{node}"
 
 
 async def verify_position(bus: Bus, projector: Projector, db: Path) -> None:
@@ -82,8 +94,14 @@ class ProjectionNode:
         readers: int = 4,
         cache_size: int = 10_000,
         on_fatal: Callable[[CortexError], None] | None = None,
+        name: str = "",
     ) -> None:
+        if name and not _TOKEN.fullmatch(name):
+            raise ValueError(f"a node's name is one subject token (letters, digits, - _): {name!r}")
         self.bus = bus
+        #: Answers ``status`` on its own subject too (``status_subject``); "" for none.
+        self.name = name
+        self._own: Serving | None = None
         self.db = db
         self.pool = ConnectionPool(db, readers=readers)
         self.cache = ReadCache(cache_size)
@@ -113,6 +131,12 @@ class ProjectionNode:
         for task in (self._follow, self._health):
             task.add_done_callback(self._ended)
         self._sub = await self.bus.serve(f"{QUERY_PREFIX}.*.*", self._on_query, queue=QUEUE_GROUP)
+        if self.name:
+            # Alone on its subject: the queue group the node's permissions require
+            # has this one member, so the answer is this node's, not any node's.
+            self._own = await self.bus.serve(
+                status_subject("*", self.name), self._on_own_status, queue=QUEUE_GROUP
+            )
         log.info("projector_started", db=str(self.db), seq=self.projector.seq)
 
     async def _catch_up(self) -> None:
@@ -223,10 +247,11 @@ class ProjectionNode:
         if self._health is not None:
             await stop_task(self._health)
             self._health = None
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.close()
-            self._sub = None
+        for sub in (self._sub, self._own):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.close()
+        self._sub = self._own = None
         if self._queries:
             await asyncio.wait(self._queries, timeout=MAX_WAIT_S)
         if self._follow is not None:
@@ -242,6 +267,12 @@ class ProjectionNode:
         task = asyncio.create_task(self._reply(msg))
         self._queries.add(task)
         task.add_done_callback(self._queries.discard)
+
+    async def _on_own_status(self, msg: Inbound) -> None:
+        """``status`` asked of this node by name: its position, whether it follows."""
+        reply = await self.service.respond(msg.subject.split(".")[2], "status", msg.data)
+        with contextlib.suppress(Exception):
+            await msg.respond(reply)
 
     async def _reply(self, msg: Inbound) -> None:
         parts = msg.subject.split(".")

@@ -4,15 +4,17 @@ cluster on this machine.
 ``up`` starts N nats-servers (``cortex.nats.cluster.ClusterServers``) and beside
 each a CORTEX node: its projector and queries, reading into its own SQLite
 (``DATA/nN/projection.db``), connected to its own server. The ledger stream is
-created with one replica per server (at most 5, JetStream's limit), and the
-writer runs on the nodes ``node_roles`` names (node 1 for now: writer
-candidates with a lease will run on every node). Every writer signs with the
+created with one replica per server (at most 5, JetStream's limit), and a
+writer candidate runs on every node (``node_roles``): the writer lease
+(``cortex.lease``) makes one of them active. Every candidate signs with the
 same key (``--key``), so a hand-over never adds a writer key to the ledger.
-SIGTERM or Ctrl-C stops the writer first, then the nodes, then the servers.
+SIGTERM or Ctrl-C stops the standing-by candidates, then the active writer
+(it drains and releases the lease), then the nodes, then the servers.
 
 ``status`` asks the servers of ``DATA`` (``cluster.json``) as the folder's
 admin: which are up, which leads the stream and how far behind each follower
-is, each node's projector position, and where the writer runs.
+is, each node's projector position and lag (asked of each node by name, live),
+and which writer is active (live, from the lease key: node, server, since).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-import aiosqlite
 from rich.markup import escape
 from rich.table import Table
 
@@ -35,6 +37,7 @@ from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, out, print_json
 from cortex.core.keys import WriterKey, default_key_path, writer_key_at
 from cortex.datalock import DataLock
 from cortex.errors import CortexError
+from cortex.lease import current_holder
 from cortex.nats import Bus, Credentials, LocalAuth, Role
 from cortex.nats.cluster import (
     CLUSTER_FILE,
@@ -43,17 +46,22 @@ from cortex.nats.cluster import (
     DEFAULT_ROUTE_PORT,
     ClusterServers,
     Ports,
+    node_name,
     read_cluster_file,
     stream_cluster,
 )
 from cortex.nats.stream_config import LiveCluster
+from cortex.node import status_subject
 from cortex.runtime import Runtime
+from events.model import SYSTEM_TENANT
 from projections.tasks import stop_task
 
 DEFAULT_DATA: Final = ".cortex-cluster"
 #: JetStream keeps at most five copies of a stream.
 MAX_REPLICAS: Final = 5
 PROJECTION_DB: Final = "projection.db"
+#: The tenant token ``status`` asks each node under (``status`` reads no tenant's data).
+STATUS_TENANT: Final = SYSTEM_TENANT
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +74,9 @@ class NodeRoles:
 
 
 def node_roles(node: int, nodes: int) -> NodeRoles:
-    """The roles of node ``node`` of ``nodes``: the seam where writer candidates (one
-    on every node, a lease choosing the active one) will come in. For now the
-    writer runs on node 1 only."""
-    return NodeRoles(node=node, writer=node == 1)
+    """The roles of node ``node`` of ``nodes``: a writer candidate on every node (the
+    writer lease picks the one that appends), a projector and queries on each."""
+    return NodeRoles(node=node, writer=True)
 
 
 def _data(args: argparse.Namespace) -> Path:
@@ -86,14 +93,6 @@ def _key(args: argparse.Namespace, data: Path) -> WriterKey:
     """The one writer key every node's writer signs with: ``--key``, else the one kept
     for this folder in the user's configuration folder (never in the data folder)."""
     return writer_key_at(Path(args.key) if args.key else default_key_path(data))
-
-
-def _record_writers(data: Path, writers: list[int]) -> None:
-    """Note in ``cluster.json`` where the writer runs (``cortex cluster status``)."""
-    path = data / CLUSTER_FILE
-    doc = json.loads(path.read_text())
-    doc["writers"] = writers
-    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
@@ -128,35 +127,35 @@ async def _up(args: argparse.Namespace, data: Path, nodes: int) -> int:
             await bus.close()
         runtimes: list[Runtime] = []
         for role in roles:
-            url = servers.ports.url(role.node)
             if role.projector:
                 rt = await stack.enter_async_context(
                     Runtime(
-                        url, name=f"cortex-n{role.node}", creds=servers.auth.credentials(Role.NODE)
+                        servers.ports.url(role.node),
+                        name=node_name(role.node),
+                        creds=servers.auth.credentials(Role.NODE),
                     )
                 )
-                await rt.add_node(data / f"n{role.node}" / PROJECTION_DB)
+                await rt.add_node(data / f"n{role.node}" / PROJECTION_DB, name=node_name(role.node))
                 runtimes.append(rt)
-        writers = []
+        candidates: list[Runtime] = []
+        stack.push_async_callback(_stop_writers, candidates)
         for role in roles:
             if role.writer:
-                rt = await stack.enter_async_context(
-                    Runtime(
-                        servers.ports.url(role.node),
-                        name=f"cortex-n{role.node}",
-                        creds=servers.auth.credentials(Role.WRITER),
-                    )
+                rt = Runtime(
+                    servers.ports.url(role.node),
+                    name=node_name(role.node),
+                    creds=servers.auth.credentials(Role.WRITER),
                 )
-                await rt.add_writer(key=key, replicas=replicas)
+                candidates.append(rt)
+                await rt.add_writer(candidate=True, key=key, replicas=replicas)
                 runtimes.append(rt)
-                writers.append(role.node)
-        _record_writers(data, writers)
+        writers = [role.node for role in roles if role.writer]
         served.announce(data, servers.urls[0])
         stack.callback(served.withdraw, data)
         out.print(
             f"CORTEX cluster is up: serving {','.join(servers.urls)} ({nodes} servers, "
-            f"{CLUSTER_FILE} in {data}; ledger R{replicas}; writer on "
-            f"{', '.join(f'n{n}' for n in writers)}). Ctrl-C to stop."
+            f"{CLUSTER_FILE} in {data}; ledger R{replicas}; writer candidates on "
+            f"{', '.join(f'n{n}' for n in writers)}, one active). Ctrl-C to stop."
         )
         out.print(
             f"no anonymous access: commands run here use {servers.auth.path(Role.ADMIN)}; "
@@ -169,6 +168,15 @@ async def _up(args: argparse.Namespace, data: Path, nodes: int) -> int:
         await _wait(runtimes, stop)
         out.print("stopping…")
     return EXIT_OK
+
+
+async def _stop_writers(candidates: list[Runtime]) -> None:
+    """Stop the standing-by candidates first, then the active writer: it drains and
+    releases the lease with nobody left to take it, instead of handing over to each
+    candidate in turn on the way down."""
+    active = [rt for rt in candidates if rt.writer is not None and rt.writer.active.is_set()]
+    for rt in [rt for rt in candidates if rt not in active] + active:
+        await rt.close()
 
 
 async def _wait(runtimes: list[Runtime], stop: asyncio.Event) -> None:
@@ -204,24 +212,47 @@ async def _server_status(url: str, admin: Credentials) -> dict[str, Any]:
         await bus.close()
 
 
-async def _projector_seq(db: Path) -> int | None:
-    """The position a node's read model has committed (None: no read model there).
-
-    Read from its file, read-only, beside the running node: a query over NATS goes
-    to any node of the queue group, not to the one beside a given server, so it
-    cannot say where each node stands.
-    """
-    if not db.exists():  # noqa: ASYNC240 - one stat of a local file
-        return None
+async def _node_status(bus: Bus, node: int) -> dict[str, Any] | None:
+    """What node ``node``'s projector says of itself, asked by name over NATS
+    (``cortex.node.status_subject``); None if it does not answer."""
     try:
-        async with (
-            aiosqlite.connect(f"file:{db}?mode=ro", uri=True) as conn,
-            conn.execute("SELECT seq FROM position") as cur,
-        ):
-            row = await cur.fetchone()
-    except aiosqlite.Error:
+        reply = json.loads(
+            await bus.request(status_subject(STATUS_TENANT, node_name(node)), b"{}", timeout=2.0)
+        )
+    except (CortexError, ValueError):
         return None
-    return 0 if row is None else int(row[0])
+    result = reply.get("result") if isinstance(reply, dict) else None
+    return result if isinstance(result, dict) else None
+
+
+async def _writer(bus: Bus) -> dict[str, Any] | None:
+    """The active writer, live from the lease key: its node, server and since when."""
+    holder = await current_holder(bus)
+    if holder is None:
+        return None
+    return {
+        "node": holder.name,
+        "server": holder.server,
+        "since": holder.since,
+        "candidate": holder.holder,
+    }
+
+
+async def _live(
+    urls: list[str], nodes: list[int], admin: Credentials
+) -> tuple[list[dict[str, Any] | None], dict[str, Any] | None, str]:
+    """Through any server up: each node's own status, the active writer (or why not)."""
+    if not urls:
+        return [None] * len(nodes), None, "no server is up"
+    bus = await Bus.connect(urls, name="cortex-cluster-status", creds=admin, timeout=2.0)
+    try:
+        statuses = list(await asyncio.gather(*(_node_status(bus, n) for n in nodes)))
+        try:
+            return statuses, await _writer(bus), ""
+        except CortexError as e:
+            return statuses, None, e.message
+    finally:
+        await bus.close()
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
@@ -233,9 +264,6 @@ async def cmd_status(args: argparse.Namespace) -> int:
             code="not_found",
         )
     admin = LocalAuth(data).credentials(Role.ADMIN)
-    writers: list[int] = []
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        writers = [int(n) for n in json.loads((data / CLUSTER_FILE).read_text())["writers"]]
     rows = await asyncio.gather(*(_server_status(url, admin) for _, _, url in members))
     stream: LiveCluster | None = None
     stream_error = ""
@@ -247,6 +275,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
             except CortexError as e:
                 stream_error = e.message
     last = max((r.get("ledger_last_seq", 0) for r in rows), default=0)
+    up = [url for (_, _, url), row in zip(members, rows, strict=True) if row["up"]]
+    nodes, writer, writer_error = await _live(up, [n for n, _, _ in members], admin)
     report: dict[str, Any] = {
         "servers": [],
         "stream": None
@@ -259,14 +289,23 @@ async def cmd_status(args: argparse.Namespace) -> int:
             ],
         },
         "ledger_last_seq": last,
-        "writer": [f"n{n}" for n in writers],
+        "writer": writer,
     }
+    if writer_error:
+        report["writer_error"] = writer_error
     if stream_error and stream is None:
         report["stream_error"] = stream_error
-    for (node, name, url), row in zip(members, rows, strict=True):
+    for (node, name, url), row, status in zip(members, rows, nodes, strict=True):
         entry: dict[str, Any] = {"node": node, "name": name, "url": url, "up": row["up"]}
-        seq = await _projector_seq(data / f"n{node}" / PROJECTION_DB)
-        entry["projector"] = None if seq is None else {"seq": seq, "lag": max(0, last - seq)}
+        entry["projector"] = (
+            None
+            if status is None
+            else {
+                "seq": status["seq"],
+                "lag": max(0, last - status["seq"]),
+                "following": status.get("following", True),
+            }
+        )
         if not row["up"]:
             entry["error"] = row.get("error", "")
         report["servers"].append(entry)
@@ -280,6 +319,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 def _print_status(report: dict[str, Any]) -> None:
     stream = report["stream"]
+    writer = report["writer"]
     leader = stream["leader"] if stream else ""
     table = Table(title="cortex cluster")
     for column in ("server", "url", "state", "stream", "projector", "writer"):
@@ -294,17 +334,28 @@ def _print_status(report: dict[str, Any]) -> None:
         else:
             role = "-"
         p = s.get("projector")
-        projector = f"seq {p['seq']}, lag {p['lag']}" if p else "no read model"
+        projector = f"seq {p['seq']}, lag {p['lag']}" if p else "no answer"
+        if p and not p["following"]:
+            projector += " [red](not following)[/]"
+        active = writer is not None and writer["node"] == node_name(s["node"])
         table.add_row(
             s["name"],
             s["url"],
             "up" if s["up"] else "[red]down[/]",
             role,
             projector,
-            "active" if f"n{s['node']}" in report["writer"] else "",
+            "active" if active else "standby",
         )
     out.print(table)
     out.print(f"ledger ends at seq {report['ledger_last_seq']}")
+    if writer is None:
+        err.print("[red]no active writer[/]: " + escape(report.get("writer_error", "no lease")))
+    else:
+        since = dt.datetime.fromtimestamp(writer["since"], dt.UTC).isoformat(timespec="seconds")
+        out.print(
+            f"active writer: {escape(writer['node'])} (connected to {escape(writer['server'])}), "
+            f"since {since}"
+        )
     if stream is None:
         err.print(
             "[red]no stream leader[/]: " + escape(report.get("stream_error", "no CORTEX_LEDGER"))

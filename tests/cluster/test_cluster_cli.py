@@ -59,14 +59,24 @@ async def test_cluster_up_status_and_a_clean_stop(tmp_path: Path) -> None:
             status = await run_cli("cluster", "status", "--data", str(data), "--json")
             assert status.code == 0, status.err
             report = status.json()
-            if all(r["current"] for r in report["stream"]["replicas"]):
+            if report["writer"] and all(r["current"] for r in report["stream"]["replicas"]):
                 break
         assert [s["up"] for s in report["servers"]] == [True, True, True]
         assert report["stream"]["leader"].startswith("cortex-n")
         assert len(report["stream"]["replicas"]) == 2
         assert all(r["current"] for r in report["stream"]["replicas"])
-        assert report["writer"] == ["n1"]
+        # Exactly one active writer, read live from the lease: a candidate on some node,
+        # connected to that node's server.
+        writer = report["writer"]
+        assert writer["node"] in {s["name"] for s in report["servers"]}
+        assert writer["server"] == writer["node"] and writer["since"] > 0
+        # Each node answered for itself, at the ledger's end (the writer's key is in it).
         assert all(s["projector"] is not None for s in report["servers"])
+        assert all(s["projector"]["following"] for s in report["servers"])
+        text = await run_cli("cluster", "status", "--data", str(data))
+        assert text.code == 0, text.err
+        assert f"active writer: {writer['node']}" in text.out
+        assert text.out.count("active") == 2  # its row, and the line naming it
 
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
