@@ -87,6 +87,9 @@ class WriterLease:
         self._held = False
         self._bucket: LeaseBucket | None = None
         self._changed = asyncio.Event()
+        self._renew_now = asyncio.Event()
+        #: Set each time a standby read the key (whoever waits clears it first).
+        self.looked = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
         self._value = b""
 
@@ -108,6 +111,7 @@ class WriterLease:
             try:
                 bucket = await self._open()
                 entry = await bucket.get(KEY)
+                self.looked.set()
                 if entry is not None and entry.revision != seen:
                     seen, seen_at = entry.revision, time.monotonic()
                 if await self._try(bucket, entry, time.monotonic() - seen_at):
@@ -183,7 +187,10 @@ class WriterLease:
         bucket = self._bucket
         delay = self.period / 4
         while True:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._renew_now.wait()
+            self._renew_now.clear()
             try:
                 try:
                     self.revision = await bucket.put(KEY, self._value, last=self.revision)
@@ -223,14 +230,32 @@ class WriterLease:
         self._held = False
         try:
             async with asyncio.timeout(max(1.0, self.period)):
-                await self._bucket.delete(KEY, last=self.revision)
+                try:
+                    await self._bucket.delete(KEY, last=self.revision)
+                except LeaseLost:
+                    # A renewal stopped after its write landed, before its answer came:
+                    # the key is still ours at a later revision.
+                    entry = await self._bucket.get(KEY)
+                    if entry is None or entry.deleted or _holder(entry.value) != self.candidate:
+                        return
+                    await self._bucket.delete(KEY, last=entry.revision)
             log.info("lease_released", candidate=self.name)
         except (CortexError, TimeoutError) as e:  # a standby takes over once it looks dead
             log.warning("lease_release_failed", error=str(e) or type(e).__name__)
 
-    async def successor(self, timeout: float) -> LeaseHolder | None:
-        """After ``release``: the candidate that took the lease over, once the key names
-        one (it watches the key), or None if none did within ``timeout``."""
+    async def serving(self) -> None:
+        """Say in the key that this holder now serves (a predecessor handing over waits
+        for it): the renewal writes it at once, and again if that write fails."""
+        holder = _parse(self._value)
+        if holder is None or holder.serving or self._bucket is None or not self._held:
+            return
+        self._value = msgspec.json.encode(msgspec.structs.replace(holder, serving=True))
+        self._renew_now.set()  # the renewal writes it now (one writer of the key: no race)
+
+    async def successor(self, timeout: float, *, serving: bool = False) -> LeaseHolder | None:
+        """After ``release``: the candidate that took the lease over (with ``serving``:
+        once it serves), as soon as the key says so (it watches the key), or None if
+        none did within ``timeout``."""
         if self._bucket is None:
             return None
         deadline = time.monotonic() + timeout
@@ -242,7 +267,11 @@ class WriterLease:
                 entry = None
             if entry is not None and not entry.deleted:
                 found = _parse(entry.value)
-                if found is not None and found.holder != self.candidate:
+                if (
+                    found is not None
+                    and found.holder != self.candidate
+                    and (found.serving or not serving)
+                ):
                     return found
             left = deadline - time.monotonic()
             if left <= 0:
@@ -270,6 +299,8 @@ class LeaseHolder(msgspec.Struct, frozen=True):
     name: str = ""
     server: str = ""
     since: float = 0.0
+    #: The writer serves commands (set once it recovered the head and subscribed).
+    serving: bool = False
 
 
 def _parse(value: bytes) -> LeaseHolder | None:

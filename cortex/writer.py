@@ -38,8 +38,11 @@ the writer lease: on start it makes sure the stream is there, then stands by
 from the stream, and serves. When it learns that another candidate took the
 lease it stops appending at once, leaves the command queue group and answers
 what it had queued ``unavailable`` (clients send the same ids again and reach
-the new writer), then stands by again. A clean stop drains, signs its final
-checkpoint and releases the lease, so that a standby takes over at once.
+the new writer), then stands by again. A clean stop hands over without a gap:
+it answers new requests ``unavailable`` while it appends what it queued, signs
+its final checkpoint and releases the lease, and leaves the command queue group
+only once a standby serves (``_hand_over``); leaving, it drains the requests
+already delivered to it, so that none waits out its client's timeout.
 """
 
 from __future__ import annotations
@@ -105,6 +108,8 @@ _RETRY_FIRST_S: Final = 0.05
 _RETRY_CAP_S: Final = 1.0
 #: How long a stop (or a lost lease) waits for the requests already delivered to it.
 _DRAIN_S: Final = 1.0
+#: How long a clean stop waits for a standby to serve before it leaves the queue group.
+_HAND_OVER_S: Final = 2.0
 #: How long a start waits for the stream to become available (a cluster electing its leaders).
 _START_BUDGET_S: Final = 60.0
 
@@ -145,7 +150,6 @@ class LedgerWriter:
         rate_tenant: Rate = DEFAULT_TENANT_RATE,
         max_queued: int = MAX_QUEUED,
         lease: WriterLease | None = None,
-        step_down: bool = False,
     ) -> None:
         if not 1 <= max_batch <= JETSTREAM_BATCH_LIMIT:
             raise ValueError(
@@ -199,6 +203,8 @@ class LedgerWriter:
         self.on_checkpoint = on_checkpoint
         self._failed = False
         self._stopping = False
+        #: Set while a clean stop hands over: every request is answered ``unavailable``.
+        self._refusing = ""
         #: Set once the stream was found unsafe: nothing is appended after it.
         self.unsafe: StreamUnsafe | None = None
         self._checked_at = -float("inf")  # monotonic time the last good check began
@@ -212,9 +218,9 @@ class LedgerWriter:
         self.appended = 0
         #: A candidate's lease (None: this writer always serves); see the module doc.
         self.lease = lease
-        #: A candidate's clean stop also asks the stream's leader to hand over, when that
-        #: is this writer's server (measured: see ``tests/cluster/test_handover.py``).
-        self.step_down = step_down
+        #: A clean stop of the active candidate waits (bounded) for a standby to serve
+        #: before it leaves the command queue group; False when no standby will.
+        self.hand_over = True
         #: Set while this writer serves commands (holds the lease, if it is a candidate).
         self.active = asyncio.Event()
         self._candidacy: asyncio.Task[None] | None = None
@@ -293,6 +299,8 @@ class LedgerWriter:
         )
         self.activations += 1
         self.active.set()
+        if self.lease is not None:
+            await self.lease.serving()  # a predecessor handing over may leave now
 
     async def _stand(self) -> None:
         """A candidate's life: wait for the lease, serve while it holds it, stand by again
@@ -332,11 +340,17 @@ class LedgerWriter:
         self._covering.clear()
 
     async def stop(self) -> None:
-        """Stop taking requests, finish what was taken, answer every caller."""
+        """Stop taking requests, finish what was taken, answer every caller.
+
+        An active candidate hands over first (``_hand_over``): its clients see a
+        standby serve within moments, and none waits out its attempt timeout.
+        """
         self._stopping = True
         if self._candidacy is not None:
             await stop_task(self._candidacy)
             self._candidacy = None
+        if self.lease is not None and self.lease.held and self._sub is not None:
+            await self._hand_over(self.lease)
         self.active.clear()
         await self._drain()
         if self._advisories is not None:
@@ -359,11 +373,52 @@ class LedgerWriter:
         if self._replies:
             await asyncio.gather(*self._replies, return_exceptions=True)
         if self.lease is not None:
-            held = self.lease.held
             await self.lease.release()  # a standby takes over now, not after a period
-            if held and self.step_down:
-                await self._hand_over_leadership(self.lease)
             await self.lease.close()
+
+    async def _hand_over(self, lease: WriterLease) -> None:
+        """A clean stop of the active writer, without a moment when nobody serves:
+
+        it keeps its place in the command queue group but answers whatever comes
+        from now on ``unavailable`` (clients send it again within 50 ms), appends
+        what it had queued, signs its final checkpoint and releases the lease; a
+        standby takes it and serves; only then (bounded by ``_HAND_OVER_S``) does
+        this writer leave the group. Leaving first would drop the requests other
+        servers route to it before they learn that it left (each would cost its
+        client a whole attempt timeout), and answer the rest "no responders" until
+        the standby serves.
+
+        It does not ask the stream's leader to step down, even when that is this
+        writer's server: measured on three servers under load, a stepdown right
+        after the hand-over cost the new writer's in-flight batch its
+        acknowledgement 1 time in 6 (a 5 s append timeout), and never saved
+        anything (a SIGTERM of the server moves its leaderships anyway).
+        """
+        self._refusing = "this writer is handing over to another one: ask again"
+        began = time.monotonic()
+        if self._ticker is not None:
+            self._ticker.remove_done_callback(self._ended)
+            await stop_task(self._ticker)
+            self._ticker = None
+        if self._committer is not None:
+            await self._queue.put(None)  # answers everything queued before this point
+            await self._committer
+            self._committer = None
+            await self._final_checkpoint()
+        released = time.monotonic()
+        await lease.release()
+        if not self.hand_over:
+            return
+        successor = await lease.successor(timeout=_HAND_OVER_S, serving=True)
+        if successor is None:
+            log.warning("writer_successor_not_seen", within_s=_HAND_OVER_S)
+        else:
+            log.info(
+                "writer_handed_over",
+                to=successor.name,
+                finishing_s=round(released - began, 3),
+                successor_s=round(time.monotonic() - released, 3),
+            )
 
     async def _drain(self) -> None:
         """Leave the command queue group, but first take in every request the server
@@ -375,23 +430,6 @@ class LedgerWriter:
             drained = await asyncio.gather(*(sub.drain(_DRAIN_S) for sub in subs))
             if not all(drained):
                 log.warning("writer_drain_incomplete", within_s=_DRAIN_S)
-
-    async def _hand_over_leadership(self, lease: WriterLease) -> None:
-        """After releasing the lease: if this writer's server leads the stream, ask it to
-        hand over, to the new writer's server if that is known soon (bounded; a failure
-        only means the server keeps leading)."""
-        here = self.bus.server_name
-        try:
-            async with asyncio.timeout(max(1.0, lease.period)):
-                placed = await self.bus.stream_cluster()
-                if not here or placed.leader != here:
-                    return
-                successor = await lease.successor(timeout=lease.period / 2)
-                preferred = successor.server if successor and successor.server != here else None
-                await self.bus.step_down(preferred)
-            log.info("stream_leader_stepped_down", server=here, preferred=preferred)
-        except (CortexError, TimeoutError) as e:
-            log.warning("stream_step_down_failed", error=str(e) or type(e).__name__)
 
     async def _final_checkpoint(self) -> None:
         """A clean stop leaves no tail uncovered: its checkpoint is the head a restart,
@@ -425,6 +463,9 @@ class LedgerWriter:
             await self._respond(msg, error("invalid_field", 'send {"covering": SEQ}'))
 
     async def _on_request(self, msg: Inbound) -> None:
+        if self._refusing:
+            await self._respond(msg, error("unavailable", self._refusing))
+            return
         kind = msg.subject.rpartition(".")[2]
         if kind in (ORIGIN_KIND, COVERING_KIND):
             await self._on_ask(msg, kind)
@@ -533,6 +574,9 @@ class LedgerWriter:
     async def _on_checkpoint(self, msg: Inbound) -> None:
         """An empty request: sign a checkpoint now. ``{"covering": N}``: answer with the
         first checkpoint covering seq N, once there is one (the timer brings it soon)."""
+        if self._refusing:
+            await self._respond(msg, error("unavailable", self._refusing))
+            return
         if self.key is None:
             await self._respond(msg, error("no_key", "this writer has no key to sign with"))
             return
