@@ -183,6 +183,8 @@ async def test_a_graceful_stop_hands_over_with_no_command_waiting_out_its_timeou
         await check_ledger(admin, running.acked)
     finally:
         for rt in runtimes.values():
+            if rt.writer is not None:
+                rt.writer.hand_over = False  # the last: nobody would take over
             await rt.close()
         await admin.close()
     print(
