@@ -24,6 +24,7 @@ import pytest
 
 from cortex.client import Client, Receipt, new_id
 from cortex.core.keys import writer_key_at
+from cortex.errors import Unavailable
 from cortex.lease import current_holder
 from cortex.nats import Bus, Role
 from cortex.nats.cluster import ClusterServers, Ports, node_name
@@ -135,8 +136,15 @@ async def standbys_looked(standbys: Iterable[LedgerWriter]) -> None:
 async def check_ledger(admin: Bus, acked: dict[uuid.UUID, Receipt]) -> None:
     """Every acknowledged command is in the ledger once, at its receipt's seq."""
     ids: dict[uuid.UUID, list[int]] = {}
-    async for stored in admin.read(1):
-        ids.setdefault(decode_event(stored.body).id, []).append(stored.seq)
+    async with asyncio.timeout(WAIT):
+        while True:  # a stepdown may still be settling: read again from the start
+            ids.clear()
+            try:
+                async for stored in admin.read(1):
+                    ids.setdefault(decode_event(stored.body).id, []).append(stored.seq)
+                break
+            except Unavailable:
+                await asyncio.sleep(0.2)  # a retry pause, not an ordering
     for command_id, receipt in acked.items():
         assert ids.get(command_id) == [receipt.seq], (command_id, receipt)
     assert all(len(seqs) == 1 for seqs in ids.values())
