@@ -186,6 +186,7 @@ class WriterLease:
         assert self._bucket is not None
         bucket = self._bucket
         delay = self.period / 4
+        failing = 0  # renewals in a row that got no answer: logged once, and when it ends
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -203,9 +204,14 @@ class WriterLease:
                         return
                     self.revision = entry.revision
                 delay = self.period / 4
+                if failing:
+                    log.info("lease_renew_answered", after_failures=failing)
+                    failing = 0
             except Unavailable as e:  # undecided: keep the lease, retry soon
                 delay = min(self.period / 4, max(_FIRST_RETRY, delay / 2))
-                log.warning("lease_renew_unavailable", error=e.message, retry_in=delay)
+                failing += 1
+                if failing == 1:
+                    log.warning("lease_renew_unavailable", error=e.message, retry_in=delay)
 
     def _lose(self, why: str) -> None:
         if self._held:

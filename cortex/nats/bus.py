@@ -135,11 +135,17 @@ class Bus:
         """The event at ``seq``; LedgerError with code ``not_found`` if there is none."""
         return await store.get(self._js, seq)
 
-    async def append(self, events: Sequence[Outgoing], *, expected_last_seq: int) -> int:
+    async def append(
+        self, events: Sequence[Outgoing], *, expected_last_seq: int, timeout: float | None = None
+    ) -> int:
         """Append ``events`` as one atomic batch right after ``expected_last_seq``; the
-        last seq. AppendConflict if the stream no longer ends there (see ``store.append``)."""
+        last seq. AppendConflict if the stream no longer ends there (see ``store.append``).
+        ``timeout``: how long to wait for the acknowledgement (default: the bus's)."""
         return await store.append(
-            self._nc, events, expected_last_seq=expected_last_seq, timeout=self.timeout
+            self._nc,
+            events,
+            expected_last_seq=expected_last_seq,
+            timeout=self.timeout if timeout is None else timeout,
         )
 
     def read(

@@ -87,8 +87,10 @@ class LosesReplies(Bus):
     stored = 0
     appended: asyncio.Event
 
-    async def append(self, events: Sequence[Outgoing], *, expected_last_seq: int) -> int:
-        seq = await super().append(events, expected_last_seq=expected_last_seq)
+    async def append(
+        self, events: Sequence[Outgoing], *, expected_last_seq: int, timeout: float | None = None
+    ) -> int:
+        seq = await super().append(events, expected_last_seq=expected_last_seq, timeout=timeout)
         if events and not self.stored:
             self.stored = seq
             self.appended.set()
