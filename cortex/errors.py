@@ -23,6 +23,7 @@ from events.errors import (
     StateConflict,
     StreamUnsafe,
     Unavailable,
+    Unauthenticated,
     UnknownReference,
     error_for,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "ServerError",
     "StateConflict",
     "StreamUnsafe",
+    "Unauthenticated",
     "Unavailable",
     "UnknownReference",
     "error_for",

@@ -19,7 +19,8 @@
     │   └── LeaseLost            this writer candidate no longer holds the writer lease
     ├── ServerError              the embedded nats-server could not be found or started
     ├── Forbidden                NATS refused this identity: no or wrong credentials, or
-    │                            a subject its permissions do not allow
+    │   │                        a subject its permissions do not allow
+    │   └── Unauthenticated      a front door got no token, or one it does not know or revoked
     └── CredentialsError         a credentials file is unreadable, malformed or not private
 
 Each carries a stable ``code`` (and ``seq``, ``in_use`` or ``retry_after`` where they help),
@@ -175,6 +176,13 @@ class Forbidden(CortexError):
     code = "forbidden"
 
 
+class Unauthenticated(Forbidden):
+    """A network door (HTTP API, MCP over HTTP) got no bearer token, or one that is
+    malformed, unknown or revoked: nothing was read or appended."""
+
+    code = "unauthenticated"
+
+
 class CredentialsError(CortexError):
     """A credentials or key file cannot be used: unreadable, malformed, or readable by others."""
 
@@ -270,6 +278,10 @@ CODES: Final[dict[str, tuple[type[CortexError], str]]] = {
     "internal": (CortexError, "a bug: the reply says what failed"),
     "forbidden": (Forbidden, "the server's permissions do not let this identity do that"),
     "not_authorized": (Forbidden, "the server refused the connection: no or wrong credentials"),
+    "unauthenticated": (
+        Unauthenticated,
+        "a front door got no bearer token, or one it does not know or that was revoked",
+    ),
     "wrong_tenant": (Forbidden, "the credentials belong to another tenant than the one asked"),
     "bad_credentials": (CredentialsError, "a credentials file cannot be read or is not one"),
     "insecure_permissions": (
