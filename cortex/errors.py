@@ -22,8 +22,8 @@ from events.errors import (
     ServerError,
     StateConflict,
     StreamUnsafe,
-    Unavailable,
     Unauthenticated,
+    Unavailable,
     UnknownReference,
     error_for,
 )
