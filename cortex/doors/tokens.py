@@ -17,6 +17,7 @@ itself confines a token to its tenant.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import hmac
@@ -140,7 +141,7 @@ class TokenStore:
 
     # -- changing -----------------------------------------------------------
 
-    def _save(self, rows: list[TokenRow]) -> None:
+    def _save(self, rows: builtins.list[TokenRow]) -> None:
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         check_private(folder)
