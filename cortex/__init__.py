@@ -26,6 +26,7 @@ from cortex.errors import (
     ServerError,
     StateConflict,
     StreamUnsafe,
+    Unauthenticated,
     Unavailable,
     UnknownReference,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "ServerError",
     "StateConflict",
     "StreamUnsafe",
+    "Unauthenticated",
     "Unavailable",
     "UnknownReference",
     "VoteCast",
