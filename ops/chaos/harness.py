@@ -366,9 +366,16 @@ class ChaosCluster:
         url = ",".join(self.servers.ports.url(m.node) for m in self.servers.members if m.pid)
         bus = await Bus.connect(url, name="chaos-check", creds=self.admin())
         try:
-            ids: dict[uuid.UUID, list[int]] = {}
-            async for stored in bus.read(1):
-                ids.setdefault(decode_event(stored.body).id, []).append(stored.seq)
+            # Right after a fault the stream may still be electing a leader: its reads
+            # answer 503 (Unavailable) for a few seconds. Read again until it serves.
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        ids = await _ids(bus)
+                        report = await audit_ledger(bus)
+                        break
+                    except Unavailable:
+                        await asyncio.sleep(0.2)  # a poll: no event says the election ended
             result = Check(acked=len(acked), ledger_events=sum(map(len, ids.values())))
             result.doubled = [i for i, seqs in ids.items() if len(seqs) > 1]
             for command_id, seq in acked.items():
@@ -377,7 +384,6 @@ class ChaosCluster:
                     result.missing.append(command_id)
                 elif seqs != [seq]:
                     result.misplaced.append(command_id)
-            report = await audit_ledger(bus)
             result.violations = [str(v) for v in report.violations]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
@@ -596,3 +602,11 @@ async def fault(
     gap = running.longest_gap(began, ended)
     await restore(cluster, kind, victim)
     return Fault(kind, victim, failover, gap, began, ended)
+
+
+async def _ids(bus: Bus) -> dict[uuid.UUID, list[int]]:
+    """Each event id in the ledger, with every seq it is stored at."""
+    ids: dict[uuid.UUID, list[int]] = {}
+    async for stored in bus.read(1):
+        ids.setdefault(decode_event(stored.body).id, []).append(stored.seq)
+    return ids
