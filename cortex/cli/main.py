@@ -22,7 +22,7 @@ from typing import NoReturn
 import structlog
 from rich.markup import escape
 
-from cortex.cli import audit, cluster, connect, proof, read, tenant, token, witness, write
+from cortex.cli import audit, cluster, connect, mcp, proof, read, tenant, token, witness, write
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, print_json
 from cortex.errors import CortexError
 from cortex.nats import DEFAULT_URL
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.register(sub)
     tenant.register(sub, common)
     token.register(sub, common)
+    mcp.register(sub, common)
     read.register_log(sub, common)
     audit.register(sub, common)
     read.register(sub, common)

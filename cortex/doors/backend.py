@@ -34,6 +34,14 @@ class Backend:
         self._clients: dict[str, Client] = {}
         self._lock = asyncio.Lock()
 
+    @classmethod
+    def of(cls, client: Client, data: Path) -> Backend:
+        """A backend of one tenant: ``client``'s, already connected with whatever credentials
+        its process was given (``cortex mcp`` over stdio); ``close`` closes it."""
+        backend = cls(data)
+        backend._clients[client.tenant] = client
+        return backend
+
     async def client(self, tenant: str) -> Client:
         """The connected client of ``tenant`` (``bad_credentials`` if no token was ever
         issued for it: its credentials do not exist)."""
