@@ -22,7 +22,8 @@ async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any
     assert result.structured_content is not None
     text = result.content[0]
     assert isinstance(text, types.TextContent) and text.text
-    return result.structured_content
+    content: dict[str, Any] = result.structured_content
+    return content
 
 
 async def refused(client: Client, name: str, args: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from mcp.client.stdio import stdio_client
 
 from cortex.core.keys import create_key, public_hex
 from cortex.doors.testing import Doors
-from tests.cortex.doors.mcp_calls import call, every_tool, refused
+from doors.mcp_calls import call, every_tool, refused
 
 
 @contextlib.asynccontextmanager
