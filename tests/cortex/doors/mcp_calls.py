@@ -7,12 +7,20 @@ output schema, so every call here also proves a result matches its schema.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx2
+import uvicorn
 from mcp import Client, types
+from mcp.client.streamable_http import streamable_http_client
 
 from cortex.doors import OPS
+from cortex.doors.mcp import mcp_asgi
+from cortex.doors.testing import Doors
 
 
 async def call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -111,3 +119,37 @@ async def every_tool(
     by_event = await call(client, "cortex_ledger_verify", {"event": voted["id"]})
     assert by_event["ok"] and by_event["seq"] == voted["seq"]
     return {"fact_id": edited["fact_id"], "seq": gone["seq"]}
+
+
+@contextlib.asynccontextmanager
+async def serving(doors: Doors) -> AsyncIterator[str]:
+    """The MCP door over streamable HTTP on a real uvicorn, on a free 127.0.0.1 port, with
+    the doors' tokens and backend: its base URL (``/mcp`` is the endpoint)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    # Listening before uvicorn starts: a client's first connection waits in the backlog
+    # until the server (its lifespan done) accepts it, so nothing needs to poll for "ready".
+    sock.listen(64)
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    app, _ = mcp_asgi(doors.backend, doors.tokens, base)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def connected(base: str, token: str) -> AsyncIterator[Client]:
+    """The SDK's client on ``base``/mcp with ``token`` as its bearer token."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers) as http,
+        Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
+    ):
+        yield client
