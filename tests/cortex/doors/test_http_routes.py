@@ -188,7 +188,7 @@ async def test_metrics_count_requests_latency_rejections_and_the_ledger(
     await c.get(f"/v1/facts/{stored['fact_id']}", headers=ann)
     await c.post("/v1/facts", content=b"{nope", headers=ann)
     await c.get("/v1/status")  # no token
-    await c.get(f"/v1/status", params={"min_seq": stored["seq"]}, headers=ann)
+    await c.get("/v1/status", params={"min_seq": stored["seq"]}, headers=ann)
     text = (await c.get("/metrics")).text
     assert 'cortex_http_requests_total{method="POST",route="/v1/facts",status="200"} 1.0' in text
     assert (
