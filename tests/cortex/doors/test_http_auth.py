@@ -14,9 +14,9 @@ from cortex.doors import OPS
 from cortex.doors.httpcodes import http_status
 from cortex.doors.serve import HttpServer
 from cortex.doors.testing import Doors
+from doors.test_http_routes import bearer, serving
+from doors.test_ops import BAD
 from events.limits import MAX_CONTENT_BYTES, MAX_REQUEST_BYTES
-from tests.cortex.doors.test_http_routes import bearer, serving
-from tests.cortex.doors.test_ops import BAD
 
 
 @pytest.fixture
