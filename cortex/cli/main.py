@@ -22,7 +22,19 @@ from typing import NoReturn
 import structlog
 from rich.markup import escape
 
-from cortex.cli import audit, cluster, connect, mcp, proof, read, tenant, token, witness, write
+from cortex.cli import (
+    audit,
+    cluster,
+    connect,
+    mcp,
+    proof,
+    read,
+    serve,
+    tenant,
+    token,
+    witness,
+    write,
+)
 from cortex.cli.output import EXIT_FAILED, EXIT_OK, err, print_json
 from cortex.errors import CortexError
 from cortex.nats import DEFAULT_URL
@@ -88,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     tenant.register(sub, common)
     token.register(sub, common)
     mcp.register(sub, common)
+    serve.register(sub)
     read.register_log(sub, common)
     audit.register(sub, common)
     read.register(sub, common)

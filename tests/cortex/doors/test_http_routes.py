@@ -3,6 +3,11 @@ real nats-server, writer and node. Every route, the OpenAPI document, the probes
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -203,3 +208,31 @@ async def test_metrics_count_requests_latency_rejections_and_the_ledger(
     assert f"cortex_ledger_seq {float(stored['seq'])}" in text
     assert "cortex_projector_lag_events 0.0" in text
     assert "cortex_projector_following 1.0" in text
+
+
+async def test_cortex_serve_command(doors: Doors) -> None:
+    """``cortex serve`` as a process: it listens, answers with a token, stops on SIGTERM."""
+    token = doors.tokens.issue("lab", "ann")
+    env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cortex.cli", "serve", "--port", "0", "--no-mcp",
+        "--data", str(doors.data), "--nats", doors.server.url,
+        stdout=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        url = re.search(r"http://127\.0\.0\.1:\d+", line)
+        assert url is not None, line
+        async with httpx.AsyncClient(base_url=url.group(0)) as c:
+            status = await c.get("/v1/status", headers=bearer(token))
+            assert status.status_code == 200, status.text
+            assert status.json()["agent"] == "ann"
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
