@@ -87,7 +87,9 @@ class HttpServer:
 
     async def start(self) -> str:
         """Listen; the server's base URL (``http://127.0.0.1:PORT``)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
+        # and accepted ones inherit it (with 0, every answer waited ~40 ms on delayed ACKs).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((HOST, self.port))
