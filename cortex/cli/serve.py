@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import signal
 from typing import Any
@@ -21,7 +22,17 @@ from cortex.cli.output import EXIT_OK, out
 from cortex.doors.serve import HttpServer
 
 
-async def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    """On uvloop when it is installed (about half the event loop's CPU per request)."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return asyncio.run(_serve(args))
+    code: int = uvloop.run(_serve(args))
+    return code
+
+
+async def _serve(args: argparse.Namespace) -> int:
     data = data_of(args)
     server = HttpServer(
         data, url=args.nats or served.served_url(data), port=args.port, mcp=not args.no_mcp

@@ -67,6 +67,7 @@ JSON: Final = "application/json"
 PRINCIPAL: Final = "cortex.principal"
 #: A request naming a tenant must name the token's (``wrong_tenant`` otherwise).
 TENANT_HEADER: Final = "x-cortex-tenant"
+TENANT_HEADER_B: Final = TENANT_HEADER.encode()
 #: How long /readyz and /metrics wait for the node and the writer.
 PROBE_S: Final = 2.0
 #: Events the node may be behind the highest receipt this server saw and still be ready.
@@ -315,8 +316,13 @@ class _Guard:
 
     def _authenticate(self, scope: Scope) -> Response | None:
         """Put the request's principal in its scope; or the 401/403 to answer instead."""
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        scheme, _, token = headers.get("authorization", "").partition(" ")
+        authorization = named = None
+        for key, value in scope["headers"]:  # lower-case names (ASGI)
+            if key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key == TENANT_HEADER_B:
+                named = value.decode("latin-1")
+        scheme, _, token = (authorization or "").partition(" ")
         m = self.door.metrics
         if scheme.lower() != "bearer" or not token.strip():
             m.auth_failures.labels("no_token").inc()
@@ -329,7 +335,6 @@ class _Guard:
         if who is None:
             m.auth_failures.labels("bad_token").inc()
             return self._unauthenticated("the token is unknown or revoked", error="invalid_token")
-        named = headers.get(TENANT_HEADER)
         if named is not None and named != who.tenant:
             m.auth_failures.labels("wrong_tenant").inc()
             return self.door.refused(

@@ -105,7 +105,11 @@ class HttpServer:
         mcp = mcp_mount(self.backend, tokens, self.url) if self._with_mcp else None
         self.door = HttpDoor(self.backend, tokens, mcp=mcp)
         config = uvicorn.Config(
-            self.door.asgi, log_level="warning", access_log=False, lifespan="auto"
+            self.door.asgi,
+            log_level="warning",
+            access_log=False,
+            lifespan="auto",
+            proxy_headers=False,  # no proxy is trusted: the client address is the peer's
         )
         self._server = server = _Uvicorn(config)
         self._task = task = asyncio.create_task(server.serve(sockets=[sock]))
