@@ -8,8 +8,10 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -236,3 +238,19 @@ async def test_cortex_serve_command(doors: Doors) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_answers_are_not_held_back_by_delayed_acks(tmp_path: Path) -> None:
+    """The listening socket says TCP, so asyncio sets TCP_NODELAY on each connection: an
+    answer's body does not wait ~40 ms for the ACK of its headers (50 calls took 2.2 s)."""
+    server = HttpServer(tmp_path, port=0, mcp=False)
+    try:
+        base = await server.start()
+        async with httpx.AsyncClient(base_url=base) as c:
+            await c.get("/healthz")
+            start = time.perf_counter()
+            for _ in range(50):
+                assert (await c.get("/healthz")).status_code == 200
+            assert time.perf_counter() - start < 1.0
+    finally:
+        await server.stop()
