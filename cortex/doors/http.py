@@ -151,8 +151,9 @@ class HttpDoor:
             Route("/docs", self._docs, methods=["GET"]),
         ]
         if self._mcp is not None:
-            # The MCP app authenticates its own requests (its bearer-token verifier).
-            routes.append(Mount("/mcp", app=self._mcp[0]))
+            # Last, at the root: the MCP app serves /mcp and its protected-resource metadata
+            # (/.well-known/oauth-protected-resource/mcp) and checks its own bearer tokens.
+            routes.append(Mount("/", app=self._mcp[0]))
         return routes
 
     @contextlib.asynccontextmanager
@@ -161,7 +162,8 @@ class HttpDoor:
             yield
             return
         lifespan = self._mcp[1]
-        cm = lifespan(app) if callable(lifespan) else lifespan
+        # A context manager (the contract), or a Starlette lifespan function taking the app.
+        cm = lifespan if hasattr(lifespan, "__aenter__") else lifespan(app)
         async with cm:
             yield
 
@@ -308,7 +310,7 @@ class _Guard:
             await self.app(scope, receive, sending)
         finally:
             route = scope.get("route")
-            label = getattr(route, "path", None) or ("/v1/*" if path.startswith("/v1") else "*")
+            label = getattr(route, "path", None) or _unrouted(path)
             method = scope.get("method", "")
             m = self.door.metrics
             m.requests.labels(label, method, str(status)).inc()
@@ -354,6 +356,17 @@ class _Guard:
         return _json(
             error_body("unauthenticated", message), 401, headers={"WWW-Authenticate": challenge}
         )
+
+
+def _unrouted(path: str) -> str:
+    """A bounded label for a path no route template names (the mounted MCP app, a 404)."""
+    if path.startswith("/v1"):
+        return "/v1/*"
+    if path.startswith("/mcp"):
+        return "/mcp"
+    if path.startswith("/.well-known/"):
+        return "/.well-known/*"
+    return "*"
 
 
 #: /docs: Swagger UI from a CDN (jsDelivr), reading /openapi.json; offline, read that directly.

@@ -33,9 +33,11 @@ STOP_S: Final = 5.0
 
 
 def mcp_mount(backend: Backend, tokens: TokenStore, base_url: str) -> tuple[ASGIApp, Any] | None:
-    """The MCP app and its lifespan, to mount at ``/mcp``; None while ``cortex.doors.mcp``
-    has no ``mcp_asgi``. The seam (issue 13): ``mcp_asgi(backend, tokens, base_url) ->
-    (starlette_app, lifespan_cm)``, the lifespan entered by this server's own."""
+    """The MCP app and the context manager to enter while it serves; None while
+    ``cortex.doors.mcp`` has no ``mcp_asgi``. The seam (issue 13): ``mcp_asgi(backend,
+    tokens, base_url) -> (starlette_app, lifespan_cm)``; the app serves ``/mcp`` itself and
+    is mounted at the root after the HTTP API's routes, the context manager entered by
+    this server's lifespan."""
     try:  # imported late: the MCP SDK is slow to import, and may not be there yet
         module = importlib.import_module("cortex.doors.mcp")
     except ImportError:

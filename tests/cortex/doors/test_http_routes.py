@@ -254,3 +254,25 @@ async def test_answers_are_not_held_back_by_delayed_acks(tmp_path: Path) -> None
             assert time.perf_counter() - start < 1.0
     finally:
         await server.stop()
+
+
+async def test_mcp_is_mounted_beside_the_api(doors: Doors) -> None:
+    """With ``cortex.doors.mcp`` present, one server answers /v1 and MCP at /mcp; MCP checks
+    its own tokens (401 with a challenge without one) and serves its resource metadata."""
+    token = doors.tokens.issue("lab", "ann")
+    server = HttpServer(doors.data, url=doors.server.url, port=0)
+    try:
+        base = await server.start()
+        assert server.mcp_mounted
+        async with httpx.AsyncClient(base_url=base) as c:
+            assert (await c.get("/v1/status", headers=bearer(token))).status_code == 200
+            bare = await c.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert bare.status_code == 401
+            assert bare.headers["www-authenticate"].startswith("Bearer")
+            meta = await c.get("/.well-known/oauth-protected-resource/mcp")
+            assert meta.status_code == 200, meta.text
+            assert meta.json()["resource"].rstrip("/") == f"{base}/mcp"
+            assert (await c.get("/healthz")).status_code == 200
+            assert 'route="/mcp"' in (await c.get("/metrics")).text
+    finally:
+        await server.stop()
