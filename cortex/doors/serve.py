@@ -23,11 +23,11 @@ from cortex.doors.backend import Backend
 from cortex.doors.http import ASGIApp, HttpDoor
 from cortex.doors.tokens import TokenStore
 from cortex.errors import CortexError
+from cortex.listen import HOST, listen
 from projections.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
-HOST: Final = "127.0.0.1"
 #: How long requests under way may take to finish when the server stops.
 STOP_S: Final = 5.0
 
@@ -89,17 +89,7 @@ class HttpServer:
 
     async def start(self) -> str:
         """Listen; the server's base URL (``http://127.0.0.1:PORT``)."""
-        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
-        # and accepted ones inherit it (with 0, every answer waited ~40 ms on delayed ACKs).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((HOST, self.port))
-        except OSError as e:
-            sock.close()
-            raise CortexError(
-                f"the HTTP API cannot listen on {HOST}:{self.port}: {e}", code="unavailable"
-            ) from e
+        sock = listen(self.port, what="the HTTP API", code="unavailable")
         self._sock = sock
         self.url = f"http://{HOST}:{sock.getsockname()[1]}"
         tokens = TokenStore(self.data)

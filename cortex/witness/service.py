@@ -25,7 +25,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from cortex.core.keys import create_key, load_key
+from cortex.listen import listen
 from cortex.trust import atomic_write
 from events.errors import CortexError
 from events.merkle import blake3_hash, verify_consistency
@@ -278,15 +278,7 @@ def parse_log_key(text: str) -> LogKey:
 
 async def serve(witness: Witness, port: int) -> None:
     """Serve on 127.0.0.1:``port`` until a signal; ``CortexError`` saying why it stopped."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-    except OSError as e:
-        sock.close()
-        raise CortexError(
-            f"the witness cannot listen on 127.0.0.1:{port}: {e}", code="witness_error"
-        ) from e
+    sock = listen(port, what="the witness", code="witness_error")
     fatal: list[str] = []
 
     def stop(reason: str) -> None:
