@@ -42,8 +42,8 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """Base of every door request: unknown fields are refused, not ignored."""
 
 
-class StoreFactRequest(Request, frozen=True, kw_only=True):
-    """Store a fact as the calling agent. Times are ISO 8601 (without a zone: UTC)."""
+class FactFields(Request, frozen=True, kw_only=True):
+    """What a stored or edited fact says: the fields ``store_fact`` and ``edit_fact`` share."""
 
     content: str
     type: FactType = "knowledge"
@@ -53,6 +53,10 @@ class StoreFactRequest(Request, frozen=True, kw_only=True):
     meta: dict[str, Any] = {}
     valid_from: dt.datetime | None = None
     valid_until: dt.datetime | None = None
+
+
+class StoreFactRequest(FactFields, frozen=True, kw_only=True):
+    """Store a fact as the calling agent. Times are ISO 8601 (without a zone: UTC)."""
 
 
 class SearchFactsRequest(Request, frozen=True, kw_only=True):
@@ -99,19 +103,11 @@ class VoteRequest(Request, frozen=True, kw_only=True):
     reason: Reason = ""
 
 
-class EditFactRequest(Request, frozen=True, kw_only=True):
+class EditFactRequest(FactFields, frozen=True, kw_only=True):
     """Replace a fact: its successor is stored and it is deprecated, atomically."""
 
     fact_id: uuid.UUID
-    content: str
     reason: Reason = ""
-    type: FactType = "knowledge"
-    tags: TagList = []
-    confidence: Confidence = 1.0
-    source: Source = ""
-    meta: dict[str, Any] = {}
-    valid_from: dt.datetime | None = None
-    valid_until: dt.datetime | None = None
 
 
 class DeprecateFactRequest(Request, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import msgspec
 
@@ -23,6 +23,7 @@ from cortex.doors.ops import (
     DeprecateFactRequest,
     DoorOp,
     EditFactRequest,
+    FactFields,
     GetFactRequest,
     ListAgentsRequest,
     Request,
@@ -144,6 +145,29 @@ async def _as_agent(
     return _written(await write())
 
 
+class _FactArgs(TypedDict):
+    type: str
+    tags: list[str]
+    confidence: float
+    source: str
+    meta: dict[str, Any]
+    valid_from: dt.datetime | None
+    valid_until: dt.datetime | None
+
+
+def _fact_args(r: FactFields) -> _FactArgs:
+    """What ``store_fact`` and ``edit_fact`` take of a request beside its content."""
+    return _FactArgs(
+        type=r.type,
+        tags=r.tags,
+        confidence=r.confidence,
+        source=r.source,
+        meta=r.meta,
+        valid_from=_utc(r.valid_from),
+        valid_until=_utc(r.valid_until),
+    )
+
+
 async def _store(r: StoreFactRequest, who: Principal, client: Client) -> WriteResult:
     return await _as_agent(
         who,
@@ -151,13 +175,7 @@ async def _store(r: StoreFactRequest, who: Principal, client: Client) -> WriteRe
         lambda: client.store_fact(
             who.agent,
             r.content,
-            type=r.type,
-            tags=r.tags,
-            confidence=r.confidence,
-            source=r.source,
-            meta=r.meta,
-            valid_from=_utc(r.valid_from),
-            valid_until=_utc(r.valid_until),
+            **_fact_args(r),
             key=who.key,
         ),
     )
@@ -236,13 +254,7 @@ async def _edit(r: EditFactRequest, who: Principal, client: Client) -> WriteResu
             r.fact_id,
             r.content,
             reason=r.reason,
-            type=r.type,
-            tags=r.tags,
-            confidence=r.confidence,
-            source=r.source,
-            meta=r.meta,
-            valid_from=_utc(r.valid_from),
-            valid_until=_utc(r.valid_until),
+            **_fact_args(r),
             key=who.key,
         ),
     )
