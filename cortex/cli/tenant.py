@@ -10,8 +10,6 @@ until the new credentials really connect, so they work when it returns.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,8 +19,9 @@ from cortex import served
 from cortex.cli.connect import data_of
 from cortex.cli.output import EXIT_OK, out, print_json
 from cortex.client import DEFAULT_TENANT
-from cortex.errors import CortexError, Forbidden, Unavailable
+from cortex.errors import CortexError
 from cortex.nats import Bus, Credentials, LocalAuth
+from cortex.nats.connection import until_admitted
 
 #: How long a running server may take to admit a new user after SIGHUP.
 RELOAD_TIMEOUT_S: Final = 10.0
@@ -73,20 +72,13 @@ def _issue(
 
 async def _admitted(url: str, creds: Credentials) -> None:
     """Until the reloaded server lets ``creds`` connect (it reloads asynchronously)."""
-    deadline = time.monotonic() + RELOAD_TIMEOUT_S
-    while True:
-        try:
-            bus = await Bus.connect(url, name="cortex-tenant-check", creds=creds)
-        except Forbidden:
-            if time.monotonic() > deadline:
-                raise Unavailable(
-                    f"the server at {url} did not admit the new credentials within "
-                    f"{RELOAD_TIMEOUT_S:.0f}s; restart `cortex up` to load them"
-                ) from None
-            await asyncio.sleep(0.05)
-            continue
-        await bus.close()
-        return
+    bus = await until_admitted(
+        lambda: Bus.connect(url, name="cortex-tenant-check", creds=creds),
+        RELOAD_TIMEOUT_S,
+        f"the server at {url} did not admit the new credentials within "
+        f"{RELOAD_TIMEOUT_S:.0f}s; restart `cortex up` to load them",
+    )
+    await bus.close()
 
 
 async def cmd_tenant_add(args: argparse.Namespace) -> int:

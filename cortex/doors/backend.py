@@ -9,15 +9,15 @@ client per tenant also lets its batching coalesce concurrent writes.
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any, Final
 
 from cortex.client import Client
 from cortex.doors.tokens import creds_path
-from cortex.errors import CortexError, Forbidden, Unavailable
+from cortex.errors import CortexError
 from cortex.nats import Credentials
 from cortex.nats.auth import check_private
+from cortex.nats.connection import until_admitted
 
 #: How long a running server may take to admit a tenant's new credentials (SIGHUP reload).
 ADMIT_TIMEOUT_S: Final = 10.0
@@ -64,18 +64,12 @@ class Backend:
             )
         check_private(path)
         creds = Credentials.load(path)
-        deadline = time.monotonic() + ADMIT_TIMEOUT_S
-        while True:
-            try:
-                return await Client.connect(self.url, tenant=tenant, creds=creds, **self._options)
-            except Forbidden:
-                # Credentials issued a moment ago: the server admits them once its reload ends.
-                if time.monotonic() > deadline:
-                    raise Unavailable(
-                        f"the server did not admit the door credentials of tenant {tenant!r} "
-                        f"within {ADMIT_TIMEOUT_S:.0f}s; restart `cortex up` to load them"
-                    ) from None
-                await asyncio.sleep(0.05)
+        return await until_admitted(
+            lambda: Client.connect(self.url, tenant=tenant, creds=creds, **self._options),
+            ADMIT_TIMEOUT_S,
+            f"the server did not admit the door credentials of tenant {tenant!r} "
+            f"within {ADMIT_TIMEOUT_S:.0f}s; restart `cortex up` to load them",
+        )
 
     async def close(self) -> None:
         """Close every tenant's client (calls already made finish first)."""

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Sequence
-from typing import Any, Final
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import nats.errors
 import structlog
@@ -169,6 +170,23 @@ async def _connect(
                 raise TimeoutError(f"no server of {','.join(servers)} answered in time")
             raise nats.errors.NoServersError
         await connecting  # what nats-py raised, if it gave up by itself
+
+
+T = TypeVar("T")
+
+
+async def until_admitted(connect: Callable[[], Awaitable[T]], timeout: float, refused: str) -> T:
+    """``connect()``, again while the server refuses the credentials (``Forbidden``), for up
+    to ``timeout`` seconds: credentials issued a moment ago are admitted once the server's
+    reload ends (it reloads asynchronously). Then ``Unavailable(refused)``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return await connect()
+        except Forbidden:
+            if time.monotonic() > deadline:
+                raise Unavailable(refused) from None
+            await asyncio.sleep(0.05)
 
 
 async def _abandon(nc: NatsClient) -> None:
