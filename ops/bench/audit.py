@@ -90,7 +90,6 @@ from ops.bench import synth
 from ops.bench.common import (
     Bar,
     BenchError,
-    bars_json,
     bounded,
     cancel_on_sigterm,
     json_fields,
@@ -98,6 +97,7 @@ from ops.bench.common import (
     parser,
     print_bars,
     run_main,
+    verdict_json,
 )
 
 DEFAULT_EVENTS: Final = 1_000_000
@@ -709,8 +709,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "ok": report.small_check.ok,
             "detail": report.small_check.detail,
         },
-        "bars": bars_json(report.bars),
-        "pass": all(b.passed for b in report.bars),
+        **verdict_json(report.bars),
     }
 
 

@@ -225,6 +225,11 @@ def bars_json(bars: Sequence[Bar]) -> list[dict[str, Any]]:
     ]
 
 
+def verdict_json(bars: Sequence[Bar]) -> dict[str, Any]:
+    """The tail of a report's JSON: its bars, and whether every one passed."""
+    return {"bars": bars_json(bars), "pass": all(b.passed for b in bars)}
+
+
 def by_unit(b: Bar) -> str:
     """A bar's measured value as its ``unit`` reads (events per second when it has none)."""
     if b.unit == "%":

@@ -57,13 +57,13 @@ from ops.bench.common import (
     Bar,
     BenchError,
     CortexUp,
-    bars_json,
     bounded,
     cancel_on_sigterm,
     json_fields,
     percentile,
     print_bars,
     run_main,
+    verdict_json,
 )
 
 TENANT: Final = "bench"
@@ -374,8 +374,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "cpus": report.cpus,
         "seconds": report.seconds,
         "series": [json_fields(x) for x in report.series],
-        "bars": bars_json(report.bars),
-        "pass": all(b.passed for b in report.bars),
+        **verdict_json(report.bars),
     }
 
 

@@ -62,7 +62,6 @@ from ops.bench.common import (
     Bar,
     BenchError,
     CortexUp,
-    bars_json,
     bounded,
     cancel_on_sigterm,
     json_fields,
@@ -73,6 +72,7 @@ from ops.bench.common import (
     print_bars,
     run_main,
     stopped_after,
+    verdict_json,
 )
 from ops.bench.replay import append_ledger
 from projections import queries
@@ -360,8 +360,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "node_catch_up_seconds": json_float(report.node_catch_up_seconds),
         "node_cache": report.node_cache,
         "series": [json_fields(s) for s in report.series],
-        "bars": bars_json(report.bars),
-        "pass": all(b.passed for b in report.bars),
+        **verdict_json(report.bars),
     }
 
 

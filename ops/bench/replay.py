@@ -69,7 +69,6 @@ from ops.bench import synth
 from ops.bench.common import (
     Bar,
     BenchError,
-    bars_json,
     bounded,
     cancel_on_sigterm,
     json_fields,
@@ -78,6 +77,7 @@ from ops.bench.common import (
     parser,
     print_bars,
     run_main,
+    verdict_json,
 )
 from projections.digest import digest
 from projections.pool import ConnectionPool
@@ -553,8 +553,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "error": report.replay_error or None,
         },
         "digests_match": report.digests_match,
-        "bars": bars_json(report.bars),
-        "pass": all(b.passed for b in report.bars),
+        **verdict_json(report.bars),
     }
 
 

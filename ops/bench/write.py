@@ -71,7 +71,6 @@ from ops.bench.common import (
     Bar,
     BenchError,
     CortexUp,
-    bars_json,
     bounded,
     cancel_on_sigterm,
     json_fields,
@@ -80,6 +79,7 @@ from ops.bench.common import (
     print_bars,
     run_main,
     stopped_after,
+    verdict_json,
 )
 
 DEFAULT_EVENTS: Final = 50_000
@@ -502,8 +502,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "cpus": report.cpus,
         "latency": {"offered_per_s": LATENCY_RATE, "seconds": LATENCY_SECONDS},
         "modes": modes,
-        "bars": bars_json(report.bars),
-        "pass": all(b.passed for b in report.bars),
+        **verdict_json(report.bars),
     }
 
 
