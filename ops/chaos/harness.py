@@ -220,39 +220,26 @@ class ChaosCluster:
         url = self.servers.ports.url(n)
         auth = self.servers.auth
         folder = self.data / f"n{n}"
-        writer = CortexProcess(
-            f"writer n{n}",
-            [
-                "--nats",
-                url,
-                "--creds",
-                str(auth.path(Role.WRITER)),
-                "--role",
-                "writer",
-                "--writer-candidate",
-                "--data",
-                str(folder / "writer"),
-                "--key",
-                str(self.key),
-                "--checkpoint-every",
-                str(self.checkpoint_every),
-            ],
-            folder / "writer.log",
+
+        def up(name: str, role: Role, *extra: str) -> CortexProcess:
+            """``cortex up --role ROLE`` of this node, in its own folder and log."""
+            args = ["--nats", url, "--creds", str(auth.path(role)), "--role", role.value]
+            return CortexProcess(
+                f"{name} n{n}",
+                [*args, *extra, "--data", str(folder / role.value)],
+                folder / f"{role.value}.log",
+            )
+
+        writer = up(
+            "writer",
+            Role.WRITER,
+            "--writer-candidate",
+            "--key",
+            str(self.key),
+            "--checkpoint-every",
+            str(self.checkpoint_every),
         )
-        projector = CortexProcess(
-            f"node n{n}",
-            [
-                "--nats",
-                url,
-                "--creds",
-                str(auth.path(Role.NODE)),
-                "--role",
-                "node",
-                "--data",
-                str(folder / "node"),
-            ],
-            folder / "node.log",
-        )
+        projector = up("node", Role.NODE)
         return Node(n, writer, projector, folder / "node" / "projection.db")
 
     async def start(self) -> None:
