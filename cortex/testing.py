@@ -31,16 +31,21 @@ class Run:
         return json.loads(self.out)
 
 
+async def spawn_cli(*args: str, **options: Any) -> asyncio.subprocess.Process:
+    """``python -m cortex.cli ARGS`` started as a child process; ``options`` are
+    ``asyncio.create_subprocess_exec``'s (its pipes, ``env``)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cortex.cli", *args, **options
+    )
+
+
 async def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> Run:
     """``python -m cortex.cli ARGS`` in a child process, its output captured, bounded in time
     (``env``: variables set for it; CORTEX_NATS_URL is unset unless given there)."""
     child = {**os.environ, "COLUMNS": "200"}
     child.pop("CORTEX_NATS_URL", None)
     child.update(env or {})
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cortex.cli",
+    proc = await spawn_cli(
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -109,10 +114,7 @@ async def _up(
     timeout: float,
     env: dict[str, str],
 ) -> AsyncIterator[Up]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cortex.cli",
+    proc = await spawn_cli(
         "up",
         "--data",
         str(data),

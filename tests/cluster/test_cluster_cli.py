@@ -6,12 +6,11 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
 from cortex.nats.auth import PID_FILE
-from cortex.testing import run_cli
+from cortex.testing import run_cli, spawn_cli
 
 
 def _is_nats_server(pid: int) -> bool:
@@ -28,10 +27,7 @@ async def test_cluster_up_status_and_a_clean_stop(tmp_path: Path) -> None:
     env.pop("CORTEX_CREDS", None)
     env.pop("CORTEX_NATS_URL", None)
     with log.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cortex.cli",
+        proc = await spawn_cli(
             "cluster",
             "up",
             "--data",

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from cortex.client import Client
 from cortex.errors import QueryFailed
 from cortex.nats import Bus, Durability, EmbeddedServer, Outgoing, ledger_subject
 from cortex.node import ProjectionNode
-from cortex.testing import running_node
+from cortex.testing import running_node, spawn_cli
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
 from events.codec import decode_event
@@ -256,10 +255,7 @@ async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(
         total = await _append(bus, builder)
         data = tmp_path / "node"
         db = data / "projection.db"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cortex.cli",
+        proc = await spawn_cli(
             "up",
             "--nats",
             srv.url,

@@ -15,7 +15,6 @@ import dataclasses
 import os
 import re
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +29,7 @@ from cortex.lease import KEY
 from cortex.nats import Bus, EmbeddedServer, LocalAuth, Role
 from cortex.nats.lease_bucket import LeaseBucket
 from cortex.runtime import Runtime
-from cortex.testing import run_cli
+from cortex.testing import run_cli, spawn_cli
 from cortex.writer import LedgerWriter
 from events.codec import decode_event
 
@@ -240,10 +239,7 @@ async def candidate_process(
     creds = LocalAuth(server.data_dir).path(Role.WRITER)
     log = data.parent / f"{data.name}.log"
     with log.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "cortex.cli",
+        proc = await spawn_cli(
             "up",
             "--nats",
             server.url,

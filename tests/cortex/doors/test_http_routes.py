@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ import pytest
 from cortex.doors import OPS, output_schema
 from cortex.doors.serve import HttpServer
 from cortex.doors.testing import Doors
+from cortex.testing import spawn_cli
 
 
 @asynccontextmanager
@@ -216,8 +216,8 @@ async def test_cortex_serve_command(doors: Doors) -> None:
     """``cortex serve`` as a process: it listens, answers with a token, stops on SIGTERM."""
     token = doors.tokens.issue("lab", "ann")
     env = {**os.environ, "COLUMNS": "300", "NO_COLOR": "1"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cortex.cli", "serve", "--port", "0", "--no-mcp",
+    proc = await spawn_cli(
+        "serve", "--port", "0", "--no-mcp",
         "--data", str(doors.data), "--nats", doors.server.url,
         stdout=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
