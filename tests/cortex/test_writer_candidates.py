@@ -129,6 +129,16 @@ async def first_active(*writers: LedgerWriter) -> LedgerWriter:
     return waits[done.pop()]
 
 
+@contextlib.asynccontextmanager
+async def active_and_standby(
+    server: EmbeddedServer, key: Path
+) -> AsyncIterator[tuple[LedgerWriter, LedgerWriter]]:
+    """Two candidates, w1 and w2: the one that became active first, and the other."""
+    async with candidate(server, "w1", key) as w1, candidate(server, "w2", key) as w2:
+        active = await first_active(w1, w2)
+        yield active, w2 if active is w1 else w1
+
+
 async def check_ledger(server: EmbeddedServer, acked: dict[uuid.UUID, Receipt]) -> None:
     """Every acknowledged command is in the ledger once, at its receipt's seq; the audit holds."""
     bus = await Bus.connect(server.url, creds=server.credentials(Role.ADMIN))
@@ -150,9 +160,7 @@ async def test_exactly_one_candidate_appends(server: EmbeddedServer, tmp_path: P
     """Two candidates: one serves and appends everything; the other holds no command
     subscription and appends nothing."""
     key = tmp_path / "writer.key"
-    async with candidate(server, "w1", key) as w1, candidate(server, "w2", key) as w2:
-        active = await first_active(w1, w2)
-        standby = w2 if active is w1 else w1
+    async with active_and_standby(server, key) as (active, standby):
         async with load(server.url) as running:
             await running.acks_after(0, 60)
         assert standby.appended == 0 and not standby.active.is_set()
@@ -203,9 +211,7 @@ async def test_a_stolen_lease_stops_the_writer_at_once(
     more from it, ``_commit`` refuses with unavailable), leaves the queue group; the
     standby takes over; no fork, every receipt once."""
     key = tmp_path / "writer.key"
-    async with candidate(server, "w1", key) as w1, candidate(server, "w2", key) as w2:
-        active = await first_active(w1, w2)
-        standby = w2 if active is w1 else w1
+    async with active_and_standby(server, key) as (active, standby):
         async with load(server.url) as running:
             await running.acks_after(0, 20)
             bucket = await LeaseBucket.open(standby.bus, replicas=1, timeout=2.0)
