@@ -4,6 +4,7 @@ the same users everywhere, and routes nobody joins without the route password.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,14 +28,21 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         yield servers
 
 
-async def test_an_r3_ledger_reaches_every_node(cluster: ClusterServers, tmp_path: Path) -> None:
-    """A write acknowledged through one server is in every node's projection, with the
-    same digest, and the stream has a leader and two followers."""
-    admin = cluster.admin()
+@contextlib.asynccontextmanager
+async def r3_writer(cluster: ClusterServers, tmp_path: Path) -> AsyncIterator[None]:
+    """While it runs: a writer on n1's server, its ledger stream replicated on all three."""
     async with Runtime(
         cluster.urls[0], name="n1", creds=cluster.auth.credentials(Role.WRITER)
     ) as w:
         await w.add_writer(key=writer_key(tmp_path), replicas=3)
+        yield
+
+
+async def test_an_r3_ledger_reaches_every_node(cluster: ClusterServers, tmp_path: Path) -> None:
+    """A write acknowledged through one server is in every node's projection, with the
+    same digest, and the stream has a leader and two followers."""
+    admin = cluster.admin()
+    async with r3_writer(cluster, tmp_path):
         placed = await stream_cluster(cluster.urls[2], admin)
         assert placed is not None
         assert placed.leader in {m.name for m in cluster.members}
@@ -160,10 +168,7 @@ async def test_a_killed_member_restarts_and_catches_up(
 ) -> None:
     """kill -9 of a follower, a write meanwhile, restart: it is a current replica again."""
     admin = cluster.admin()
-    async with Runtime(
-        cluster.urls[0], name="n1", creds=cluster.auth.credentials(Role.WRITER)
-    ) as w:
-        await w.add_writer(key=writer_key(tmp_path), replicas=3)
+    async with r3_writer(cluster, tmp_path):
         placed = await stream_cluster(cluster.urls[0], admin)
         assert placed is not None
         # A follower, and not the server the writer is connected to.
