@@ -16,7 +16,8 @@ including its final newline. The key id is ``SHA-256(name || 0x0A || 0x01
 || public key)``, as Go's ``sumdb/note`` reads it. The tree is RFC 6962's
 with BLAKE3 instead of SHA-256 (see ``events/merkle.py``).
 
-Pure: no I/O. Keys are ``cryptography`` Ed25519 objects.
+Pure: no I/O. Signing keys are ``cryptography`` Ed25519 objects; signatures are
+checked on raw 32-byte keys by ``events.ed25519``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from events import ed25519
 
 ED25519: Final = 0x01
 HEAD_EXTENSION: Final = "cortex-head"
@@ -135,12 +137,8 @@ def verify(note: str, name: str, public_key: bytes) -> str:
     wanted = key_id(name, public_key)
     for signer, kid, signature in parsed.signatures:
         if signer == name and kid == wanted:
-            try:
-                Ed25519PublicKey.from_public_bytes(public_key).verify(
-                    signature, parsed.body.encode()
-                )
-            except InvalidSignature as e:
-                raise NoteError(f"the signature by {name} does not match the note") from e
+            if not ed25519.verify(public_key, signature, parsed.body.encode()):
+                raise NoteError(f"the signature by {name} does not match the note")
             return parsed.body
     raise NoteError(f"the note carries no signature by {name}")
 
@@ -230,11 +228,7 @@ def verify_cosignature(note: str, name: str, public_key: bytes) -> int:
         if signer != name or blob[:4] != wanted or len(blob) != 4 + 8 + 64:
             continue
         timestamp = int.from_bytes(blob[4:12], "big")
-        try:
-            Ed25519PublicKey.from_public_bytes(public_key).verify(
-                blob[12:], _cosigned_message(body, timestamp)
-            )
-        except InvalidSignature as e:
-            raise NoteError(f"the cosignature by {name} does not match the note") from e
+        if not ed25519.verify(public_key, blob[12:], _cosigned_message(body, timestamp)):
+            raise NoteError(f"the cosignature by {name} does not match the note")
         return timestamp
     raise NoteError(f"the note carries no cosignature by {name}")

@@ -34,8 +34,7 @@ from typing import Final
 
 import msgspec
 import uvicorn
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -44,6 +43,7 @@ from starlette.routing import Route
 from cortex.core.keys import create_key, load_key
 from cortex.listen import listen
 from cortex.trust import atomic_write
+from events import ed25519
 from events.errors import CortexError
 from events.merkle import blake3_hash, verify_consistency
 from events.note import (
@@ -148,10 +148,8 @@ def _signed_by(note: str, keys: list[LogKey]) -> str:
         for key in keys:
             if name != key.name or blob[:4] != key_id(key.name, key.public_key):
                 continue
-            try:
-                Ed25519PublicKey.from_public_bytes(key.public_key).verify(blob[4:], body.encode())
-            except InvalidSignature as e:
-                raise Refused(403, f"the signature by {name} does not verify") from e
+            if not ed25519.verify(key.public_key, blob[4:], body.encode()):
+                raise Refused(403, f"the signature by {name} does not verify")
             return body
     raise Refused(403, "no signature by a log key this witness trusts for the origin")
 

@@ -31,10 +31,11 @@ staged batches go to an embedded nats-server (``sync_interval`` lazy) with
    once without re-judging: the difference is **re-judging alone** (the full
    decode, ``to_command``, the rules and the fold), per agent event.
 4. **agent signatures** - the signed events' time inside that feed, against
-   a plain loop of the same Ed25519 verifications
-   (``Ed25519PublicKey.verify(signature, payload)`` on payloads built
-   beforehand); ``signing.verify_event`` alone on decoded events for
-   reference (bar: the verifier at 80% of the plain loop or better).
+   a plain loop of the same Ed25519 verifications (``events.ed25519.verify``,
+   libsodium, on payloads built beforehand; the same loop with
+   ``cryptography``'s ``Ed25519PublicKey.verify`` beside it, for reference);
+   ``signing.verify_event`` alone on decoded events for reference (bar: the
+   verifier at 80% of the plain loop or better).
 5. **10,000 events** - a 10,000-event ledger built the same way on a fresh
    server, audited end to end (``audit_ledger`` on a connected bus), median
    of five runs, beside a plain read of it (design mark: under 100 ms).
@@ -81,7 +82,7 @@ from cortex.core.sequencer import (
     Sequencer,
 )
 from cortex.nats import Bus, Durability, EmbeddedServer, Outgoing
-from events import signing
+from events import ed25519, signing
 from events.codec import decode_event
 from events.commands import RegisterAgent
 from events.model import AgentRegistered, Event
@@ -217,6 +218,7 @@ class Report:
     verify_signed: Phase = field(default_factory=lambda: Phase("verify, agent-signed"))
     verify_event: Phase = field(default_factory=lambda: Phase("verify_event"))
     ed25519: Phase = field(default_factory=lambda: Phase("plain Ed25519"))
+    ed25519_openssl: Phase = field(default_factory=lambda: Phase("plain Ed25519, OpenSSL"))
     signature_ratio: float = math.nan
     verify_event_ratio: float = math.nan
     small_plain_read: Phase = field(default_factory=lambda: Phase("10k plain read"))
@@ -509,7 +511,8 @@ class SignedSet:
     """The agent-signed events, prepared outside any clock."""
 
     events: list[tuple[Event, str]]  # decoded event, its agent's key (hex)
-    plain: list[tuple[Ed25519PublicKey, bytes, bytes]]  # key, signature, signed payload
+    plain: list[tuple[bytes, bytes, bytes]]  # raw key, signature, signed payload
+    openssl: list[Ed25519PublicKey]  # the same keys as ``cryptography`` objects
     origin: bytes  # the ledger's first event's hash, which agents sign into their commands
 
 
@@ -527,7 +530,7 @@ def prepare_signed(events: list[Stored], signed: set[int]) -> SignedSet:
         for hex_key in agent_keys.values()
     }
     origin = events[0][4] if events else b""
-    prepared = SignedSet([], [], origin)
+    prepared = SignedSet([], [], [], origin)
     for seq, _, body, _, _ in events:
         if seq not in signed:
             continue
@@ -537,8 +540,9 @@ def prepare_signed(events: list[Stored], signed: set[int]) -> SignedSet:
         assert signature is not None
         prepared.events.append((event, hex_key))
         prepared.plain.append(
-            (key_objects[hex_key], bytes.fromhex(signature), signing.signed_bytes(event, origin))
+            (bytes.fromhex(hex_key), bytes.fromhex(signature), signing.signed_bytes(event, origin))
         )
+        prepared.openssl.append(key_objects[hex_key])
     return prepared
 
 
@@ -554,9 +558,19 @@ def time_verify_event(prepared: SignedSet) -> float:
 
 
 def time_plain_ed25519(prepared: SignedSet) -> float:
+    verify = ed25519.verify
+    started = time.perf_counter()
+    good = sum(verify(key, signature, payload) for key, signature, payload in prepared.plain)
+    seconds = time.perf_counter() - started
+    if good != len(prepared.plain):
+        raise BenchError("a signature the writer accepted does not verify")
+    return seconds
+
+
+def time_plain_openssl(prepared: SignedSet) -> float:
     started = time.perf_counter()
     try:
-        for key, signature, payload in prepared.plain:
+        for key, (_, signature, payload) in zip(prepared.openssl, prepared.plain, strict=True):
             key.verify(signature, payload)
     except InvalidSignature as e:
         raise BenchError("a signature the writer accepted does not verify") from e
@@ -579,6 +593,9 @@ def bench_memory(built: Built, report: Report) -> None:
     prepared = prepare_signed(events, signed)
     report.verify_event = Phase.of("verify_event", len(signed), time_verify_event(prepared))
     report.ed25519 = Phase.of("plain Ed25519", len(signed), time_plain_ed25519(prepared))
+    report.ed25519_openssl = Phase.of(
+        "plain Ed25519, OpenSSL", len(signed), time_plain_openssl(prepared)
+    )
     report.signature_ratio = _ratio(report.verify_signed.events_s, report.ed25519.events_s)
     report.verify_event_ratio = _ratio(report.verify_event.events_s, report.ed25519.events_s)
 
@@ -676,6 +693,7 @@ _PHASES: Final = (
     "verify_signed",
     "verify_event",
     "ed25519",
+    "ed25519_openssl",
     "small_plain_read",
     "small_audit",
 )
@@ -752,7 +770,11 @@ def _notes(report: Report) -> dict[str, str]:
         "verify_event": (
             f"signing.verify_event on decoded events: {r.verify_event_ratio:.0%} of plain Ed25519"
         ),
-        "ed25519": "Ed25519PublicKey.verify(sig, payload), payloads built beforehand",
+        "ed25519": "events.ed25519.verify (libsodium), payloads built beforehand",
+        "ed25519_openssl": (
+            "cryptography's Ed25519PublicKey.verify, same payloads (not used; "
+            f"libsodium is {_ratio(r.ed25519.events_s, r.ed25519_openssl.events_s):.2f}x)"
+        ),
         "small_plain_read": (
             f"fresh server; median of {SMALL_RUNS}, best {r.small_plain_best_ms:.0f} ms"
         ),
