@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
-import blake3
+from events.chain import hasher
 
 __all__ = [
     "HashFn",
@@ -47,7 +47,9 @@ _NODE_PREFIX = b"\x01"
 
 def blake3_hash(data: bytes) -> bytes:
     """BLAKE3, 32 bytes: the ledger's hash, and the default everywhere in this module."""
-    return blake3.blake3(data).digest()
+    h = hasher()  # this thread's, reused: cheaper than a new one per hash
+    h.reset()
+    return h.update(data).digest()
 
 
 def sha256(data: bytes) -> bytes:
@@ -147,11 +149,19 @@ def perfect_root(leaves: Sequence[bytes]) -> bytes:
     n = len(leaves)
     if n == 0 or n & (n - 1):
         raise ValueError(f"a perfect subtree has a power-of-two number of leaves, not {n}")
-    b3 = blake3.blake3
-    level = [b3(_LEAF_PREFIX + leaf).digest() for leaf in leaves]
+    h = hasher()  # one reused hasher for the whole subtree
+    reset, update = h.reset, h.update
+    level: list[bytes] = []
+    for leaf in leaves:
+        reset()
+        level.append(update(_LEAF_PREFIX + leaf).digest())
     while len(level) > 1:
         pairs = zip(level[::2], level[1::2], strict=True)
-        level = [b3(_NODE_PREFIX + left + right).digest() for left, right in pairs]
+        upper: list[bytes] = []
+        for left, right in pairs:
+            reset()
+            upper.append(update(_NODE_PREFIX + left + right).digest())
+        level = upper
     return level[0]
 
 
