@@ -58,6 +58,8 @@ OnCommit = Callable[[int, set[str]], None]
 DEFAULT_BATCH: Final = 10_000
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _json: Final = msgspec.json.Encoder(order="sorted")
+#: The events about one fact: their fact id and key are computed once per event.
+_FACT_EVENTS: Final = (FactStored, FactDeprecated, VoteCast)
 
 
 def fact_key(tenant: str, fact_id: str) -> str:
@@ -230,11 +232,16 @@ class Projector:
                 self._quarantine(batch, seq, "undecodable", "the body is not a CORTEX event", e)
                 continue
             batch.hashes.append((seq, event.id.bytes, head))
-            refusal = self._refusal(event)
+            if isinstance(event, _FACT_EVENTS):
+                fact_id = str(event.fact_id)
+                key = fact_key(event.tenant, fact_id)
+            else:
+                fact_id = key = ""
+            refusal = self._refusal(event, key)
             if refusal is not None:
                 self._quarantine(batch, seq, *refusal)
                 continue
-            self._fold(event, seq, batch)
+            self._fold(event, seq, batch, fact_id, key)
         return seq, head
 
     @staticmethod
@@ -246,36 +253,36 @@ class Projector:
             "event_quarantined", seq=seq, reason=reason, detail=detail, error=error and str(error)
         )
 
-    def _refusal(self, event: Event) -> tuple[str, str] | None:
+    def _refusal(self, event: Event, key: str) -> tuple[str, str] | None:
         """Why ``event`` cannot be applied to the book as it stands, or None.
+
+        ``key`` is the event's ``fact_key`` if it is about a fact (else unused).
 
         Pure and with fixed texts: every node and every replay decides the same.
         """
         if not INT64_MIN <= event.ts <= INT64_MAX:
             return "out_of_range", f"ts {event.ts} is not a 64-bit integer"
         if isinstance(event, FactStored):
-            if fact_key(event.tenant, str(event.fact_id)) in self._fact_row:
+            if key in self._fact_row:
                 return "fact_id_reused", f"fact {event.fact_id} was stored before"
         elif isinstance(event, FactDeprecated | VoteCast):
-            if fact_key(event.tenant, str(event.fact_id)) not in self._fact_row:
+            if key not in self._fact_row:
                 return "unknown_fact", f"no fact {event.fact_id} in tenant {event.tenant}"
             if isinstance(event, VoteCast) and event.value not in (-1, 0, 1):
                 return "invalid_vote", f"a vote of {event.value}"
-            if isinstance(event, FactDeprecated) and (
-                fact_key(event.tenant, str(event.fact_id)) in self._deprecated
-            ):
+            if isinstance(event, FactDeprecated) and key in self._deprecated:
                 return "already_deprecated", f"fact {event.fact_id} was deprecated before"
         elif isinstance(event, CheckpointSigned) and not 0 <= event.tree_size <= INT64_MAX:
             return "out_of_range", f"tree_size {event.tree_size} is not a 64-bit integer"
         return None
 
-    def _fold(self, event: Event, seq: int, batch: _Batch) -> None:
+    def _fold(self, event: Event, seq: int, batch: _Batch, fact_id: str, key: str) -> None:
+        """Fold one event; ``fact_id`` and ``key`` as computed in ``_fold_all``."""
         if isinstance(event, AgentRegistered):
             self._counts.setdefault((event.tenant, event.agent_id), [0, 0])
             batch.agents.append((event.tenant, event.agent_id, event.public_key, seq, event.ts))
         elif isinstance(event, FactStored):
-            fact_id = str(event.fact_id)
-            self._fact_row[fact_key(event.tenant, fact_id)] = seq
+            self._fact_row[key] = seq
             tags = _json.encode(list(event.tags)).decode()
             batch.facts.append(
                 (
@@ -298,7 +305,6 @@ class Projector:
             batch.fts.append((seq, event.content, " ".join(event.tags)))
             batch.touched.add(fact_id)
         elif isinstance(event, FactDeprecated):
-            fact_id = str(event.fact_id)
             successor = None if event.successor_id is None else str(event.successor_id)
             batch.deprecations.append(
                 (
@@ -307,13 +313,13 @@ class Projector:
                     event.agent_id,
                     event.reason,
                     successor,
-                    fact_key(event.tenant, fact_id),
+                    key,
                 )
             )
-            self._deprecated.add(fact_key(event.tenant, fact_id))
+            self._deprecated.add(key)
             batch.touched.add(fact_id)
         elif isinstance(event, VoteCast):
-            self._vote(event, seq, batch)
+            self._vote(event, seq, batch, fact_id, key)
         elif isinstance(event, WriterKeyAdded):
             batch.ledger.append(
                 (
@@ -330,9 +336,8 @@ class Projector:
                 )
             )
 
-    def _vote(self, event: VoteCast, seq: int, batch: _Batch) -> None:
-        fact_id, tenant, agent = str(event.fact_id), event.tenant, event.agent_id
-        key = fact_key(tenant, fact_id)
+    def _vote(self, event: VoteCast, seq: int, batch: _Batch, fact_id: str, key: str) -> None:
+        tenant, agent = event.tenant, event.agent_id
         current = self._votes.setdefault(key, {})
         settled = self._direction.get(key, 0)
         # The counts hold every current voter's agreement with this fact under
