@@ -11,11 +11,12 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from cortex.errors import Unavailable
 from cortex.node import ProjectionNode
 from cortex.runtime import Runtime
 from cortex.writer import LedgerWriter
@@ -157,3 +158,30 @@ async def running_node(url: str, db: Path) -> AsyncIterator[ProjectionNode]:
 
 def _text(path: Path) -> str:
     return path.read_text(errors="replace")
+
+
+T = TypeVar("T")
+
+
+async def eventually(
+    attempt: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float,
+    every: float = 0.05,
+    retry_on: tuple[type[BaseException], ...] = (Unavailable,),
+) -> T:
+    """``attempt()``'s first result that is not None, tried again every ``every`` seconds
+    (after None, or one of ``retry_on``) for at most ``timeout`` seconds (TimeoutError).
+
+    The one poll in the tests, for conditions nothing announces: a cluster's
+    election, a row another process commits, a server we do not control.
+    """
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                result = await attempt()
+            except retry_on:
+                result = None
+            if result is not None:
+                return result
+            await asyncio.sleep(every)

@@ -24,12 +24,12 @@ import pytest
 
 from cortex.client import Client, Receipt, new_id
 from cortex.core.keys import writer_key_at
-from cortex.errors import Unavailable
 from cortex.lease import current_holder
 from cortex.nats import Bus, Role
 from cortex.nats.cluster import ClusterServers, Ports, node_name
 from cortex.node import status_subject
 from cortex.runtime import Runtime
+from cortex.testing import eventually
 from cortex.writer import LedgerWriter
 from events.codec import decode_event
 
@@ -117,11 +117,15 @@ async def active_of(writers: dict[str, LedgerWriter]) -> str:
 
 async def lead_from(admin: Bus, server: str) -> None:
     """Move the stream's leadership to ``server`` (so that a stop has it to hand over)."""
-    async with asyncio.timeout(WAIT):
-        while (await admin.stream_cluster()).leader != server:
-            with contextlib.suppress(Exception):
-                await admin.step_down(server)
-            await asyncio.sleep(0.2)  # polls the election's outcome; not an ordering
+
+    async def leads() -> bool | None:
+        if (await admin.stream_cluster()).leader == server:
+            return True
+        with contextlib.suppress(Exception):
+            await admin.step_down(server)
+        return None
+
+    await eventually(leads, timeout=WAIT, every=0.2)
 
 
 async def standbys_looked(standbys: Iterable[LedgerWriter]) -> None:
@@ -135,16 +139,15 @@ async def standbys_looked(standbys: Iterable[LedgerWriter]) -> None:
 
 async def check_ledger(admin: Bus, acked: dict[uuid.UUID, Receipt]) -> None:
     """Every acknowledged command is in the ledger once, at its receipt's seq."""
-    ids: dict[uuid.UUID, list[int]] = {}
-    async with asyncio.timeout(WAIT):
-        while True:  # a stepdown may still be settling: read again from the start
-            ids.clear()
-            try:
-                async for stored in admin.read(1):
-                    ids.setdefault(decode_event(stored.body).id, []).append(stored.seq)
-                break
-            except Unavailable:
-                await asyncio.sleep(0.2)  # a retry pause, not an ordering
+
+    async def read_all() -> dict[uuid.UUID, list[int]]:
+        ids: dict[uuid.UUID, list[int]] = {}
+        async for stored in admin.read(1):
+            ids.setdefault(decode_event(stored.body).id, []).append(stored.seq)
+        return ids
+
+    # A stepdown may still be settling: read again from the start.
+    ids = await eventually(read_all, timeout=WAIT, every=0.2)
     for command_id, receipt in acked.items():
         assert ids.get(command_id) == [receipt.seq], (command_id, receipt)
     assert all(len(seqs) == 1 for seqs in ids.values())

@@ -10,7 +10,6 @@ tests of the client side do not depend on it.)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
@@ -21,6 +20,7 @@ import pytest
 
 from cortex.nats import Bus, EmbeddedServer, LocalAuth, Role
 from cortex.nats.auth import AUTH_DIR
+from cortex.testing import eventually
 
 
 def free_port() -> int:
@@ -61,14 +61,12 @@ async def jetstream_ready(url: str, *, timeout: float = 30.0) -> None:
     """Until the cluster has a JetStream meta leader (the API answers)."""
     bus = await Bus.connect(url)
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    await bus.request("$JS.API.INFO", b"", timeout=1.0)
-                    if bus.server_count() >= 1:
-                        return
-                except Exception:
-                    await asyncio.sleep(0.1)
+
+        async def answered() -> bool | None:
+            await bus.request("$JS.API.INFO", b"", timeout=1.0)
+            return True if bus.server_count() >= 1 else None
+
+        await eventually(answered, timeout=timeout, every=0.1, retry_on=(Exception,))
     finally:
         await bus.close()
 

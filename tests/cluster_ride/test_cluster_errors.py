@@ -4,7 +4,6 @@ stream that is really gone still is; too few servers for the replicas says how m
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from cortex.nats import Bus, EmbeddedServer, Outgoing, ledger_subject
 from cortex.nats.errors import ack_error, jetstream_error
 from cortex.nats.stream_config import LiveCluster
 from cortex.runtime import Runtime
-from cortex.testing import run_cli
+from cortex.testing import eventually, run_cli
 from events.chain import GENESIS, link
 
 Start = Callable[..., Awaitable[list[EmbeddedServer]]]
@@ -129,16 +128,13 @@ async def test_in_a_cluster_the_stream_scales_steps_down_and_a_lost_leader_is_un
 async def _settled(bus: Bus, followers: int) -> LiveCluster:
     """The stream's cluster once it has a leader and ``followers`` current followers
     (polled: the Raft group elects in its own time)."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            try:
-                found = await bus.stream_cluster()
-            except Unavailable:
-                found = LiveCluster()
-            current = [p for p in found.replicas or [] if p.current]
-            if found.leader and len(current) == followers:
-                return found
-            await asyncio.sleep(0.1)
+
+    async def settled() -> LiveCluster | None:
+        found = await bus.stream_cluster()
+        current = [p for p in found.replicas or [] if p.current]
+        return found if found.leader and len(current) == followers else None
+
+    return await eventually(settled, timeout=WAIT, every=0.1)
 
 
 async def test_a_stream_scaled_up_in_a_cluster_keeps_its_events_and_hands_over(
@@ -155,13 +151,7 @@ async def test_a_stream_scaled_up_in_a_cluster_keeps_its_events_and_hands_over(
         before = await _settled(bus, 2)
         assert await bus.stream_drifts(replicas=3) == []
         preferred = (before.replicas or [])[0].name
-        async with asyncio.timeout(WAIT):
-            while True:
-                try:
-                    await bus.step_down(preferred)
-                    break
-                except Unavailable:
-                    await asyncio.sleep(0.1)
+        await eventually(lambda: _stepped_down(bus, preferred), timeout=WAIT, every=0.1)
         after = await _settled(bus, 2)
         assert after.leader == preferred
         assert await bus.last_seq() == 1
@@ -189,3 +179,8 @@ async def test_up_keeps_an_under_replicated_stream_until_asked_to_scale_it(
         status = await bus.stream_status()
         assert status is not None
         assert status.config.num_replicas == 3
+
+
+async def _stepped_down(bus: Bus, preferred: str) -> bool:
+    await bus.step_down(preferred)
+    return True

@@ -7,9 +7,10 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from cortex.errors import InvalidCommand, Unavailable
+from cortex.errors import InvalidCommand
 from cortex.nats import Bus, EmbeddedServer, Inbound
 from cortex.nats.subjects import parse_urls
+from cortex.testing import eventually
 
 WAIT = 20.0
 Start = Callable[..., Awaitable[list[EmbeddedServer]]]
@@ -30,11 +31,7 @@ def test_a_url_list_is_split_on_commas_stripped_and_deduplicated() -> None:
 async def answered(bus: Bus, subject: str) -> bytes:
     """The first reply on ``subject``, asking again while nobody serves it (polling a
     server we do not control: there is no event to wait on)."""
-    while True:
-        try:
-            return await bus.request(subject, b"ping", timeout=1.0)
-        except Unavailable:
-            await asyncio.sleep(0.05)
+    return await eventually(lambda: bus.request(subject, b"ping", timeout=1.0), timeout=30)
 
 
 @pytest.mark.parametrize("as_list", [False, True])

@@ -17,7 +17,7 @@ from cortex.client import Client
 from cortex.errors import QueryFailed
 from cortex.nats import Bus, Durability, EmbeddedServer, Outgoing, ledger_subject
 from cortex.node import ProjectionNode
-from cortex.testing import running_node, spawn_cli
+from cortex.testing import eventually, running_node, spawn_cli
 from cortex.writer import LedgerWriter
 from events.chain import GENESIS, link
 from events.codec import decode_event
@@ -225,6 +225,11 @@ async def test_a_database_from_another_ledger_is_refused(tmp_path: Path, as_admi
         await bus.close()
 
 
+async def _committed(db: Path) -> int | None:
+    """The database's position once it has committed a batch, else None."""
+    return await _position(db) or None
+
+
 async def _position(db: Path) -> int:
     if not db.exists():  # noqa: ASYNC240 - one stat of a local file
         return 0
@@ -268,9 +273,7 @@ async def test_killing_a_node_mid_replay_neither_repeats_nor_skips(
         try:
             # The node takes no query before it has caught up, so its database
             # says when its first batch is committed, with most still to come.
-            async with asyncio.timeout(60):
-                while (first := await _position(db)) == 0:  # noqa: ASYNC110 - the only signal
-                    await asyncio.sleep(0.01)
+            first = await eventually(lambda: _committed(db), timeout=60, every=0.01)
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
         finally:

@@ -29,7 +29,7 @@ from cortex.lease import KEY
 from cortex.nats import Bus, EmbeddedServer, LocalAuth, Role
 from cortex.nats.lease_bucket import LeaseBucket
 from cortex.runtime import Runtime
-from cortex.testing import run_cli, spawn_cli
+from cortex.testing import eventually, run_cli, spawn_cli
 from cortex.writer import LedgerWriter
 from events.codec import decode_event
 
@@ -52,16 +52,17 @@ class Load:
 
     async def store(self, n: int) -> None:
         command_id, fact_id = new_id(), new_id()
-        async with asyncio.timeout(WAIT):
-            while True:
-                try:
-                    receipt = await self.client.store_fact(
-                        "ada", f"fact {n}", id=command_id, fact_id=fact_id
-                    )
-                    break
-                except Unavailable:
-                    self.retries += 1
-                    await asyncio.sleep(0.05)  # a client's retry pause, not synchronisation
+
+        async def attempt() -> Receipt:
+            try:
+                return await self.client.store_fact(
+                    "ada", f"fact {n}", id=command_id, fact_id=fact_id
+                )
+            except Unavailable:
+                self.retries += 1
+                raise
+
+        receipt = await eventually(attempt, timeout=WAIT)
         self.acked[command_id] = receipt
         self.times.append(time.monotonic())
         self.progress.set()
@@ -103,13 +104,7 @@ async def load(url: str, workers: int = 4) -> AsyncIterator[Load]:
 
 async def _register(client: Client) -> None:
     command_id = new_id()
-    async with asyncio.timeout(WAIT):
-        while True:
-            try:
-                await client.register_agent("ada", id=command_id)
-                return
-            except Unavailable:
-                await asyncio.sleep(0.05)
+    await eventually(lambda: client.register_agent("ada", id=command_id), timeout=WAIT)
 
 
 @contextlib.asynccontextmanager

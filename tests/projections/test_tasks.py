@@ -13,9 +13,9 @@ from projections.tasks import stop_task
 
 async def _swallows_once(ended: asyncio.Event) -> None:
     with contextlib.suppress(asyncio.CancelledError):  # as wait_for does, the result there
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never set: only a cancellation ends it
     try:
-        await asyncio.sleep(3600)  # and then it goes on, as a follower would
+        await asyncio.Event().wait()  # and then it goes on, as a follower would
     finally:
         ended.set()
 
