@@ -10,35 +10,20 @@ verified is a fork.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
 from pathlib import Path
 
 import pytest
+from rollback import LATE, TENANT, rolled_back, write_facts
 
 from cortex.audit import AuditReport, audit_ledger
 from cortex.client import Client
-from cortex.core.keys import writer_key
-from cortex.errors import Forked, RolledBack, StateConflict
-from cortex.nats import CHECKPOINT_SUBJECT, Bus, EmbeddedServer
-from cortex.testing import running_node, running_writer
+from cortex.errors import Forked, RolledBack
+from cortex.nats import Bus, EmbeddedServer
+from cortex.testing import running_node
 from cortex.trust import Head, TrustStore, default_path
 from cortex.writer import LedgerWriter
 
 WAIT = 30.0
-TENANT = "lab"
-LATE = "A late fact that the attacker wants gone."
-
-
-async def _write(url: str, *contents: str) -> None:
-    async with await Client.connect(url, tenant=TENANT) as client:
-        if not contents:
-            return
-        with contextlib.suppress(StateConflict):  # registered on an earlier call
-            await client.register_agent("ann")
-        for content in contents:
-            await client.store_fact("ann", content)
-        await client.bus.request(CHECKPOINT_SUBJECT, b"", timeout=WAIT)  # no node needed
 
 
 async def _audit(url: str, trust: TrustStore) -> AuditReport:
@@ -58,7 +43,7 @@ async def test_the_first_audit_remembers_the_latest_checkpoint_and_says_so(
 ) -> None:
     """Trust on first use is explicit: the report names the origin, size and root,
     and the store (in the user's config folder) holds them after."""
-    await _write(server.url, "one", "two")
+    await write_facts(server.url, "one", "two")
     store = TrustStore.load()
     assert store.path == default_path() == config_home / "cortex" / "trust.json"
     report = await _audit(server.url, store)
@@ -78,25 +63,18 @@ async def test_a_restored_older_copy_of_the_data_folder_is_a_rollback(
     """Snapshot rollback: copy the folder, write one more fact, audit (remembered),
     then put the old copy back. ``cortex up`` would start; the audit says rollback."""
     trust = tmp_path / "trust.json"
-    await _write(server.url, "one", "two")
-    await asyncio.wait_for(signing_writer.stop(), WAIT)
-    await signing_writer.bus.close()
-    await server.stop()
-    snapshot = tmp_path / "snapshot"
-    shutil.copytree(server.data_dir, snapshot)
+    await write_facts(server.url, "one", "two")
+    remembered: Head | None = None
 
-    async with EmbeddedServer(server.data_dir, port=-1) as again:
-        async with running_writer(again.url, key=writer_key(server.data_dir)):
-            await _write(again.url, LATE)
-        report = await _audit(again.url, TrustStore.load(trust))
+    async def remember(url: str) -> None:
+        nonlocal remembered
+        report = await _audit(url, TrustStore.load(trust))
         assert report.ok, report.violations
         remembered = TrustStore.load(trust).get(report.origin)
-        assert remembered is not None
 
-    shutil.rmtree(server.data_dir)
-    shutil.copytree(snapshot, server.data_dir)
-    async with EmbeddedServer(server.data_dir, port=-1) as restored:
-        report = await _audit(restored.url, TrustStore.load(trust))
+    async with rolled_back(server, signing_writer, tmp_path / "snapshot", remember) as url:
+        report = await _audit(url, TrustStore.load(trust))
+    assert remembered is not None
     assert _found(report) == ["rollback"]
     assert f"fewer than the remembered checkpoint of {remembered.tree_size}" in (
         report.violations[0].detail
@@ -110,7 +88,7 @@ async def test_a_cut_tail_is_a_rollback(
     """Tail truncation: a damaged record and no ``index.db`` make nats-server serve
     the blocks' clean prefix. The stream alone cannot show it; the remembered head can."""
     trust = tmp_path / "trust.json"
-    await _write(server.url, "one", "two", LATE, "after it")
+    await write_facts(server.url, "one", "two", LATE, "after it")
     assert (await _audit(server.url, TrustStore.load(trust))).ok
     await asyncio.wait_for(signing_writer.stop(), WAIT)
     await signing_writer.bus.close()
@@ -133,7 +111,7 @@ async def test_another_history_under_the_same_origin_is_a_fork(
     """A ledger whose first N events no longer give the root remembered for size N
     (re-chained and re-signed, or a second history) is a fork, whatever it signs."""
     trust = tmp_path / "trust.json"
-    await _write(server.url, "one", "two")
+    await write_facts(server.url, "one", "two")
     first = await _audit(server.url, TrustStore.load(trust))
     store = TrustStore.load(trust)
     head = store.get(first.origin)
@@ -145,7 +123,7 @@ async def test_another_history_under_the_same_origin_is_a_fork(
 
     store.remember(Head(head.origin, head.tree_size - 1, bytes(32), head.note))
     store.save()
-    await _write(server.url, "three")
+    await write_facts(server.url, "three")
     report = await _audit(server.url, TrustStore.load(trust))
     assert _found(report) == ["fork"]
     assert "does not extend" in report.violations[0].detail
@@ -157,12 +135,12 @@ async def test_a_client_that_remembers_refuses_a_node_that_rolled_back_or_forked
     """``Client(remember=PATH)`` checks each latest checkpoint against the one it saw
     before, with a consistency proof from the node checked offline."""
     trust = tmp_path / "trust.json"
-    await _write(server.url, "one", "two")
+    await write_facts(server.url, "one", "two")
     async with running_node(server.url, tmp_path / "node.db"):
         async with await Client.connect(server.url, tenant=TENANT, remember=trust) as client:
             first = Head.from_note((await client.checkpoint(min_seq=1))["note"])
         assert TrustStore.load(trust).get(first.origin) == first
-        await _write(server.url, "three", "four")
+        await write_facts(server.url, "three", "four")
         async with await Client.connect(server.url, tenant=TENANT, remember=trust) as client:
             last = await client.bus.last_seq()
             latest = Head.from_note((await client.checkpoint(min_seq=last))["note"])
@@ -190,7 +168,7 @@ async def test_a_pinned_origin_catches_a_ledger_that_would_be_a_first_use(
 ) -> None:
     """A rewritten first event makes a new origin, which a trust store can only meet as a
     first use: an auditor who pinned the origin names it instead."""
-    await _write(server.url, "one")
+    await write_facts(server.url, "one")
     bus = await Bus.connect(server.url, name="audit-test")
     try:
         first = await asyncio.wait_for(audit_ledger(bus), WAIT)

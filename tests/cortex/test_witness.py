@@ -10,7 +10,6 @@ elsewhere, refuses, and ``cortex audit --witness`` names ``witness_missing``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import socket
@@ -25,15 +24,15 @@ import pytest
 import structlog
 from conftest import AsAdmin
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rollback import LATE, TENANT, rolled_back, write_facts
 
 from cortex.audit import AuditReport, audit_ledger
 from cortex.client import Client
 from cortex.core.keys import writer_key, writer_key_at
 from cortex.cosigner import Cosigner
-from cortex.errors import StateConflict
-from cortex.nats import CHECKPOINT_SUBJECT, Bus, EmbeddedServer
+from cortex.nats import Bus, EmbeddedServer
 from cortex.runtime import Runtime
-from cortex.testing import Run, cortex_up, run_cli, running_node, running_writer
+from cortex.testing import Run, cortex_up, run_cli, running_node
 from cortex.trust import Head, atomic_write
 from cortex.witness.check import WitnessPolicy
 from cortex.witnessing import WitnessConflict, request_body, submit
@@ -51,8 +50,6 @@ from events.note import (
 )
 
 WAIT = 30.0
-TENANT = "lab"
-LATE = "A late fact that the attacker wants gone."
 ORIGIN = "cortex.ledger/0000000000000001"
 _CHECKPOINT_SUBJECT = f"cortex.ledger.{SYSTEM_TENANT}.checkpoint_signed"
 
@@ -178,16 +175,6 @@ def test_the_witness_exits_non_zero_saying_why(tmp_path: Path) -> None:
 # -- an attacker holding the ledger's data folder ------------------------------------
 
 
-async def _write(url: str, *contents: str) -> None:
-    """Store facts and have the writer sign a checkpoint (as test_remembered_heads does)."""
-    async with await Client.connect(url, tenant=TENANT) as client:
-        with contextlib.suppress(StateConflict):  # registered on an earlier call
-            await client.register_agent("ann")
-        for content in contents:
-            await client.store_fact("ann", content)
-        await client.bus.request(CHECKPOINT_SUBJECT, b"", timeout=WAIT)
-
-
 async def _ledger(url: str) -> tuple[str, list[bytes]]:
     """The latest checkpoint note and every event hash."""
     bus = await Bus.connect(url, name="witness-test")
@@ -239,29 +226,20 @@ async def test_a_restored_older_copy_is_refused_by_the_witness_and_fails_the_aud
     tree), and the audit with the witness key says ``witness_missing``."""
     kept = tmp_path / "cosigned"  # outside the data folder
     policy = WitnessPolicy((parse_cosigner_key(ledger_witness.verifier),), 1, kept)
-    await _write(server.url, "one", "two")
+    await write_facts(server.url, "one", "two")
     await _cosign(*await _ledger(server.url), ledger_witness.url, kept)
     assert (await _audit(server.url, policy)).ok
-    await asyncio.wait_for(signing_writer.stop(), WAIT)
-    await signing_writer.bus.close()
-    await server.stop()
-    snapshot = tmp_path / "snapshot"
-    shutil.copytree(server.data_dir, snapshot)
 
-    async with EmbeddedServer(server.data_dir, port=-1) as again:
-        async with running_writer(again.url, key=writer_key(server.data_dir)):
-            await _write(again.url, LATE)
-        await _cosign(*await _ledger(again.url), ledger_witness.url, kept)
-        assert (await _audit(again.url, policy)).ok
+    async def cosign_late(url: str) -> None:
+        await _cosign(*await _ledger(url), ledger_witness.url, kept)
+        assert (await _audit(url, policy)).ok
 
-    shutil.rmtree(server.data_dir)
-    shutil.copytree(snapshot, server.data_dir)
-    async with EmbeddedServer(server.data_dir, port=-1) as restored:
-        note, hashes = await _ledger(restored.url)
+    async with rolled_back(server, signing_writer, tmp_path / "snapshot", cosign_late) as url:
+        note, hashes = await _ledger(url)
         with pytest.raises(WitnessConflict) as refused:
             await submit(note, 0, [], ledger_witness.url)
         assert refused.value.size > Head.from_note(note).tree_size == len(hashes) - 1
-        report = await _audit(restored.url, policy)
+        report = await _audit(url, policy)
     assert [v.type for v in report.violations] == ["witness_missing"]
     assert "rolled back" in report.violations[0].detail
 
@@ -275,7 +253,7 @@ async def test_a_checkpoint_re_signed_with_the_writer_key_from_the_folder_is_ref
     """Re-chaining: another history under the same origin and size, signed with the
     writer key the folder holds, is 422 (same size, other root) or refused from any
     size the witness did not cosign; the audit with no cosignature says so."""
-    await _write(server.url, "one", "two")
+    await write_facts(server.url, "one", "two")
     note, hashes = await _ledger(server.url)
     await _cosign(note, hashes, ledger_witness.url, tmp_path / "cosigned")
     head = Head.from_note(note)
@@ -308,10 +286,10 @@ async def test_cortex_cosign_saves_the_cosigned_note_and_audit_witness_counts_it
     url = ("--nats", server.url, "--tenant", TENANT)
     kept = tmp_path / "cosigned"
     async with running_node(server.url, tmp_path / "node.db"):
-        await _write(server.url, "one")
+        await write_facts(server.url, "one")
         first = await run_cli("cosign", "--witness", ledger_witness.url, "--out", str(kept), *url)
         assert first.code == 0, first.err
-        await _write(server.url, "two", "three")
+        await write_facts(server.url, "two", "three")
         again = await run_cli("cosign", "--witness", ledger_witness.url, "--out", str(kept), *url)
         assert again.code == 0, again.err
     assert len(list(kept.glob("*/*.note"))) == 2
@@ -451,7 +429,7 @@ async def test_cortex_up_witness_and_audit_witness_url_catch_a_rollback_without_
     up_args = ("--key", str(key), "--witness", running.url, "--cosigned", str(kept))
     try:
         async with cortex_up(data, *up_args) as up:
-            await _write(up.url, "one", "two")
+            await write_facts(up.url, "one", "two")
             assert await up.stop() == 0
         name, public = parse_cosigner_key(running.verifier)
         head, note = _newest_note(kept)
@@ -459,7 +437,7 @@ async def test_cortex_up_witness_and_audit_witness_url_catch_a_rollback_without_
         snapshot = tmp_path / "snapshot"
         shutil.copytree(data, snapshot, ignore=shutil.ignore_patterns("*.lock", "served*"))
         async with cortex_up(data, *up_args) as up:
-            await _write(up.url, LATE)
+            await write_facts(up.url, LATE)
             assert await up.stop() == 0
         assert _newest_note(kept)[0].tree_size > head.tree_size
         shutil.rmtree(kept)
