@@ -30,6 +30,8 @@ log = structlog.get_logger(__name__)
 
 #: How long requests under way may take to finish when the server stops.
 STOP_S: Final = 5.0
+#: How long the server may take to listen before its start is a failure.
+START_S: Final = 30.0
 
 
 def mcp_mount(backend: Backend, tokens: TokenStore, base_url: str) -> tuple[ASGIApp, Any] | None:
@@ -104,10 +106,12 @@ class HttpServer:
             proxy_headers=False,  # no proxy is trusted: the client address is the peer's
         )
         self._server = server = _Uvicorn(config)
-        self._task = task = asyncio.create_task(server.serve(sockets=[sock]))
+        self._task = task = asyncio.create_task(server.serve(sockets=[sock]), name="cortex-http")
         listening = asyncio.create_task(server.listening.wait())
         try:
-            await asyncio.wait({task, listening}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {task, listening}, timeout=START_S, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             listening.cancel()
         if not server.listening.is_set():
@@ -116,8 +120,15 @@ class HttpServer:
                 f"the HTTP API failed to start ({error or 'its startup failed'})",
                 code="unavailable",
             )
+        task.add_done_callback(self._ended)
         log.info("http_listening", url=self.url, mcp=mcp is not None)
         return self.url
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The server ended without being stopped: nothing may die silently."""
+        if self._task is not task or task.cancelled():
+            return
+        log.critical("http_server_ended", url=self.url, error=repr(task.exception()))
 
     async def stop(self) -> None:
         """Stop answering (requests under way finish first), then close the tenants' clients."""

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+import structlog
+import structlog.testing
 
 from cortex.doors import OPS, output_schema
 from cortex.doors.serve import HttpServer
@@ -274,5 +276,22 @@ async def test_mcp_is_mounted_beside_the_api(doors: Doors) -> None:
             assert meta.json()["resource"].rstrip("/") == f"{base}/mcp"
             assert (await c.get("/healthz")).status_code == 200
             assert 'route="/mcp"' in (await c.get("/metrics")).text
+    finally:
+        await server.stop()
+
+
+async def test_a_server_that_ends_on_its_own_says_so(tmp_path: Path) -> None:
+    """Nothing dies silently: uvicorn ending without a stop is logged as critical."""
+    server = HttpServer(tmp_path, port=0, mcp=False)
+    try:
+        await server.start()
+        assert server._server is not None and server._task is not None
+        told = asyncio.Event()  # a done callback after the server's own: it has run
+        server._task.add_done_callback(lambda _task: told.set())
+        with structlog.testing.capture_logs() as logs:
+            server._server.should_exit = True  # as if it had failed under us
+            async with asyncio.timeout(10):
+                await told.wait()
+        assert [e["event"] for e in logs if e["log_level"] == "critical"] == ["http_server_ended"]
     finally:
         await server.stop()
